@@ -1,0 +1,52 @@
+"""Shared fixtures: locations of the real data sets, skipped with a clear message when absent.
+
+The real data lives outside the repository (``../shared/data`` next to the project root, or the
+folder named by ``SAM_SSL_DATA_DIR``); it is never copied into the project.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("SAM_SSL_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
+
+# Tests must be quick and reproducible on a 2-core machine.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set SAM_SSL_DATA_DIR to the shared data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    return _require(DATA_ROOT)
+
+
+@pytest.fixture(scope="session")
+def ph2_root() -> Path:
+    return _require(DATA_ROOT / "dermoscopy" / "ph2")
+
+
+@pytest.fixture(scope="session")
+def isic_root() -> Path:
+    return _require(DATA_ROOT / "dermoscopy" / "isic2017")
+
+
+@pytest.fixture(scope="session")
+def la_root() -> Path:
+    """MSD-style LA folder: ``dataset.json`` + ``imagesTr``/``labelsTr``."""
+    return _require(DATA_ROOT / "la")
+
+
+@pytest.fixture(scope="session")
+def la_h5_root() -> Path:
+    """UA-MT HDF5 layout: ``2018LA_Seg_Training Set/<id>/mri_norm2.h5`` + ``train.list``."""
+    return _require(DATA_ROOT / "la" / "h5")
