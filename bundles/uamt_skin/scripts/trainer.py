@@ -1,0 +1,146 @@
+"""UAMT training step (Mu, Wei, Zhang, Algorithm 1) on the shared semi-supervised engine.
+
+Each iteration draws a labelled and an unlabelled batch (the engine's two streams) and runs:
+
+Stage 1 (dual-head mean teacher)
+    The student's two heads (FCN ``S1``, DeepLabv3 ``S2``) predict labelled and unlabelled
+    images; the EMA teacher predicts the unlabelled images and its arg-max is the pseudo-label.
+    ``Ls`` = Dice+CE of both heads against the label (eq. 6);
+    ``Lu`` = Dice+CE of both heads against the pseudo-label + Dice+CE between the heads (eq. 7);
+    ``L = lambda * Ls + (1 - lambda) * Lu`` (eq. 4); optimiser step; EMA update.
+
+Stage 2 (uncertainty map)
+    The uncertainty map is the entropy of the averaged teacher/student softmax (eq. 2-3); the
+    most uncertain patches of each unlabelled image are replaced by trusted patches (see
+    ``uncertainty.py``), and the new image is trained with ``(1 - lambda) * Lu`` against the
+    pseudo-label moved the same way; optimiser step; EMA update. Both stages share parameters.
+
+``lambda`` follows the Gaussian ramp of eq. 5, ``lambda_m * exp(-5 (1 - t/m)^2)``, as printed.
+Read literally it *grows* the supervised weight from ~0 to ``lambda_m`` and fades the unlabelled
+term out at the end; ``loss_weighting="consistency_rampup"`` gives the usual mean-teacher form
+``Ls + lambda * Lu`` instead. Both are documented in the bundle README.
+
+Switches reproduce the paper's ablations and baselines on the same network and schedule:
+``aux_head`` (model built without the FCN head), ``uncertainty_mix`` (stage 2 on/off), and no
+unlabelled loader at all (SupOnly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from monai.losses import DiceCELoss
+
+from common.engines.semi_supervised import SemiSupervisedTrainer
+from scripts.uncertainty import mixture_entropy, uncertainty_guided_mix
+
+LOSS_WEIGHTINGS = ("paper", "consistency_rampup")
+
+
+class UAMTTrainer(SemiSupervisedTrainer):
+    """Uncertainty-guided auxiliary mean teacher.
+
+    Args (beyond :class:`SemiSupervisedTrainer`'s):
+        loss_weight: ``lambda(iteration)``, e.g. ``GaussianRampUp(max_value=1.0, length=m)``.
+        loss_weighting: ``"paper"`` (eq. 4) or ``"consistency_rampup"`` (``Ls + lambda Lu``).
+        uncertainty_mix: run stage 2.
+        grid_size, num_patches: the patch grid and K of the uncertainty-guided exchange.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_weight: Callable[[int], float],
+        loss_weighting: str = "paper",
+        uncertainty_mix: bool = True,
+        grid_size: int = 4,
+        num_patches: int = 4,
+        **kwargs: Any,
+    ) -> None:
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {loss_weighting!r}")
+        kwargs.setdefault("loss_function", DiceCELoss(to_onehot_y=True, softmax=True))
+        super().__init__(*args, **kwargs)
+        self.loss_weight = loss_weight
+        self.loss_weighting = loss_weighting
+        self.uncertainty_mix = uncertainty_mix
+        self.grid_size = grid_size
+        self.num_patches = num_patches
+
+    # -- loss terms -------------------------------------------------------------------------
+    def _dice_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.loss_function(logits, target)
+
+    def supervised_loss(self, main: torch.Tensor, aux: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
+        """Eq. 6: Dice+CE of each head against the label."""
+        loss = self._dice_ce(main, label)
+        if aux is not None:
+            loss = loss + self._dice_ce(aux, label)
+        return loss
+
+    def unsupervised_loss(self, main: torch.Tensor, aux: torch.Tensor | None, pseudo: torch.Tensor) -> torch.Tensor:
+        """Eq. 7: both heads against the teacher's pseudo-label, plus head-to-head Dice+CE.
+
+        The head-to-head term is symmetric: each head learns from the other's (detached)
+        arg-max, so neither head is only a follower.
+        """
+        loss = self._dice_ce(main, pseudo)
+        if aux is not None:
+            loss = loss + self._dice_ce(aux, pseudo)
+            main_hard = main.detach().argmax(dim=1, keepdim=True)
+            aux_hard = aux.detach().argmax(dim=1, keepdim=True)
+            loss = loss + 0.5 * (self._dice_ce(aux, main_hard) + self._dice_ce(main, aux_hard))
+        return loss
+
+    def _combine(self, supervised: torch.Tensor | float, unsupervised: torch.Tensor, lam: float) -> torch.Tensor:
+        if self.loss_weighting == "paper":
+            return lam * supervised + (1.0 - lam) * unsupervised
+        return supervised + lam * unsupervised
+
+    # -- one iteration ----------------------------------------------------------------------
+    def train_step(self, engine: Any, labelled: dict[str, torch.Tensor], unlabelled: dict[str, torch.Tensor] | None) -> dict[str, Any]:
+        iteration = engine.state.iteration
+        image, label = labelled["image"], labelled["label"]
+
+        if unlabelled is None:  # SupOnly baseline: labelled data only, no ramp
+            with self.autocast():
+                main, aux = self.network(image, return_aux=True)
+                supervised = self.supervised_loss(main, aux, label)
+            self.optimize(engine, supervised, terms={"supervised": supervised})
+            return {"loss": supervised, "supervised": supervised}
+
+        lam = float(self.loss_weight(iteration))
+        unlabelled_image = unlabelled["image"]
+        teacher = self.teacher.teacher
+        with torch.no_grad(), self.autocast():
+            teacher_logits = teacher(unlabelled_image)
+        pseudo = teacher_logits.argmax(dim=1, keepdim=True)
+
+        # Stage 1: dual-head mean teacher on the labelled and unlabelled batches.
+        with self.autocast():
+            main_l, aux_l = self.network(image, return_aux=True)
+            main_u, aux_u = self.network(unlabelled_image, return_aux=True)
+            supervised = self.supervised_loss(main_l, aux_l, label)
+            unsupervised = self.unsupervised_loss(main_u, aux_u, pseudo)
+            stage1 = self._combine(supervised, unsupervised, lam)
+        self.optimize(engine, stage1, terms={"supervised": supervised, "unsupervised": unsupervised})
+        self.teacher.update(iteration)
+        output: dict[str, Any] = {"loss": stage1, "supervised": supervised, "unsupervised": unsupervised, "lambda": lam}
+
+        # Stage 2: train on images whose uncertain patches were replaced by trusted ones.
+        if self.uncertainty_mix:
+            uncertainty = mixture_entropy(main_u.detach().float(), teacher_logits.float())
+            mixed_image, mixed_pseudo = uncertainty_guided_mix(
+                unlabelled_image, pseudo, uncertainty, grid_size=self.grid_size, num_patches=self.num_patches
+            )
+            with self.autocast():
+                main_m, aux_m = self.network(mixed_image, return_aux=True)
+                mixed = self.unsupervised_loss(main_m, aux_m, mixed_pseudo)
+                stage2 = self._combine(0.0, mixed, lam)
+            self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
+            self.teacher.update(iteration)
+            output["unsupervised_mixed"] = mixed
+            output["loss"] = stage1.detach() + stage2.detach()
+        return output
