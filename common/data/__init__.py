@@ -1,0 +1,47 @@
+"""Data layer: datalists of the community layouts, seeded splits, readers, checks and transforms.
+
+Everything a bundle config needs is importable from here, e.g.
+``"$common.data.prepare_split(@dataset_dir, @output_dir + '/datalist.json', num_labelled=8)"``
+and ``"$common.data.dermoscopy_transforms('labelled', 256)"``.
+"""
+
+from .checks import BinarizeLabeld, CheckSpatialShapesMatchd, EnsureChannelsd
+from .datalists import (
+    UnknownLayoutError,
+    dermoscopy_datalist,
+    image_folder_datalist,
+    isic_datalist,
+    msd_datalist,
+    ph2_datalist,
+    uamt_h5_datalist,
+    volume_datalist,
+)
+from .readers import UAMT_LA_SPACING, H5VolumeReader
+from .splits import kfold_splits, load_datalist, prepare_split, split_labelled, write_datalist
+from .transforms_2d import RandColorJitterd, dermoscopy_transforms
+from .transforms_3d import make_dataset, volume_transforms
+
+__all__ = [
+    "BinarizeLabeld",
+    "CheckSpatialShapesMatchd",
+    "EnsureChannelsd",
+    "H5VolumeReader",
+    "RandColorJitterd",
+    "UAMT_LA_SPACING",
+    "UnknownLayoutError",
+    "dermoscopy_datalist",
+    "dermoscopy_transforms",
+    "image_folder_datalist",
+    "isic_datalist",
+    "kfold_splits",
+    "load_datalist",
+    "make_dataset",
+    "msd_datalist",
+    "ph2_datalist",
+    "prepare_split",
+    "split_labelled",
+    "uamt_h5_datalist",
+    "volume_datalist",
+    "volume_transforms",
+    "write_datalist",
+]
