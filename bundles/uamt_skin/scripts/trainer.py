@@ -73,14 +73,14 @@ class UAMTTrainer(SemiSupervisedTrainer):
     def _dice_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.loss_function(logits, target)
 
-    def supervised_loss(self, main: torch.Tensor, aux: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
+    def labelled_loss(self, main: torch.Tensor, aux: torch.Tensor | None, label: torch.Tensor) -> torch.Tensor:
         """Eq. 6: Dice+CE of each head against the label."""
         loss = self._dice_ce(main, label)
         if aux is not None:
             loss = loss + self._dice_ce(aux, label)
         return loss
 
-    def unsupervised_loss(self, main: torch.Tensor, aux: torch.Tensor | None, pseudo: torch.Tensor) -> torch.Tensor:
+    def unlabelled_loss(self, main: torch.Tensor, aux: torch.Tensor | None, pseudo: torch.Tensor) -> torch.Tensor:
         """Eq. 7: both heads against the teacher's pseudo-label, plus head-to-head Dice+CE.
 
         The head-to-head term is symmetric: each head learns from the other's (detached)
@@ -107,7 +107,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         if unlabelled is None:  # SupOnly baseline: labelled data only, no ramp
             with self.autocast():
                 main, aux = self.network(image, return_aux=True)
-                supervised = self.supervised_loss(main, aux, label)
+                supervised = self.labelled_loss(main, aux, label)
             self.optimize(engine, supervised, terms={"supervised": supervised})
             return {"loss": supervised, "supervised": supervised}
 
@@ -122,8 +122,8 @@ class UAMTTrainer(SemiSupervisedTrainer):
         with self.autocast():
             main_l, aux_l = self.network(image, return_aux=True)
             main_u, aux_u = self.network(unlabelled_image, return_aux=True)
-            supervised = self.supervised_loss(main_l, aux_l, label)
-            unsupervised = self.unsupervised_loss(main_u, aux_u, pseudo)
+            supervised = self.labelled_loss(main_l, aux_l, label)
+            unsupervised = self.unlabelled_loss(main_u, aux_u, pseudo)
             stage1 = self._combine(supervised, unsupervised, lam)
         self.optimize(engine, stage1, terms={"supervised": supervised, "unsupervised": unsupervised})
         self.teacher.update(iteration)
@@ -137,7 +137,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
             )
             with self.autocast():
                 main_m, aux_m = self.network(mixed_image, return_aux=True)
-                mixed = self.unsupervised_loss(main_m, aux_m, mixed_pseudo)
+                mixed = self.unlabelled_loss(main_m, aux_m, mixed_pseudo)
                 stage2 = self._combine(0.0, mixed, lam)
             self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
             self.teacher.update(iteration)
