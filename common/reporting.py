@@ -153,7 +153,6 @@ class SegmentationReport:
         table = results_table({self.name: self.records}, metrics=self.metrics)
         message = f"\n{self.name} on {len(self.records)} cases\n{table}\nmetrics: {json_path}\noverlay: {png_path}"
         logger.info(message)
-        print(message, flush=True)
         engine.state.metrics.update({f"{self.name}_{k}": v["mean"] for k, v in summary.items()})
 
 

@@ -299,7 +299,11 @@ class TrainingCheckpointer:
 
 
 def load_network_weights(
-    network: nn.Module, path: str | Path, key: str | None = None, strict: bool = True
+    network: nn.Module,
+    path: str | Path,
+    key: str | None = None,
+    strict: bool = True,
+    ignore_prefixes: tuple[str, ...] | list[str] = (),
 ) -> nn.Module:
     """Load weights into ``network`` from a plain state dict or a training checkpoint.
 
@@ -309,6 +313,8 @@ def load_network_weights(
         key: the entry to read; default: the first of "network", "student", "model" present
             (pass "teacher" for the EMA teacher of a mean-teacher run).
         strict: require the same keys (shapes must always match).
+        ignore_prefixes: stored keys to drop before loading, e.g. ``("fcn_head.",)`` for a
+            training-only head that the deployed network does not have; the rest stays strict.
 
     Returns:
         ``network``, with the weights loaded (``weights_only=True``: no code is run from the file).
@@ -336,6 +342,8 @@ def load_network_weights(
     target = unwrap_model(network)
     if isinstance(state, Mapping) and state and all(k.startswith("module.") for k in state):
         state = {k[len("module.") :]: v for k, v in state.items()}  # saved from a DDP/DataParallel wrapper
+    if ignore_prefixes and isinstance(state, Mapping):
+        state = {k: v for k, v in state.items() if not k.startswith(tuple(ignore_prefixes))}
     _raise_if_unfit(path, entry, target, state, strict)
     target.load_state_dict(state, strict=strict)
     return network
