@@ -1,0 +1,132 @@
+"""The UAMT bundle end to end: training on real images, resume, evaluation, full-size inference."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "bundles" / "uamt_skin"
+sys.path.insert(0, str(BUNDLE))
+
+from ignite.engine import Events  # noqa: E402
+from monai.data import CacheDataset, DataLoader  # noqa: E402
+
+import common.data as data  # noqa: E402
+from common.engines import Constant, EMATeacher, load_network_weights  # noqa: E402
+from common.networks import UNet2D  # noqa: E402
+from scripts.network import DualHeadDeepLabV3  # noqa: E402
+from scripts.trainer import UAMTTrainer  # noqa: E402
+
+# A small, fast configuration of the bundle for tests (same code paths as the presets).
+FAST = ["--image_size", "64", "--output_stride", "32", "--batch_size", "2", "--unlabelled_batch_size", "2",
+        "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2"]
+
+
+def _ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
+    """A PH2-layout folder holding the first ``count`` real cases (copied to tmp, never committed)."""
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    for entry in data.ph2_datalist(ph2_root)[:count]:
+        shutil.copy(entry["image"], dest / "images")
+        shutil.copy(entry["label"], dest / "masks")
+    return dest
+
+
+def _bundle(command: str, configs: list[str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    config = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
+    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", command, "--config_file", config, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def test_uamt_training_loss_falls_on_real_images(ph2_root):
+    torch.manual_seed(0)
+    split = data.split_labelled(data.ph2_datalist(ph2_root)[:8], num_labelled=4, seed=0)
+    labelled = CacheDataset(split["labelled"], data.dermoscopy_transforms("labelled", 64), progress=False)
+    unlabelled = CacheDataset(split["unlabelled"], data.dermoscopy_transforms("unlabelled", 64), progress=False)
+    network = DualHeadDeepLabV3(output_stride=32)
+    trainer = UAMTTrainer(
+        device="cpu", max_epochs=1, epoch_length=14,
+        train_data_loader=DataLoader(labelled, batch_size=4), unlabeled_data_loader=DataLoader(unlabelled, batch_size=4),
+        network=network, optimizer=torch.optim.AdamW(network.parameters(), lr=1e-3), teacher=EMATeacher(network),
+        loss_weight=Constant(0.5),
+    )
+    losses: list[dict] = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(dict(e.state.output)))
+    trainer.run()
+    assert len(losses) == 14
+    assert all(set(o) >= {"loss", "supervised", "unsupervised", "unsupervised_mixed"} for o in losses)
+    first = np.mean([o["loss"] for o in losses[:3]])
+    last = np.mean([o["loss"] for o in losses[-3:]])
+    assert last < 0.8 * first, f"training loss did not fall: {first:.3f} -> {last:.3f}"
+
+
+def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_root, tmp_path):
+    train_dir = _ph2_subset(ph2_root, tmp_path / "ph2", count=10)
+    run = tmp_path / "run"
+    common_args = ["--dataset_dir", str(train_dir), "--num_labelled", "4", "--num_val", "2",
+                   "--output_dir", str(run), "--model_dir", str(run / "models"), *FAST]
+
+    first = _bundle("training", ["train.json"], *common_args, "--max_epochs", "1")
+    assert "starting fresh" in first.stdout + first.stderr
+    split = json.loads((run / "datalist.json").read_text())
+    assert (len(split["labelled"]), len(split["unlabelled"]), len(split["validation"])) == (4, 4, 2)
+    assert all("label" not in e for e in split["unlabelled"])
+    report = json.loads((run / "validation_metrics.json").read_text())
+    assert report["num_cases"] == 2 and 0.0 <= report["summary"]["dice"]["mean"] <= 1.0
+    assert (run / "validation_overlay.png").is_file() and (run / "models" / "model.pt").is_file()
+
+    # Running again with more epochs continues from the last checkpoint instead of starting over.
+    second = _bundle("training", ["train.json"], *common_args, "--max_epochs", "2")
+    assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
+
+    # Evaluation on a labelled folder, with the deployed (single-head) network.
+    _bundle("evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
+            "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
+            "--num_workers", "0")
+    assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 10
+
+    # Inference on a full-size ISIC original: the mask comes back at the image's own size.
+    largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
+    _bundle("inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
+            "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32")
+    mask_file = run / "pred" / (Path(largest).stem + "_seg.png")
+    mask = Image.open(mask_file)
+    assert mask.size == Image.open(largest).size
+    assert set(np.unique(np.asarray(mask))) <= {0, 255}
+
+
+def test_inference_refuses_a_checkpoint_of_another_model(tmp_path):
+    wrong = tmp_path / "unet.pt"
+    torch.save(UNet2D().state_dict(), wrong)
+    with pytest.raises(ValueError, match="different model"):
+        load_network_weights(DualHeadDeepLabV3(output_stride=32, aux_head=False), wrong, ignore_prefixes=["fcn_head."])
+
+
+def test_deployed_network_loads_a_dual_head_training_checkpoint(tmp_path):
+    trained = DualHeadDeepLabV3(output_stride=32, aux_head=True)
+    path = tmp_path / "model.pt"
+    torch.save(trained.state_dict(), path)
+    deployed = load_network_weights(DualHeadDeepLabV3(output_stride=32, aux_head=False), path, ignore_prefixes=["fcn_head."])
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(trained.eval()(x), deployed.eval()(x))
+
+
+def test_missing_input_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        data.image_folder_datalist(tmp_path / "nowhere")
