@@ -42,11 +42,11 @@ def _ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
     return dest
 
 
-def _bundle(command: str, configs: list[str], *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+def _bundle(command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run") -> subprocess.CompletedProcess:
     config = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
     result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", command, "--config_file", config, *args],
+        [sys.executable, "-m", "monai.bundle", verb, command, "--config_file", config, *args],
         cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
@@ -109,6 +109,17 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert mask.size == Image.open(largest).size
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
+    # The deployed weights export to TorchScript (run from the bundle folder, as the zoo does).
+    exported = run / "model.ts"
+    _bundle("network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
+            "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model",
+            "--output_stride", "32", cwd=BUNDLE, verb="ckpt_export")
+    scripted = torch.jit.load(str(exported))
+    deployed = load_network_weights(DualHeadDeepLabV3(output_stride=32, aux_head=False), run / "models" / "model.pt").eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
+
 
 def test_inference_refuses_a_checkpoint_of_another_model(tmp_path):
     wrong = tmp_path / "unet.pt"
@@ -125,6 +136,15 @@ def test_deployed_network_loads_a_dual_head_training_checkpoint(tmp_path):
     x = torch.rand(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(trained.eval()(x), deployed.eval()(x))
+
+
+def test_saved_model_holds_only_the_deployed_network(tmp_path):
+    from scripts.network import DeployedWeights
+
+    trained = DualHeadDeepLabV3(output_stride=32, aux_head=True)
+    state = DeployedWeights(trained).state_dict()
+    assert state and not any(k.startswith("fcn_head.") for k in state)
+    DualHeadDeepLabV3(output_stride=32, aux_head=False).load_state_dict(state, strict=True)
 
 
 def test_missing_input_is_a_clear_error(tmp_path):

@@ -92,3 +92,21 @@ def _load_backbone_weights(resnet: nn.Module, path: str) -> None:
         raise ValueError(
             f"{file} is not a ResNet-50 state dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
         )
+
+
+class DeployedWeights:
+    """The deployable part of a :class:`DualHeadDeepLabV3`: everything but the training-only FCN head.
+
+    Used as the object saved to ``models/model.pt`` (``CheckpointSaver(save_dict={"model":
+    DeployedWeights(network)})``), so the file loads strictly into the network built with
+    ``aux_head=False`` by ``inference.json``, ``evaluate.json``, ``ckpt_export`` and MONAI Label.
+    """
+
+    def __init__(self, network: nn.Module) -> None:
+        self.network = network.module if hasattr(network, "module") else network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.network.state_dict().items() if not k.startswith("fcn_head.")}
+
+    def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> object:
+        return self.network.load_state_dict(state_dict, strict=strict and not self.network.has_aux_head)

@@ -1,0 +1,52 @@
+"""Every bundle has the model-zoo file set and configs that MONAI can parse."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+BUNDLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir() if (p / "configs").is_dir())
+REQUIRED_FILES = [
+    "configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
+    "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE",
+]
+# Fields the MONAI model-zoo metadata schema requires.
+REQUIRED_METADATA = [
+    "version", "changelog", "monai_version", "pytorch_version", "numpy_version", "required_packages_version",
+    "task", "description", "authors", "copyright", "network_data_format",
+]
+
+
+def test_there_are_bundles():
+    assert BUNDLES, "no bundle found under bundles/"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_zoo_file_set(bundle):
+    missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
+    assert not missing, f"{bundle.name} lacks {missing}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_metadata_fields(bundle):
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    assert not [k for k in REQUIRED_METADATA if k not in meta]
+    assert meta["version"] in meta["changelog"]
+    assert {"inputs", "outputs"} <= set(meta["network_data_format"])
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_train_config_contract(bundle):
+    parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    # `monai.bundle run training` and the default `run` both work
+    assert "training" in parser and "run" in parser
+    # MONAI Label replaces train#dataset#data with its labelled list; unlabelled data has its own key
+    assert "train#dataset#data" in parser and "unlabelled#dataset#data" in parser
+    for name in ("evaluate.json", "inference.json", "multi_gpu_train.json"):
+        ConfigParser.load_config_file(str(bundle / "configs" / name))  # valid JSON/config syntax
+    for preset in sorted((bundle / "configs").rglob("*.json")):
+        ConfigParser.load_config_file(str(preset))
