@@ -1,0 +1,113 @@
+"""Run a 2D teacher over the slices of a 3D volume.
+
+Two of the 3D methods (SemiSAM with a 2D SAM, SFR's stitched slices) need a 2D promptable
+model on volumes. This module cuts a channel-first volume ``(C, X, Y, Z)`` into slices along
+one spatial axis, runs the backend on all of them or on a chosen subset in batches (each slice
+is resized to the backend's input and its logits back by the backend itself), and stacks the
+logits into a volume again. Each slice goes through the backend's ``encode``, so with an
+:class:`~common.teachers.cache.EmbeddingCache` attached every slice is encoded once per run,
+however many iterations ask for it.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from .base import PromptableSegmenter, Prompts
+from .preprocessing import PAD_LOGIT
+from .prompts import slice_prompts
+
+
+def volume_to_slices(volume: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """``(C, X, Y, Z)`` -> ``(S, C, H, W)``: slice ``s`` is ``volume[:, ..., s, ...]`` along ``axis``."""
+    if volume.ndim != 4:
+        raise ValueError(f"volume must be channel-first (C, X, Y, Z), got shape {tuple(volume.shape)}")
+    return torch.movedim(volume, 1 + axis % 3, 0)
+
+
+def slices_to_volume(slices: torch.Tensor, axis: int = -1) -> torch.Tensor:
+    """Inverse of :func:`volume_to_slices`."""
+    return torch.movedim(slices, 0, 1 + axis % 3)
+
+
+class SliceWiseSegmenter:
+    """A 2D :class:`PromptableSegmenter` applied slice by slice to volumes.
+
+    Args:
+        backend: the 2D teacher.
+        axis: spatial axis to slice along (-1 = the last one, axial for RAS volumes).
+        batch_size: slices encoded and decoded together (bounds memory).
+        empty_logit: logit written into slices that are not segmented.
+    """
+
+    def __init__(self, backend: PromptableSegmenter, axis: int = -1, batch_size: int = 8,
+                 empty_logit: float = PAD_LOGIT) -> None:
+        if backend.spatial_dims != 2:
+            raise ValueError(
+                f"slice-wise segmentation needs a 2D backend, got {backend.name} ({backend.spatial_dims}D)"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.backend = backend
+        self.axis = axis
+        self.batch_size = batch_size
+        self.empty_logit = empty_logit
+
+    def segment(
+        self,
+        volume: torch.Tensor,
+        prompts: Prompts,
+        slices: Sequence[int] | torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mask logits ``(N, X, Y, Z)`` for a volume ``(C, X, Y, Z)``.
+
+        Args:
+            volume: channel-first volume; each slice is normalised by the backend.
+            prompts: 2D prompts for *every* slice along the axis (row s = slice s), e.g. from
+                :func:`~common.teachers.prompts.slice_prompts`.
+            slices: indices (or a boolean mask) of the slices to segment; by default the slices
+                whose prompt is valid (all, when ``prompts.valid`` is unset).
+        """
+        images = volume_to_slices(volume, self.axis)
+        count = images.shape[0]
+        if slices is None and prompts.valid is None:
+            chosen = list(range(count))
+        elif slices is None:
+            chosen = torch.nonzero(prompts.valid.reshape(count, -1).any(1)).flatten().tolist()
+        elif isinstance(slices, torch.Tensor) and slices.dtype == torch.bool:
+            chosen = torch.nonzero(slices).flatten().tolist()
+        else:
+            chosen = [int(s) for s in slices]
+        if any(not 0 <= s < count for s in chosen):
+            raise ValueError(f"slice indices must lie in [0, {count}), got {chosen}")
+
+        out: torch.Tensor | None = None
+        for start in range(0, len(chosen), self.batch_size):
+            index = chosen[start:start + self.batch_size]
+            embeddings = self.backend.encode(images[index])
+            result = self.backend.decode(embeddings, **prompts[index].as_kwargs())
+            logits = result.mask_logits  # (b, N, H, W)
+            if out is None:
+                out = logits.new_full((count, *logits.shape[1:]), self.empty_logit)
+            out[index] = logits
+        if out is None:  # nothing to segment: an all-background volume
+            out = images.new_full((count, 1, *images.shape[2:]), self.empty_logit, dtype=torch.float32)
+        return slices_to_volume(out, self.axis)
+
+    def segment_from_probability(
+        self,
+        volume: torch.Tensor,
+        probability: torch.Tensor,
+        uncertainty: torch.Tensor | None = None,
+        kind: str | None = None,
+        **prompt_kwargs: object,
+    ) -> tuple[torch.Tensor, Prompts]:
+        """Prompt every slice from a student's probability map and segment the valid ones.
+
+        Returns the logits volume ``(1, X, Y, Z)`` and the per-slice prompts used.
+        """
+        prompts = slice_prompts(probability, uncertainty, axis=self.axis,
+                                kind=kind or self.backend.default_prompt, **prompt_kwargs)
+        return self.segment(volume, prompts), prompts
