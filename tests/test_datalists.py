@@ -180,7 +180,7 @@ def test_empty_folders_raise_clear_errors(tmp_path: Path) -> None:
 
 # -------------------------------------------------------------------------------------- splits
 def _toy_datalist(n: int) -> list[dict[str, str]]:
-    return [{"image": f"/d/img{i:02d}.png", "label": f"/d/seg{i:02d}.png", "id": f"case{i:02d}"} for i in range(n)]
+    return [{"image": f"d/img{i:02d}.png", "label": f"d/seg{i:02d}.png", "id": f"case{i:02d}"} for i in range(n)]
 
 
 def test_split_is_deterministic_and_hides_unlabelled_labels() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -32,25 +33,34 @@ sys.path.insert(0, str(PROJECT_ROOT))
 from common.teachers import build_teacher  # noqa: E402
 
 
-def reset_peak_memory() -> None:
-    """Reset the kernel's peak-RSS counter of this process (Linux); no-op elsewhere."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
+class PeakMemory:
+    """Peak resident memory of this process during a ``with`` block, in MiB.
 
+    A background thread samples the RSS every few milliseconds (psutil), so each benchmark phase
+    gets its own peak instead of the process's lifetime maximum.
+    """
 
-def peak_memory_mib() -> float:
-    """Peak resident memory since the last reset (VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
+    def __init__(self, interval_s: float = 0.005) -> None:
+        import psutil
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self._process = psutil.Process()
+        self._interval_s = interval_s
+        self._stop = threading.Event()
+        self.peak_mib = 0.0
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mib = max(self.peak_mib, self._process.memory_info().rss / 2**20)
+            self._stop.wait(self._interval_s)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def load_images(data_dir: Path | None, count: int, size: int) -> torch.Tensor:
@@ -68,13 +78,13 @@ def load_images(data_dir: Path | None, count: int, size: int) -> torch.Tensor:
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:
     """Median seconds per call over ``repeats`` (after one warm-up) and the phase's peak MiB."""
     fn()
-    reset_peak_memory()
     seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), peak_memory_mib()
+    with PeakMemory() as memory:
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds), memory.peak_mib
 
 
 def main(argv: list[str] | None = None) -> None:
