@@ -29,7 +29,7 @@ class CountingSegmenter(PromptableSegmenter):
         self.encoded += x.shape[0]
         return self.conv(x), ()
 
-    def decode(self, embeddings, **prompts):  # not needed here
+    def _decode_flat(self, embeddings, flat, original_size, input_size, multimask_output):  # not needed here
         raise NotImplementedError
 
 

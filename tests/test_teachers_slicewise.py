@@ -52,7 +52,8 @@ class BoxPainter(PromptableSegmenter):
         self.encoded = getattr(self, "encoded", 0) + x.shape[0]
         return self.stem(x), ()
 
-    def decode(self, embeddings, boxes=None, **unused):
+    def _decode_flat(self, embeddings, flat, original_size, input_size, multimask_output):
+        boxes = flat.boxes.view(flat.batch_size, flat.num_prompts, 4)
         height, width = embeddings.original_sizes[0]
         rows, cols = torch.arange(height)[:, None], torch.arange(width)[None]
         x0, y0, x1, y1 = boxes[:, 0].T[..., None, None]

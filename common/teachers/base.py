@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .preprocessing import InputTransform
+from .prompt_batch import FlatPrompts, flatten_prompts
 
 Size = tuple[int, ...]
 
@@ -187,6 +188,8 @@ class PromptableSegmenter(nn.Module, abc.ABC):
     name: str = "promptable-segmenter"
     default_prompt: str = "box"
     spatial_dims: int = 2
+    #: whether the prompt encoder has a box embedding (SAM-Med3D's has none)
+    accepts_boxes: bool = True
 
     def __init__(self, transform: InputTransform, weights_id: str | None = None) -> None:
         super().__init__()
@@ -235,7 +238,6 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         )
 
     # ------------------------------------------------------------------ decoding
-    @abc.abstractmethod
     def decode(
         self,
         embeddings: ImageEmbeddings,
@@ -246,7 +248,29 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         dense_prompt: torch.Tensor | None = None,
         multimask_output: bool = False,
     ) -> SegmenterOutput:
-        """Predict masks for prompts given in the caller's image space (differentiable)."""
+        """Predict masks for prompts given in the caller's image space (differentiable).
+
+        The prompts are validated and flattened to one row per (image, prompt) here, once for
+        every backend; the backend maps the flat prompts to its model in :meth:`_decode_flat`.
+        """
+        if boxes is not None and not self.accepts_boxes:
+            raise ValueError(f"{self.name} takes point prompts (and masks), not boxes: its prompt encoder has no box embedding")
+        original_size, input_size = embeddings.common_geometry()
+        flat = flatten_prompts(
+            len(embeddings), self.spatial_dims, boxes, points, point_labels, mask_prompt, dense_prompt, self.device
+        )
+        return self._decode_flat(embeddings, flat, original_size, input_size, multimask_output)
+
+    @abc.abstractmethod
+    def _decode_flat(
+        self,
+        embeddings: ImageEmbeddings,
+        flat: FlatPrompts,
+        original_size: Size,
+        input_size: Size,
+        multimask_output: bool,
+    ) -> SegmenterOutput:
+        """Run the prompt encoder and mask decoder on validated, flattened prompts."""
 
     def forward(self, images: torch.Tensor, **prompts: Any) -> SegmenterOutput:
         """``decode(encode(images), **prompts)``: one-shot convenience for inference."""

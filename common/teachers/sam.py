@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput
+from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
 from .checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
 from .preprocessing import InputTransform
-from .prompt_batch import flatten_prompts, repeat_per_prompt
+from .prompt_batch import FlatPrompts, repeat_per_prompt
 
 #: SAM's own input convention: 1024 px longest side, 0-255 RGB, ImageNet mean/std.
 SAM_TRANSFORM = InputTransform(
@@ -109,19 +109,15 @@ class SamSegmenter(PromptableSegmenter):
             multimask_output=multimask_output,
         )
 
-    def decode(
+    def _decode_flat(
         self,
         embeddings: ImageEmbeddings,
-        boxes: torch.Tensor | None = None,
-        points: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        mask_prompt: torch.Tensor | None = None,
-        dense_prompt: torch.Tensor | None = None,
-        multimask_output: bool = False,
+        flat: FlatPrompts,
+        original_size: Size,
+        input_size: Size,
+        multimask_output: bool,
     ) -> SegmenterOutput:
         device = self.device
-        original_size, input_size = embeddings.common_geometry()
-        flat = flatten_prompts(len(embeddings), 2, boxes, points, point_labels, mask_prompt, dense_prompt, device)
         n = flat.num_prompts
 
         point_input = None

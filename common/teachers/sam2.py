@@ -29,10 +29,10 @@ from typing import Literal, Mapping
 import torch
 from torch import nn
 
-from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput
+from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
 from .checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
 from .preprocessing import InputTransform
-from .prompt_batch import flatten_prompts, repeat_per_prompt
+from .prompt_batch import FlatPrompts, repeat_per_prompt
 from .sam import package_outputs
 
 #: sam2's logit for "object absent" (``NO_OBJ_SCORE``), also used for frames never reached.
@@ -155,19 +155,15 @@ class Sam2Segmenter(PromptableSegmenter):
             features = features + self.model.no_mem_embed.view(1, -1, 1, 1)
         return features
 
-    def decode(
+    def _decode_flat(
         self,
         embeddings: ImageEmbeddings,
-        boxes: torch.Tensor | None = None,
-        points: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        mask_prompt: torch.Tensor | None = None,
-        dense_prompt: torch.Tensor | None = None,
-        multimask_output: bool = False,
+        flat: FlatPrompts,
+        original_size: Size,
+        input_size: Size,
+        multimask_output: bool,
     ) -> SegmenterOutput:
         device = self.device
-        original_size, input_size = embeddings.common_geometry()
-        flat = flatten_prompts(len(embeddings), 2, boxes, points, point_labels, mask_prompt, dense_prompt, device)
         n = flat.num_prompts
         rows = len(embeddings) * n
 

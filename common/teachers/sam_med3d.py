@@ -23,10 +23,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput
+from .base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
 from .checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
 from .preprocessing import InputTransform
-from .prompt_batch import flatten_prompts, repeat_per_prompt
+from .prompt_batch import FlatPrompts, repeat_per_prompt
 from .sam import package_outputs
 
 SAM_MED3D_TRANSFORM = InputTransform(
@@ -46,6 +46,7 @@ class SamMed3DSegmenter(PromptableSegmenter):
     name = "sam_med3d"
     default_prompt = "points"
     spatial_dims = 3
+    accepts_boxes = False
 
     def __init__(self, model: nn.Module, transform: InputTransform = SAM_MED3D_TRANSFORM,
                  weights_id: str | None = None) -> None:
@@ -67,23 +68,15 @@ class SamMed3DSegmenter(PromptableSegmenter):
     def _encode_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         return self.encoder(x), ()
 
-    def decode(
+    def _decode_flat(
         self,
         embeddings: ImageEmbeddings,
-        boxes: torch.Tensor | None = None,
-        points: torch.Tensor | None = None,
-        point_labels: torch.Tensor | None = None,
-        mask_prompt: torch.Tensor | None = None,
-        dense_prompt: torch.Tensor | None = None,
-        multimask_output: bool = False,
+        flat: FlatPrompts,
+        original_size: Size,
+        input_size: Size,
+        multimask_output: bool,
     ) -> SegmenterOutput:
-        if boxes is not None:
-            raise ValueError(
-                "SAM-Med3D takes point prompts (and masks), not boxes: its prompt encoder has no box embedding"
-            )
         device = self.device
-        original_size, input_size = embeddings.common_geometry()
-        flat = flatten_prompts(len(embeddings), 3, None, points, point_labels, mask_prompt, dense_prompt, device)
         n = flat.num_prompts
         rows = len(embeddings) * n
         point_input = None
