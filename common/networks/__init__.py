@@ -1,6 +1,9 @@
 """Segmentation networks shared by several bundles."""
 
+from .dual_head import DualTaskHead, DualTaskOutputs
+from .mobilenet_unet import MobileNetDualTaskUNet
 from .unet2d import UNet2D
+from .vit_dual_task import ViTDualTaskNet
 from .vnet import VNet
 
-__all__ = ["UNet2D", "VNet"]
+__all__ = ["DualTaskHead", "DualTaskOutputs", "MobileNetDualTaskUNet", "UNet2D", "ViTDualTaskNet", "VNet"]

@@ -21,13 +21,16 @@ are imported lazily by the registry, so using LiteMedSAM never imports sam2 or m
 
 from .base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
 from .cache import EmbeddingCache
+from .fused_prompt import fused_mask_logits, fused_prompts
 from .preprocessing import InputTransform
+from .prompt_decoder import DensePromptDecoder
 from .prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
 from .registry import TEACHER_NAMES, build_teacher
 from .slicewise import SliceWiseSegmenter, slices_to_volume, volume_to_slices
 
 __all__ = [
     "TEACHER_NAMES",
+    "DensePromptDecoder",
     "EmbeddingCache",
     "ImageEmbeddings",
     "InputTransform",
@@ -37,6 +40,8 @@ __all__ = [
     "SliceWiseSegmenter",
     "box_prompts",
     "build_teacher",
+    "fused_mask_logits",
+    "fused_prompts",
     "point_prompts",
     "prompts_from_probability",
     "slice_prompts",
