@@ -10,7 +10,8 @@ from .checkpoints import (
     training_checkpoint_dict,
 )
 from .ema import EMATeacher, unwrap_model
-from .mean_teacher import MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer
+from .frameworks import FRAMEWORKS, build_consistency_trainer
+from .mean_teacher import AuxiliaryTerm, MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer, predictive_entropy
 from .ramps import (
     Constant,
     ExponentialRampDown,
@@ -24,9 +25,15 @@ from .ramps import (
     linear_rampup,
     ramp_progress,
 )
+from .sam_assisted import SAMAssistedConsistency
 from .semi_supervised import SemiSupervisedTrainer
 
 __all__ = [
+    "AuxiliaryTerm",
+    "FRAMEWORKS",
+    "build_consistency_trainer",
+    "predictive_entropy",
+    "SAMAssistedConsistency",
     "Constant",
     "EMATeacher",
     "ExponentialRampDown",

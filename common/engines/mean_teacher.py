@@ -19,13 +19,21 @@ learns first from the voxels the teacher is sure about, then from more.
 Input noise comes from a generator seeded with ``(noise_seed, iteration, rank)``, so an
 iteration's noise is the same whether the run was interrupted and resumed or not. Dropout and
 other randomness inside the networks use torch's global generator.
+
+Plug-and-play extra targets: both trainers take ``auxiliary_terms``, objects that add another
+weighted consistency term on the unlabelled batch (SemiSAM's SAM-assisted branch,
+:class:`~common.engines.sam_assisted.SAMAssistedConsistency`, is one). Each is called with the
+engine, the unlabelled batch and the student's logits; it returns its unweighted term under its
+``name`` and its weight under ``name + "_weight"``, and the trainer adds ``weight * term`` to the
+loss. The teacher's uncertainty map (:meth:`MeanTeacherTrainer.teacher_uncertainty`) is computed
+at most once per iteration and shared between UA-MT's mask and any auxiliary term that asks for it.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -37,7 +45,26 @@ from .ema import EMATeacher
 from .ramps import gaussian_rampup
 from .semi_supervised import Batch, LossTerms, SemiSupervisedTrainer
 
-__all__ = ["MeanTeacherTrainer", "UncertaintyAwareMeanTeacherTrainer"]
+__all__ = ["AuxiliaryTerm", "MeanTeacherTrainer", "UncertaintyAwareMeanTeacherTrainer", "predictive_entropy"]
+
+
+@runtime_checkable
+class AuxiliaryTerm(Protocol):
+    """An extra consistency term on the unlabelled batch, attachable to any mean-teacher trainer.
+
+    ``term(engine, unlabelled, student_logits)`` returns a dict with the unweighted loss under
+    ``term.name``, its weight (a float) under ``term.name + "_weight"`` and any scalars worth logging.
+    The trainer adds ``weight * loss`` to the total. ``unlabelled`` never carries a label.
+    """
+
+    name: str
+
+    def __call__(self, engine: Any, unlabelled: Batch, student_logits: torch.Tensor) -> LossTerms: ...
+
+
+def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
+    """``-sum_c p_c log p_c`` over the class dimension, ``(B, 1, *spatial)`` (UA-MT's uncertainty)."""
+    return -(probabilities * torch.log(probabilities + 1e-6)).sum(dim=1, keepdim=True)
 
 
 class MeanTeacherTrainer(SemiSupervisedTrainer):
@@ -56,6 +83,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         noise_std, noise_clip: input noise ``clamp(noise_std * N(0, 1), -noise_clip, noise_clip)``.
         student_noise: also perturb the student's input (papers: True; UA-MT code: False).
         noise_seed: seed of the per-iteration noise generator; ``None`` draws from torch's global RNG.
+        auxiliary_terms: extra weighted consistency terms (:class:`AuxiliaryTerm`), e.g. SemiSAM's
+            SAM-assisted branch; the method stays the same otherwise (plug-and-play).
         kwargs: the remaining :class:`SemiSupervisedTrainer` arguments.
 
     Hooks for subclasses: :meth:`student_unlabelled_forward`, :meth:`teacher_targets`,
@@ -80,6 +109,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         noise_clip: float = 0.2,
         student_noise: bool = True,
         noise_seed: int | None = 0,
+        auxiliary_terms: Sequence[AuxiliaryTerm] | None = None,
         **kwargs: Any,
     ) -> None:
         if unlabeled_data_loader is None:
@@ -110,6 +140,14 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         self.noise_seed = noise_seed
         self._noise_generator: torch.Generator | None = None
         self._noise_generator_iteration: int | None = None
+        self.auxiliary_terms: list[AuxiliaryTerm] = [t for t in (auxiliary_terms or []) if t is not None]
+        for term in self.auxiliary_terms:
+            if not callable(term) or not isinstance(getattr(term, "name", None), str):
+                raise TypeError(f"an auxiliary term must be callable and have a str 'name', got {term!r}.")
+        names = [term.name for term in self.auxiliary_terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"auxiliary term names must be unique, got {names}.")
+        self._uncertainty_memo: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def ema(self) -> EMATeacher:
@@ -135,6 +173,35 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
             images.shape, generator=self.noise_generator(), device=images.device, dtype=images.dtype
         )
         return images + torch.clamp(noise * self.noise_std, -self.noise_clip, self.noise_clip)
+
+    # ------------------------------------------------------------------ uncertainty
+    def teacher_uncertainty(
+        self, engine: MeanTeacherTrainer, unlabelled: Batch, passes: int = 8, stochastic: bool = True
+    ) -> torch.Tensor:
+        """UA-MT's uncertainty: entropy ``(B, 1, *spatial)`` of the teacher's mean softmax over
+        ``passes`` noisy inputs (and dropout, with ``stochastic``), in nats.
+
+        Computed once per iteration and argument set: UA-MT's mask and a SAM branch asking for
+        the same map share one set of teacher passes.
+        """
+        if passes < 2:
+            raise ValueError(f"uncertainty needs at least 2 teacher passes, got {passes}.")
+        images = unlabelled[Keys.IMAGE]
+        key = (engine.state.iteration, id(images), tuple(images.shape), passes, stochastic)
+        if self._uncertainty_memo is not None and self._uncertainty_memo[0] == key:
+            return self._uncertainty_memo[1]
+        was_training = self.ema.teacher.training
+        self.ema.train_mode(stochastic)
+        try:
+            mean_probability = sum(
+                torch.softmax(as_class_logits(self.inferer(self.add_input_noise(images), self.ema)).float(), dim=1)
+                for _ in range(passes)
+            ) / passes
+        finally:
+            self.ema.train_mode(was_training)
+        uncertainty = predictive_entropy(mean_probability)
+        self._uncertainty_memo = (key, uncertainty)
+        return uncertainty
 
     # ------------------------------------------------------------------ hooks
     def student_unlabelled_forward(self, engine: MeanTeacherTrainer, unlabelled: Batch) -> torch.Tensor:
@@ -164,11 +231,20 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         teacher_logits = self.teacher_targets(engine, unlabelled)
         terms = self.consistency_terms(engine, student_logits, teacher_logits, unlabelled)
         weight = self.consistency_weight_at(engine.state.iteration)
+        loss = supervised + weight * terms["consistency"]
+        extra: LossTerms = {}
+        for auxiliary in self.auxiliary_terms:
+            aux_terms = auxiliary(engine, unlabelled, student_logits)
+            aux_weight = float(aux_terms[f"{auxiliary.name}_weight"])
+            if aux_weight != 0.0:
+                loss = loss + aux_weight * aux_terms[auxiliary.name]
+            extra.update(aux_terms)
         return {
-            "loss": supervised + weight * terms["consistency"],
+            "loss": loss,
             "supervised": supervised,
             **terms,
             "consistency_weight": weight,
+            **extra,
         }
 
 
@@ -202,17 +278,7 @@ class UncertaintyAwareMeanTeacherTrainer(MeanTeacherTrainer):
 
     def uncertainty(self, engine: UncertaintyAwareMeanTeacherTrainer, unlabelled: Batch) -> torch.Tensor:
         """Predictive entropy ``(B, 1, *spatial)`` of the teacher's mean softmax over ``T`` noisy passes."""
-        images = unlabelled[Keys.IMAGE]
-        was_training = self.ema.teacher.training
-        self.ema.train_mode(self.stochastic_teacher)
-        try:
-            mean_probability = sum(
-                torch.softmax(as_class_logits(self.inferer(self.add_input_noise(images), self.ema)).float(), dim=1)
-                for _ in range(self.uncertainty_passes)
-            ) / self.uncertainty_passes
-        finally:
-            self.ema.train_mode(was_training)
-        return -(mean_probability * torch.log(mean_probability + 1e-6)).sum(dim=1, keepdim=True)
+        return self.teacher_uncertainty(engine, unlabelled, self.uncertainty_passes, self.stochastic_teacher)
 
     def uncertainty_threshold(self, engine: UncertaintyAwareMeanTeacherTrainer, num_classes: int) -> float:
         """``(0.75 + 0.25 * gaussian_rampup(iteration, length)) * ln(num_classes)``."""

@@ -3,6 +3,7 @@
 from .segmentation import (
     ALL_METRICS,
     PERCENT_METRICS,
+    VOLUME_METRICS,
     EmptyMaskWarning,
     case_metrics,
     results_table,
@@ -13,6 +14,7 @@ from .segmentation import (
 __all__ = [
     "ALL_METRICS",
     "PERCENT_METRICS",
+    "VOLUME_METRICS",
     "EmptyMaskWarning",
     "case_metrics",
     "results_table",

@@ -10,7 +10,9 @@ this module only fixes the conventions the papers report and MONAI leaves open:
   or from an empty mask are undefined: they are NaN with an :class:`EmptyMaskWarning`, never inf,
   and summaries skip them (MONAI would return inf and warn for each call);
 * HD95/ASD are in voxels when ``spacing`` is ``None`` and in physical units (mm) otherwise,
-  ``spacing`` listing the voxel size per spatial axis in array order.
+  ``spacing`` listing the voxel size per spatial axis in array order; ``hd95_voxel`` and
+  ``asd_voxel`` are always in voxels, so one call can report both units (the 3D SSL papers print
+  voxels, clinicians read mm).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from monai.utils import convert_to_tensor
 __all__ = [
     "ALL_METRICS",
     "PERCENT_METRICS",
+    "VOLUME_METRICS",
     "EmptyMaskWarning",
     "case_metrics",
     "summarise",
@@ -43,8 +46,12 @@ __all__ = [
 ]
 
 ALL_METRICS: tuple[str, ...] = ("dice", "iou", "sensitivity", "specificity", "hd95", "asd")
+#: every metric :func:`case_metrics` knows (the default computes ``ALL_METRICS``)
+KNOWN_METRICS: tuple[str, ...] = ALL_METRICS + ("hd95_voxel", "asd_voxel")
 PERCENT_METRICS: tuple[str, ...] = ("dice", "iou", "sensitivity", "specificity")
-_DISTANCE_METRICS = ("hd95", "asd")
+_DISTANCE_METRICS = ("hd95", "asd", "hd95_voxel", "asd_voxel")
+#: the metrics of the 3D semi-supervised papers (Dice, Jaccard = IoU, 95HD, ASD), distances in both units
+VOLUME_METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "asd", "hd95_voxel", "asd_voxel")
 _DISPLAY_NAMES = {
     "dice": "Dice",
     "iou": "IoU",
@@ -52,6 +59,8 @@ _DISPLAY_NAMES = {
     "specificity": "Specificity",
     "hd95": "HD95",
     "asd": "ASD",
+    "hd95_voxel": "HD95 (voxel)",
+    "asd_voxel": "ASD (voxel)",
 }
 
 
@@ -95,15 +104,15 @@ def case_metrics(
         label: binary ground truth, same shape as ``pred``.
         spacing: voxel size per spatial axis (e.g. mm) for HD95/ASD; ``None`` gives voxels.
             With a 3-axis spacing a (1, H, W) array is read as a volume, otherwise as a 2D image.
-        metrics: any of ``ALL_METRICS``.
+        metrics: any of ``KNOWN_METRICS``.
 
     Returns:
         ``{metric: value}`` as Python floats. Sensitivity is NaN when the label is empty and
         specificity when it fills the image (0/0); HD95/ASD are NaN when either mask is empty.
     """
-    unknown = set(metrics) - set(ALL_METRICS)
+    unknown = set(metrics) - set(KNOWN_METRICS)
     if unknown:
-        raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {ALL_METRICS}.")
+        raise ValueError(f"unknown metric(s) {sorted(unknown)}; choose from {KNOWN_METRICS}.")
     spatial_ndim = len(spacing) if spacing is not None else None
     y_pred = _as_binary_case(pred, "pred", spatial_ndim)
     y = _as_binary_case(label, "label", spatial_ndim)
@@ -137,12 +146,14 @@ def case_metrics(
                 # MONAI 1.5-1.6 passes its own deprecated `always_return_as_numpy` internally and
                 # warns on every call; nothing a caller can act on.
                 warnings.filterwarnings("ignore", message=".*always_return_as_numpy.*", category=FutureWarning)
-                if "hd95" in metrics:
-                    hd95 = HausdorffDistanceMetric(include_background=True, percentile=95)
-                    results["hd95"] = hd95(y_pred, y, spacing=spacing).item()
-                if "asd" in metrics:
-                    asd = SurfaceDistanceMetric(include_background=True, symmetric=True)
-                    results["asd"] = asd(y_pred, y, spacing=spacing).item()
+                for name, unit_spacing in (("hd95", spacing), ("hd95_voxel", None)):
+                    if name in metrics:
+                        hd95 = HausdorffDistanceMetric(include_background=True, percentile=95)
+                        results[name] = hd95(y_pred, y, spacing=unit_spacing).item()
+                for name, unit_spacing in (("asd", spacing), ("asd_voxel", None)):
+                    if name in metrics:
+                        asd = SurfaceDistanceMetric(include_background=True, symmetric=True)
+                        results[name] = asd(y_pred, y, spacing=unit_spacing).item()
     return {name: results[name] for name in metrics}
 
 
@@ -195,7 +206,7 @@ def results_table(
         header = _DISPLAY_NAMES.get(name, name)
         if name in percent:
             header += " (%)"
-        elif name in _DISTANCE_METRICS and distance_unit:
+        elif name in ("hd95", "asd") and distance_unit:
             header += f" ({distance_unit})"
         headers.append(header)
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(["---"] + [":---:"] * len(metrics)) + "|"]

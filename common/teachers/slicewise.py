@@ -111,3 +111,88 @@ class SliceWiseSegmenter:
         prompts = slice_prompts(probability, uncertainty, axis=self.axis,
                                 kind=kind or self.backend.default_prompt, **prompt_kwargs)
         return self.segment(volume, prompts), prompts
+
+
+# ---------------------------------------------------------------------------------------------
+# Patches of a volume: where a (cropped, flipped, rotated) training patch lies in its volume.
+#
+# A 2D teacher run on the slices of random patches sees different pixels at every crop, so its
+# embeddings can never be cached. Run on whole slices of the volume instead, the encoder sees
+# each slice once per run; the maps below carry a patch slice's prompts into the whole slice and
+# the teacher's output back into the patch.
+
+
+def patch_to_volume_map(patch_affine: torch.Tensor, volume_affine: torch.Tensor) -> torch.Tensor:
+    """Integer 4x4 map from patch voxel indices to volume voxel indices.
+
+    ``inv(volume_affine) @ patch_affine`` for a patch cut from the volume by crops, padding, flips
+    and 90-degree rotations: a signed permutation plus a translation. Anything else (a patch that
+    was resampled or rotated by other angles) is refused.
+    """
+    mapping = torch.linalg.inv(volume_affine.double().cpu()) @ patch_affine.double().cpu()
+    rounded = mapping.round()
+    linear = rounded[:3, :3]
+    is_permutation = bool(((linear.abs() == 1).sum(0) == 1).all() and ((linear.abs() == 1).sum(1) == 1).all()
+                          and (linear.abs().sum() == 3))
+    if not is_permutation or not torch.allclose(mapping, rounded, atol=1e-3):
+        raise ValueError(
+            "the patch is not an axis-aligned crop of the volume (voxel map "
+            f"{mapping[:3].tolist()}): it must come from the same resampled grid by crops, flips and "
+            "90-degree rotations only"
+        )
+    return rounded.long()
+
+
+class PatchSliceMap:
+    """Pixel correspondence between one slice of a patch and the whole slice of its volume.
+
+    Args:
+        mapping: patch-to-volume voxel map from :func:`patch_to_volume_map`.
+        patch_shape: spatial shape of the patch ``(X, Y, Z)``.
+        volume_shape: spatial shape of the volume.
+        axis: the slicing axis (of the patch; the map must send it to a volume axis, which becomes
+            the volume's slicing axis ``volume_axis``).
+        index: slice index in the patch.
+
+    Attributes:
+        volume_axis, volume_index: which slice of the volume the patch slice lies in.
+        rows, cols: ``(h, w)`` coordinates of every patch-slice pixel in the whole volume slice
+            (its two remaining axes in array order); ``inside`` marks pixels inside the volume
+            (patch padding maps outside).
+    """
+
+    def __init__(self, mapping: torch.Tensor, patch_shape: Sequence[int], volume_shape: Sequence[int],
+                 axis: int, index: int) -> None:
+        axis = axis % 3
+        if not 0 <= index < patch_shape[axis]:
+            raise ValueError(f"slice index {index} outside the patch's {patch_shape[axis]} slices along axis {axis}")
+        linear = mapping[:3, :3]
+        self.volume_axis = int(torch.nonzero(linear[:, axis]).flatten()[0])
+        grids = torch.meshgrid(*[torch.arange(s) if d != axis else torch.tensor([index])
+                                 for d, s in enumerate(patch_shape)], indexing="ij")
+        patch_index = torch.stack([g.reshape(-1) for g in grids], dim=1)  # (h*w, 3)
+        volume_index = patch_index @ linear.T + mapping[:3, 3]
+        self.volume_index = int(volume_index[0, self.volume_axis])
+        plane_shape = [s for d, s in enumerate(patch_shape) if d != axis]
+        in_plane = [d for d in range(3) if d != self.volume_axis]
+        self.slice_shape = tuple(int(volume_shape[d]) for d in in_plane)
+        self.rows = volume_index[:, in_plane[0]].reshape(plane_shape)
+        self.cols = volume_index[:, in_plane[1]].reshape(plane_shape)
+        self.inside = ((self.rows >= 0) & (self.rows < self.slice_shape[0]) & (self.cols >= 0)
+                       & (self.cols < self.slice_shape[1]))
+        self.slice_inside = 0 <= self.volume_index < int(volume_shape[self.volume_axis])
+
+    def to_slice(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """Scatter patch-slice values ``(h, w)`` into a whole-slice canvas filled with ``fill``."""
+        canvas = values.new_full(self.slice_shape, fill)
+        inside = self.inside.to(values.device)
+        canvas[self.rows.to(values.device)[inside], self.cols.to(values.device)[inside]] = values[inside]
+        return canvas
+
+    def from_slice(self, values: torch.Tensor, fill: float) -> torch.Tensor:
+        """Gather whole-slice values ``(..., H, W)`` back onto the patch slice ``(..., h, w)``."""
+        inside = self.inside.to(values.device)
+        rows = self.rows.to(values.device).clamp(0, self.slice_shape[0] - 1)
+        cols = self.cols.to(values.device).clamp(0, self.slice_shape[1] - 1)
+        gathered = values[..., rows, cols]
+        return torch.where(inside, gathered, gathered.new_full((), fill))
