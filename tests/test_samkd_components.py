@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "samkd_dualtask_skin"
-sys.path.insert(0, str(BUNDLE))
+BUNDLE = use_bundle("samkd_dualtask_skin")
+_bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
 from common.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
 from common.networks import DualTaskOutputs, MobileNetDualTaskUNet, ViTDualTaskNet  # noqa: E402

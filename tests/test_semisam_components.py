@@ -28,8 +28,11 @@ from common.networks import VNet
 from common.teachers import EmbeddingCache, build_teacher, prompts_from_probability
 from common.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
 
+from bundle_scripts import bundle_fixture  # same directory, on sys.path under pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON = ROOT / "bundles" / "semisam_la" / "configs" / "train.json"
+_bundle_scripts = bundle_fixture("semisam_la")  # train.json imports the bundle's scripts
 SPACING = 2.5  # coarse LA grid: small volumes, quick tests
 PATCH = (32, 32, 16)
 

@@ -14,9 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
+from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-BUNDLE = ROOT / "bundles" / "uamt_skin"
-sys.path.insert(0, str(BUNDLE))
+BUNDLE = use_bundle("uamt_skin")
+_bundle_scripts = bundle_fixture("uamt_skin")
 
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader  # noqa: E402

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "uamt_skin"
-sys.path.insert(0, str(BUNDLE))
+from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+
+BUNDLE = use_bundle("uamt_skin")
+_bundle_scripts = bundle_fixture("uamt_skin")
 
 from scripts.network import DualHeadDeepLabV3  # noqa: E402
 from scripts.uncertainty import mixture_entropy, patch_uncertainty, uncertainty_guided_mix  # noqa: E402

@@ -1,0 +1,64 @@
+"""Import one bundle's ``scripts`` package at a time, the way MONAI Label and ``monai.bundle`` do.
+
+Every bundle keeps its local code in a top-level ``scripts`` package (the model-zoo convention,
+which MONAI Label relies on), so two bundles' ``scripts`` cannot live in ``sys.modules`` together.
+A test module calls :func:`use_bundle` before it imports from ``scripts`` and again, through the
+:func:`bundle_fixture` autouse fixture, before each of its tests: the bundle's modules are swapped
+in (and the other bundle's swapped out and kept), so classes imported at collection time stay the
+very classes the bundle's configs instantiate later.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+
+_parked: dict[str, dict[str, ModuleType]] = {}  # bundle name -> its ``scripts*`` modules while inactive
+
+
+def _owner(module: ModuleType) -> str | None:
+    """The bundle folder a loaded ``scripts`` module comes from (None for anything else)."""
+    path = Path(getattr(module, "__file__", "") or "").resolve()
+    try:
+        return path.relative_to(BUNDLES).parts[0]
+    except ValueError:
+        return None
+
+
+def use_bundle(name: str) -> Path:
+    """Make ``bundles/<name>/scripts`` the importable ``scripts`` package; returns the bundle folder."""
+    bundle = BUNDLES / name
+    if not (bundle / "scripts" / "__init__.py").is_file():
+        raise FileNotFoundError(f"no bundle scripts package at {bundle / 'scripts'}")
+    loaded = {key: mod for key, mod in sys.modules.items() if key == "scripts" or key.startswith("scripts.")}
+    if loaded.get("scripts") is not None and _owner(loaded["scripts"]) == name:
+        return bundle
+    for key, module in loaded.items():
+        del sys.modules[key]
+        owner = _owner(module)
+        if owner is not None:
+            _parked.setdefault(owner, {})[key] = module
+    sys.modules.update(_parked.pop(name, {}))
+    bundle_paths = {str(p) for p in BUNDLES.iterdir()}
+    sys.path[:] = [p for p in sys.path if p not in bundle_paths]
+    sys.path.insert(0, str(bundle))
+    importlib.invalidate_caches()
+    return bundle
+
+
+def bundle_fixture(name: str):
+    """An autouse fixture for a test module that works with bundle ``name``'s scripts."""
+
+    @pytest.fixture(autouse=True)
+    def _active_bundle_scripts():
+        use_bundle(name)
+        yield
+
+    return _active_bundle_scripts
