@@ -17,26 +17,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from experiment_runner import ROOT, Variant, run_variants
 
-from common.data import msd_datalist  # noqa: E402
-from common.metrics import results_table  # noqa: E402
+from common.data import msd_datalist
 
 BUNDLE = ROOT / "bundles" / "semisam_la"
-# run folder -> (table row, override config files)
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "suponly": ("SupOnly", ["configs/baselines/suponly.json"]),
-    "mean_teacher": ("MT", ["configs/baselines/mean_teacher.json"]),
-    "mean_teacher_semisam": ("MT + SemiSAM", ["configs/baselines/mean_teacher_semisam.json"]),
-    "uamt": ("UA-MT", ["configs/baselines/uamt.json"]),
-    "uamt_semisam": ("UA-MT + SemiSAM", ["configs/baselines/uamt_semisam.json"]),
+VARIANTS: dict[str, Variant] = {
+    "suponly": Variant("SupOnly", ["configs/baselines/suponly.json"]),
+    "mean_teacher": Variant("MT", ["configs/baselines/mean_teacher.json"]),
+    "mean_teacher_semisam": Variant("MT + SemiSAM", ["configs/baselines/mean_teacher_semisam.json"]),
+    "uamt": Variant("UA-MT", ["configs/baselines/uamt.json"]),
+    "uamt_semisam": Variant("UA-MT + SemiSAM", ["configs/baselines/uamt_semisam.json"]),
 }
 METRICS = ("dice", "iou", "hd95", "asd", "hd95_voxel", "asd_voxel")
 
@@ -65,6 +58,7 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", default=["suponly", "mean_teacher", "mean_teacher_semisam"],
                         choices=list(VARIANTS))
     parser.add_argument("--out", default=str(BUNDLE / "runs" / "experiments"), help="where runs and the table go")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs' metrics instead of retraining")
     parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run")
     args = parser.parse_args()
 
@@ -74,38 +68,18 @@ def main() -> None:
     out = Path(args.out).resolve()
     pool_json = _write_msd(out / "split" / "pool" / "dataset.json", cases[: args.pool], "LA train pool")
     test_json = _write_msd(out / "split" / "test" / "dataset.json", cases[-args.test :], "LA test")
-
-    rows, seconds = {}, {}
-    for name in args.variants:
-        label, files = VARIANTS[name]
-        configs = ["configs/train.json"] + ([f"configs/{args.preset}.json"] if args.preset else []) + files
-        config_arg = "[" + ",".join(f"'{BUNDLE / c}'" for c in configs) + "]"
-        run_dir = out / name
-        command = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", config_arg,
-            "--dataset_dir", str(pool_json),
-            "--val_dataset_dir", str(test_json),
-            "--num_labelled", str(args.num_labelled),
-            "--seed", str(args.seed),
-            "--output_dir", str(run_dir),
-            "--model_dir", str(run_dir),
-            "--sam#cache_dir", str(out / "sam_embeddings"),
-            *args.overrides,
-        ]
-        print(f"\n### {label}\n{shlex.join(command)}", flush=True)
-        start = time.time()
-        subprocess.run(command, check=True, cwd=ROOT)
-        seconds[label] = time.time() - start
-        rows[label] = json.loads((run_dir / "validation_metrics.json").read_text())["cases"]
-
-    table = results_table(rows, metrics=METRICS, distance_unit="mm")
-    timing = "\n".join(f"- {name}: {s / 60:.1f} min" for name, s in seconds.items())
-    report = (f"{table}\nLA, {args.num_labelled} labelled (seed {args.seed}) + {args.pool - args.num_labelled} unlabelled "
-              f"of the first {args.pool} cases by id; test: the last {args.test}.\n\n"
-              f"wall-clock per run (train + test):\n{timing}\n\ncommand: python {shlex.join(sys.argv)}\n")
-    (out / "results.md").write_text(report)
-    print("\n" + report)
+    run_args = [
+        "--dataset_dir", str(pool_json),
+        "--val_dataset_dir", str(test_json),
+        "--num_labelled", str(args.num_labelled),
+        "--seed", str(args.seed),
+        "--sam#cache_dir", str(out / "sam_embeddings"),
+        *args.overrides,
+    ]
+    notes = (f"LA, {args.num_labelled} labelled (seed {args.seed}) + {args.pool - args.num_labelled} unlabelled "
+             f"of the first {args.pool} cases by id; test: the last {args.test}.")
+    run_variants(BUNDLE, VARIANTS, args.variants, out, run_args, metrics=METRICS, preset=args.preset,
+                 distance_unit="mm", reuse=args.reuse, notes=notes)
 
 
 if __name__ == "__main__":

@@ -14,25 +14,16 @@ Example (the figures in bundles/uamt_skin/docs/README.md):
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from common.metrics import results_table  # noqa: E402
+from experiment_runner import ROOT, Variant, run_variants
 
 BUNDLE = ROOT / "bundles" / "uamt_skin"
-# run folder -> (table row, override config files, extra "--key value" overrides)
-VARIANTS: dict[str, tuple[str, list[str], list[str]]] = {
-    "suponly": ("SupOnly", ["configs/baselines/suponly.json"], []),
-    "mean_teacher": ("MT", ["configs/baselines/mean_teacher.json"], []),
-    "uamt": ("UAMT", [], []),
-    "uamt_rampup": ("UAMT, L = Ls + lambda Lu", [], ["--method#loss_weighting", "consistency_rampup"]),
+VARIANTS: dict[str, Variant] = {
+    "suponly": Variant("SupOnly", ["configs/baselines/suponly.json"]),
+    "mean_teacher": Variant("MT", ["configs/baselines/mean_teacher.json"]),
+    "uamt": Variant("UAMT"),
+    "uamt_rampup": Variant("UAMT, L = Ls + lambda Lu", overrides=["--method#loss_weighting", "consistency_rampup"]),
 }
 
 
@@ -45,39 +36,19 @@ def main() -> None:
     parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
     parser.add_argument("--variants", nargs="+", default=["suponly", "mean_teacher", "uamt"], choices=list(VARIANTS))
     parser.add_argument("--out", default=str(BUNDLE / "runs" / "experiments"), help="where runs and the table go")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs' metrics instead of retraining")
     parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run")
     args = parser.parse_args()
 
-    out = Path(args.out).resolve()
-    rows, seconds = {}, {}
-    for name in args.variants:
-        label, files, extra = VARIANTS[name]
-        configs = ["configs/train.json"] + ([f"configs/{args.preset}.json"] if args.preset else []) + files
-        config_arg = "[" + ",".join(f"'{BUNDLE / c}'" for c in configs) + "]"
-        run_dir = out / name
-        command = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", config_arg,
-            "--dataset_dir", str(Path(args.train_dir).resolve()),
-            "--val_dataset_dir", str(Path(args.test_dir).resolve()),
-            "--num_labelled", str(args.num_labelled),
-            "--seed", str(args.seed),
-            "--output_dir", str(run_dir),
-            "--model_dir", str(run_dir),
-            *extra,
-            *args.overrides,
-        ]
-        print(f"\n### {label}\n{shlex.join(command)}", flush=True)
-        start = time.time()
-        subprocess.run(command, check=True, cwd=ROOT)
-        seconds[label] = time.time() - start
-        rows[label] = json.loads((run_dir / "validation_metrics.json").read_text())["cases"]
-
-    table = results_table(rows, metrics=("dice", "iou", "sensitivity", "specificity"))
-    timing = "\n".join(f"- {name}: {s / 60:.1f} min" for name, s in seconds.items())
-    report = f"{table}\n\nwall-clock per run (train + test):\n{timing}\n"
-    (out / "results.md").write_text(report)
-    print("\n" + report)
+    run_args = [
+        "--dataset_dir", str(Path(args.train_dir).resolve()),
+        "--val_dataset_dir", str(Path(args.test_dir).resolve()),
+        "--num_labelled", str(args.num_labelled),
+        "--seed", str(args.seed),
+        *args.overrides,
+    ]
+    run_variants(BUNDLE, VARIANTS, args.variants, Path(args.out).resolve(), run_args,
+                 metrics=("dice", "iou", "sensitivity", "specificity"), preset=args.preset, reuse=args.reuse)
 
 
 if __name__ == "__main__":

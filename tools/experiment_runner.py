@@ -1,0 +1,104 @@
+"""Run a bundle's method variants with the same data and schedule, and tabulate their test metrics.
+
+Shared by the ``tools/*_experiments.py`` scripts. Each variant is ``configs/train.json``, an
+optional preset (e.g. ``configs/cpu.json``) and the variant's own override files and ``--key
+value`` pairs; every run evaluates its final model on the test set (the trainer's validation set,
+used once at the end: no model selection happens on it) and writes ``validation_metrics.json``.
+Each command is printed before it runs, so any row of a table can be reproduced on its own, and
+a killed run resumes from its last checkpoint when the same command runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from common.metrics import results_table  # noqa: E402
+
+__all__ = ["Variant", "bundle_config_arg", "run_variants"]
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a comparison: its table label, override config files and ``--key value`` pairs."""
+
+    label: str
+    configs: Sequence[str] = ()
+    overrides: Sequence[str] = field(default_factory=tuple)
+
+
+def bundle_config_arg(bundle: Path, configs: Sequence[str]) -> str:
+    """The ``--config_file`` argument of ``monai.bundle`` merging ``configs`` (bundle-relative) in order."""
+    return "[" + ",".join(f"'{bundle / c}'" for c in configs) + "]"
+
+
+def run_variants(
+    bundle: Path,
+    variants: dict[str, Variant],
+    names: Sequence[str],
+    out: Path,
+    run_args: Sequence[str],
+    metrics: Sequence[str],
+    preset: str = "",
+    distance_unit: str | None = None,
+    reuse: bool = False,
+    notes: str = "",
+) -> str:
+    """Train and test each variant in ``names``; write and return the markdown results table.
+
+    Args:
+        bundle: the bundle folder.
+        variants: run folder name -> :class:`Variant`.
+        names: which variants to run, in order.
+        out: the run folders (``out/<name>``) and ``results.md`` go here.
+        run_args: ``--key value`` arguments given to every run (data, labels, seed, caches...).
+        metrics: the table's columns (``common.metrics`` names).
+        preset: a preset config in ``configs/`` merged after ``train.json`` ('' for none).
+        distance_unit: unit printed next to HD95/ASD.
+        reuse: take the metrics of a variant whose run folder already holds
+            ``validation_metrics.json`` instead of training it again.
+        notes: text printed under the table (data split, scale).
+    """
+    rows, seconds = {}, {}
+    for name in names:
+        variant = variants[name]
+        run_dir = out / name
+        metrics_file = run_dir / "validation_metrics.json"
+        configs = ["configs/train.json"] + ([f"configs/{preset}.json"] if preset else []) + list(variant.configs)
+        command = [
+            sys.executable, "-m", "monai.bundle", "run", "training",
+            "--config_file", bundle_config_arg(bundle, configs),
+            *run_args,
+            "--output_dir", str(run_dir),
+            "--model_dir", str(run_dir),
+            *variant.overrides,
+        ]
+        print(f"\n### {variant.label}\n{shlex.join(command)}", flush=True)
+        if reuse and metrics_file.is_file():
+            print(f"(reusing {metrics_file})", flush=True)
+        else:
+            start = time.time()
+            subprocess.run(command, check=True, cwd=ROOT)
+            seconds[variant.label] = time.time() - start
+        rows[variant.label] = json.loads(metrics_file.read_text())["cases"]
+
+    table = results_table(rows, metrics=tuple(metrics), distance_unit=distance_unit)
+    timing = "\n".join(f"- {label}: {s / 60:.1f} min" for label, s in seconds.items())
+    report = table + (f"\n{notes}\n" if notes else "\n")
+    if timing:
+        report += f"\nwall-clock per run (train + test):\n{timing}\n"
+    report += f"\ncommand: python {shlex.join(sys.argv)}\n"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(report)
+    print("\n" + report)
+    return report
