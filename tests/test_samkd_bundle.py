@@ -4,10 +4,6 @@ full-size inference with the main network only, TorchScript export."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import bundle_fixture, ph2_subset, run_bundle, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("samkd_dualtask_skin")
@@ -37,27 +33,6 @@ from scripts.transforms import training_transforms  # noqa: E402
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--batch_size", "2", "--unlabelled_batch_size", "2", "--num_workers", "0",
         "--epoch_length", "2", "--checkpoint_interval", "2", "--method#freeze_teacher_encoder", "true"]
-
-
-def _ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
-    """A PH2-layout folder holding the first ``count`` real cases (copied to tmp, never committed)."""
-    (dest / "images").mkdir(parents=True)
-    (dest / "masks").mkdir()
-    for entry in data.ph2_datalist(ph2_root)[:count]:
-        shutil.copy(entry["image"], dest / "images")
-        shutil.copy(entry["label"], dest / "masks")
-    return dest
-
-
-def _bundle(command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run") -> subprocess.CompletedProcess:
-    config = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", verb, command, "--config_file", config, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 def test_full_method_losses_fall_on_real_images(ph2_root):
@@ -89,12 +64,12 @@ def test_full_method_losses_fall_on_real_images(ph2_root):
 
 
 def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_root, tmp_path):
-    train_dir = _ph2_subset(ph2_root, tmp_path / "ph2", count=6)
+    train_dir = ph2_subset(ph2_root, tmp_path / "ph2", count=6)
     run = tmp_path / "run"
     common_args = ["--dataset_dir", str(train_dir), "--num_labelled", "2", "--num_val", "2",
                    "--output_dir", str(run), "--model_dir", str(run / "models"), *FAST]
 
-    first = _bundle("training", ["train.json"], *common_args, "--max_epochs", "1")
+    first = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "1")
     assert "starting fresh" in first.stdout + first.stderr
     split = json.loads((run / "datalist.json").read_text())
     assert (len(split["labelled"]), len(split["unlabelled"]), len(split["validation"])) == (2, 2, 2)
@@ -104,19 +79,19 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert report["num_cases"] == 2 and 0.0 <= report["summary"]["dice"]["mean"] <= 1.0
 
     # Running again with more epochs continues from the last checkpoint instead of starting over.
-    second = _bundle("training", ["train.json"], *common_args, "--max_epochs", "2")
+    second = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "2")
     assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
     state = torch.load(next((run / "checkpoints").glob("checkpoint_final_iteration=4.pt")), weights_only=True)
     assert {"main", "teacher", "prompt_decoder", "sam_adapters"} == {k.split(".")[0] for k in state["model"]}
 
     # Evaluation on a labelled folder with the deployed main network.
-    _bundle("evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--num_workers", "0")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 6
 
     # Inference on a full-size ISIC original: the mask comes back at the image's own size.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
-    _bundle("inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
+    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64")
     mask = Image.open(run / "pred" / (Path(largest).stem + "_seg.png"))
     assert mask.size == Image.open(largest).size
@@ -124,7 +99,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
 
     # The deployed main network exports to TorchScript (run from the bundle folder, as the zoo does).
     exported = run / "model.ts"
-    _bundle("network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
+    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model", cwd=BUNDLE,
             verb="ckpt_export")
     scripted = torch.jit.load(str(exported))
@@ -135,7 +110,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
 
 
 def test_five_fold_option_holds_out_a_fold(ph2_root, tmp_path):
-    subset = _ph2_subset(ph2_root, tmp_path / "ph2", count=10)
+    subset = ph2_subset(ph2_root, tmp_path / "ph2", count=10)
     seen = []
     for fold in range(5):
         split = prepare_fold_split(subset, tmp_path / f"fold{fold}.json", fraction=0.25, num_folds=5, fold=fold)

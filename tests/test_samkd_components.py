@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("samkd_dualtask_skin")

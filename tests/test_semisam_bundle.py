@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -30,19 +27,10 @@ from common.losses import dice_ce_loss
 from common.networks import VNet
 from common.teachers import EmbeddingCache, build_teacher
 
+from bundle_testing import run_bundle  # same directory, on sys.path under pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "semisam_la"
-
-
-def _bundle(command: str, configs: list[str], *args: str) -> subprocess.CompletedProcess:
-    config = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", command, "--config_file", config, *args],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 def test_mean_teacher_with_sam_on_real_la_losses_fall(la_root, tmp_path):
@@ -88,7 +76,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
     fast = ["--output_dir", str(run), "--model_dir", str(run), "--num_iterations", "4", "--epoch_length", "2",
             "--checkpoint_interval", "2", "--patch_size", "[32,32,32]", "--sam#cache_dir", str(tmp_path / "cache"),
             "--demo_dir", str(tmp_path / "demo")]
-    result = _bundle("training", ["train.json", "demo.json"], *fast)
+    result = run_bundle(BUNDLE, "training", ["train.json", "demo.json"], *fast)
     assert (run / "model.pt").is_file() and (run / "datalist.json").is_file()
     split = json.loads((run / "datalist.json").read_text())
     assert split["unlabelled"] and all("label" not in e for e in split["unlabelled"])
@@ -97,17 +85,17 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
     assert "sam_consistency" in result.stdout + result.stderr
 
     # re-running the finished command resumes from the final checkpoint instead of training again
-    again = _bundle("training", ["train.json", "demo.json"], *fast)
+    again = run_bundle(BUNDLE, "training", ["train.json", "demo.json"], *fast)
     assert "resum" in (again.stdout + again.stderr).lower()
 
-    _bundle("evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "eval"),
             "--dataset_dir", str(tmp_path / "demo" / "volumes"), "--target_spacing", "1.25",
             "--patch_size", "[32,32,32]", "--num_workers", "0")
     test = json.loads((run / "eval" / "test_metrics.json").read_text())
     assert test["num_cases"] == 6 and test["summary"]["dice"]["mean"] is not None
 
     volume = Path(sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]["image"])
-    _bundle("inferring", ["inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
+    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
             "--output_dir", str(run / "pred"), "--target_spacing", "1.25", "--patch_size", "[32,32,32]")
     written = list((run / "pred").glob("*_seg.nii.gz"))
     assert len(written) == 1
@@ -115,7 +103,6 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
     assert mask.shape[:3] == source.shape[:3]
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
-
 
 
 def test_inference_input_errors_are_clear(tmp_path):

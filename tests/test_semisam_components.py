@@ -28,7 +28,7 @@ from common.networks import VNet
 from common.teachers import EmbeddingCache, build_teacher, prompts_from_probability
 from common.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
 
-from bundle_scripts import bundle_fixture  # same directory, on sys.path under pytest
+from bundle_testing import bundle_fixture  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON = ROOT / "bundles" / "semisam_la" / "configs" / "train.json"

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import bundle_fixture, ph2_subset, run_bundle, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("uamt_skin")
@@ -32,27 +28,6 @@ from scripts.trainer import UAMTTrainer  # noqa: E402
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--output_stride", "32", "--batch_size", "2", "--unlabelled_batch_size", "2",
         "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2"]
-
-
-def _ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
-    """A PH2-layout folder holding the first ``count`` real cases (copied to tmp, never committed)."""
-    (dest / "images").mkdir(parents=True)
-    (dest / "masks").mkdir()
-    for entry in data.ph2_datalist(ph2_root)[:count]:
-        shutil.copy(entry["image"], dest / "images")
-        shutil.copy(entry["label"], dest / "masks")
-    return dest
-
-
-def _bundle(command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run") -> subprocess.CompletedProcess:
-    config = "[" + ",".join(f"'{BUNDLE / 'configs' / c}'" for c in configs) + "]"
-    env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", verb, command, "--config_file", config, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )
-    assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-    return result
 
 
 def test_uamt_training_loss_falls_on_real_images(ph2_root):
@@ -78,12 +53,12 @@ def test_uamt_training_loss_falls_on_real_images(ph2_root):
 
 
 def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_root, tmp_path):
-    train_dir = _ph2_subset(ph2_root, tmp_path / "ph2", count=10)
+    train_dir = ph2_subset(ph2_root, tmp_path / "ph2", count=10)
     run = tmp_path / "run"
     common_args = ["--dataset_dir", str(train_dir), "--num_labelled", "4", "--num_val", "2",
                    "--output_dir", str(run), "--model_dir", str(run / "models"), *FAST]
 
-    first = _bundle("training", ["train.json"], *common_args, "--max_epochs", "1")
+    first = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "1")
     assert "starting fresh" in first.stdout + first.stderr
     split = json.loads((run / "datalist.json").read_text())
     assert (len(split["labelled"]), len(split["unlabelled"]), len(split["validation"])) == (4, 4, 2)
@@ -93,18 +68,18 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert (run / "validation_overlay.png").is_file() and (run / "models" / "model.pt").is_file()
 
     # Running again with more epochs continues from the last checkpoint instead of starting over.
-    second = _bundle("training", ["train.json"], *common_args, "--max_epochs", "2")
+    second = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "2")
     assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
 
     # Evaluation on a labelled folder, with the deployed (single-head) network.
-    _bundle("evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
             "--num_workers", "0")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 10
 
     # Inference on a full-size ISIC original: the mask comes back at the image's own size.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
-    _bundle("inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
+    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32")
     mask_file = run / "pred" / (Path(largest).stem + "_seg.png")
     mask = Image.open(mask_file)
@@ -113,7 +88,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
 
     # The deployed weights export to TorchScript (run from the bundle folder, as the zoo does).
     exported = run / "model.ts"
-    _bundle("network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
+    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model",
             "--output_stride", "32", cwd=BUNDLE, verb="ckpt_export")
     scripted = torch.jit.load(str(exported))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from bundle_scripts import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
 BUNDLE = use_bundle("uamt_skin")
 _bundle_scripts = bundle_fixture("uamt_skin")

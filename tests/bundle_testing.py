@@ -1,4 +1,4 @@
-"""Import one bundle's ``scripts`` package at a time, the way MONAI Label and ``monai.bundle`` do.
+"""Helpers for the bundles' tests: one bundle's ``scripts`` at a time, the bundle CLI, real-data subsets.
 
 Every bundle keeps its local code in a top-level ``scripts`` package (the model-zoo convention,
 which MONAI Label relies on), so two bundles' ``scripts`` cannot live in ``sys.modules`` together.
@@ -6,11 +6,17 @@ A test module calls :func:`use_bundle` before it imports from ``scripts`` and ag
 :func:`bundle_fixture` autouse fixture, before each of its tests: the bundle's modules are swapped
 in (and the other bundle's swapped out and kept), so classes imported at collection time stay the
 very classes the bundle's configs instantiate later.
+
+:func:`run_bundle` runs ``python -m monai.bundle`` in a subprocess, as a user would, and
+:func:`ph2_subset` copies a few real PH2 cases into a temporary folder (never into the project).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -62,3 +68,29 @@ def bundle_fixture(name: str):
         yield
 
     return _active_bundle_scripts
+
+
+def run_bundle(
+    bundle: Path, command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run", threads: int = 2
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle <verb> <command>`` on ``bundle``'s ``configs`` merged in order; fails the test on error."""
+    config = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", verb, command, "--config_file", config, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, f"bundle {command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+    return result
+
+
+def ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
+    """A PH2-layout folder holding the first ``count`` real cases (copied to ``dest``, never committed)."""
+    import common.data as data
+
+    (dest / "images").mkdir(parents=True)
+    (dest / "masks").mkdir()
+    for entry in data.ph2_datalist(ph2_root)[:count]:
+        shutil.copy(entry["image"], dest / "images")
+        shutil.copy(entry["label"], dest / "masks")
+    return dest
