@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,14 @@ def test_there_are_bundles():
 def test_zoo_file_set(bundle):
     missing = [f for f in REQUIRED_FILES if not (bundle / f).is_file()]
     assert not missing, f"{bundle.name} lacks {missing}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_docs_have_measured_results_and_no_placeholders(bundle):
+    readme = (bundle / "docs" / "README.md").read_text()
+    placeholders = re.findall(r"\bRESULTS_[A-Z_]+\b|\bTODO\b|\bTBD\b", readme)
+    assert not placeholders, f"{bundle.name}/docs/README.md still holds {placeholders}"
+    assert "## Results" in readme and "Dice (%) |" in readme, f"{bundle.name}/docs/README.md has no results table"
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
