@@ -105,3 +105,25 @@ def test_vnet_dropout_only_in_train_mode():
 
         no_dropout = VNet(has_dropout=False).train()
         torch.testing.assert_close(no_dropout(x), no_dropout(x))
+
+
+def test_pretrained_backbone_file_loads_and_a_wrong_one_is_refused(tmp_path):
+    from torchvision.models import mobilenet_v2, resnet18
+
+    from common.networks import MobileNetDualTaskUNet, load_backbone_state_dict
+
+    torch.manual_seed(0)
+    imagenet_like = mobilenet_v2(weights=None)
+    good = tmp_path / "mobilenet_v2.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in imagenet_like.state_dict().items()}}, good)
+    net = MobileNetDualTaskUNet(encoder_weights=str(good))
+    first_conv = next(p for name, p in net.named_parameters() if p.ndim == 4)
+    torch.testing.assert_close(first_conv, imagenet_like.features[0][0].weight)
+
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), wrong)
+    with pytest.raises(ValueError, match="encoder_weights .* is not a torchvision MobileNetV2 state dict"):
+        MobileNetDualTaskUNet(encoder_weights=str(wrong))
+    with pytest.raises(FileNotFoundError, match="backbone_weights file not found"):
+        load_backbone_state_dict(torch.nn.Linear(1, 1), tmp_path / "missing.pth", option="backbone_weights",
+                                 architecture="ResNet-50")

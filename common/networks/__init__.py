@@ -2,8 +2,9 @@
 
 from .dual_head import DualTaskHead, DualTaskOutputs
 from .mobilenet_unet import MobileNetDualTaskUNet
+from .pretrained import load_backbone_state_dict
 from .unet2d import UNet2D
 from .vit_dual_task import ViTDualTaskNet
 from .vnet import VNet
 
-__all__ = ["DualTaskHead", "DualTaskOutputs", "MobileNetDualTaskUNet", "UNet2D", "ViTDualTaskNet", "VNet"]
+__all__ = ["DualTaskHead", "DualTaskOutputs", "MobileNetDualTaskUNet", "UNet2D", "ViTDualTaskNet", "VNet", "load_backbone_state_dict"]

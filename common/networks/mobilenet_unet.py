@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .dual_head import DualTaskHead
+from .pretrained import load_backbone_state_dict
 
 __all__ = ["MobileNetDualTaskUNet", "SeparableBlock"]
 
@@ -81,7 +82,8 @@ class MobileNetDualTaskUNet(nn.Module):
             raise ValueError(f"decoder_channels needs {len(_SKIP_INDICES)} entries, got {tuple(decoder_channels)}")
         backbone = mobilenet_v2(weights=None, width_mult=width_mult)
         if encoder_weights is not None:
-            _load_encoder_weights(backbone, encoder_weights)
+            load_backbone_state_dict(backbone, encoder_weights, option="encoder_weights",
+                                     architecture="torchvision MobileNetV2", head_prefixes=("classifier.",))
         features = backbone.features
         if in_channels != 3:
             first = features[0][0]
@@ -136,17 +138,3 @@ def _channels_after(features: nn.Sequential, index: int) -> int:
             return module.out_channels
     raise ValueError(f"no convolution in MobileNetV2 feature block {index}")
 
-
-def _load_encoder_weights(backbone: nn.Module, path: str | Path) -> None:
-    """Load a torchvision MobileNetV2 state dict (the classifier is ignored)."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"encoder_weights file not found: {file}")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("classifier.")}
-    missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("classifier.")]
-    if missing or unexpected:
-        raise ValueError(f"{file} is not a MobileNetV2 state dict: missing {missing[:5]}, unexpected {unexpected[:5]}")

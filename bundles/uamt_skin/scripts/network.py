@@ -12,7 +12,6 @@ ablations and for the SupOnly / MT baselines, so every variant trains the same b
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +20,8 @@ from torchvision.models import resnet50
 from torchvision.models._utils import IntermediateLayerGetter
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 from torchvision.models.segmentation.fcn import FCNHead
+
+from common.networks.pretrained import load_backbone_state_dict
 
 #: ResNet stride-to-dilation settings: output stride 8 is DeepLabv3's accurate setting (the
 #: paper's), 16 is four times cheaper on a CPU.
@@ -50,7 +51,8 @@ class DualHeadDeepLabV3(nn.Module):
             raise ValueError(f"output_stride must be one of {sorted(_DILATIONS)}, got {output_stride}")
         resnet = resnet50(weights=None, replace_stride_with_dilation=_DILATIONS[output_stride])
         if backbone_weights:
-            _load_backbone_weights(resnet, backbone_weights)
+            load_backbone_state_dict(resnet, backbone_weights, option="backbone_weights", architecture="ResNet-50",
+                                     head_prefixes=("fc.",), strip_prefixes=("module.", "backbone."))
         self.backbone = IntermediateLayerGetter(resnet, return_layers={"layer4": "out"})
         self.deeplab_head = DeepLabHead(2048, num_classes)
         self.fcn_head = FCNHead(2048, num_classes) if aux_head else None
@@ -75,23 +77,6 @@ class DualHeadDeepLabV3(nn.Module):
             aux = F.interpolate(self.fcn_head(features), size=size, mode="bilinear", align_corners=False)
         return main, aux
 
-
-def _load_backbone_weights(resnet: nn.Module, path: str) -> None:
-    """Load a ResNet-50 state dict (ImageNet or other), ignoring the classification ``fc`` layer."""
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"backbone_weights file not found: {file}")
-    state = torch.load(file, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    state = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    missing, unexpected = resnet.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("fc.")]
-    if missing or unexpected:
-        raise ValueError(
-            f"{file} is not a ResNet-50 state dict: missing keys {missing[:5]}, unexpected keys {unexpected[:5]}"
-        )
 
 
 class DeployedWeights:
