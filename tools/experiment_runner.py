@@ -10,6 +10,7 @@ a killed run resumes from its last checkpoint when the same command runs again.
 
 from __future__ import annotations
 
+import argparse
 import json
 import shlex
 import subprocess
@@ -25,7 +26,9 @@ if str(ROOT) not in sys.path:
 
 from common.metrics import results_table  # noqa: E402
 
-__all__ = ["Variant", "bundle_config_arg", "run_variants"]
+__all__ = ["Variant", "bundle_config_arg", "dermoscopy_experiment", "run_variants"]
+
+DERMOSCOPY_METRICS = ("dice", "iou", "sensitivity", "specificity")
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,45 @@ def run_variants(
     (out / "results.md").write_text(report)
     print("\n" + report)
     return report
+
+
+def dermoscopy_experiment(
+    description: str,
+    bundle: Path,
+    variants: dict[str, Variant],
+    default_variants: Sequence[str],
+    sam_cache: bool = False,
+    notes: str = "",
+) -> str:
+    """The command line of a 2D bundle's comparison (ISIC/PH2-style train pool and test folder), run.
+
+    With ``sam_cache`` every run shares one SAM embedding cache (``--sam_cache_dir``, default
+    ``<out>/sam_embeddings``), so each training image is encoded once for all runs.
+    """
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train_dir", required=True, help="ISIC/PH2-style train pool")
+    parser.add_argument("--test_dir", required=True, help="labelled ISIC/PH2-style test folder")
+    parser.add_argument("--num_labelled", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
+    parser.add_argument("--variants", nargs="+", default=list(default_variants), choices=list(variants))
+    parser.add_argument("--out", default=str(bundle / "runs" / "experiments"), help="where runs and the table go")
+    if sam_cache:
+        parser.add_argument("--sam_cache_dir", default=None,
+                            help="shared SAM embedding cache (default: <out>/sam_embeddings)")
+    parser.add_argument("--reuse", action="store_true", help="reuse finished runs' metrics instead of retraining")
+    parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run")
+    args = parser.parse_args()
+
+    out = Path(args.out).resolve()
+    run_args = [
+        "--dataset_dir", str(Path(args.train_dir).resolve()),
+        "--val_dataset_dir", str(Path(args.test_dir).resolve()),
+        "--num_labelled", str(args.num_labelled),
+        "--seed", str(args.seed),
+    ]
+    if sam_cache:
+        cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
+        run_args += ["--sam_cache_dir", str(cache)]
+    return run_variants(bundle, variants, args.variants, out, [*run_args, *args.overrides], metrics=DERMOSCOPY_METRICS,
+                        preset=args.preset, reuse=args.reuse, notes=notes)
