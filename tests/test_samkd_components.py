@@ -49,7 +49,7 @@ def batch():
 
 
 # ---------------------------------------------------------------------------------------- networks
-def test_main_network_is_small_dual_headed_and_scriptable():
+def test_main_network_is_small_dual_headed_and_scriptable(tmp_path):
     net = MobileNetDualTaskUNet().eval()
     params = sum(p.numel() for p in net.parameters())
     assert params <= 3_000_000, f"main network has {params} parameters, the method's budget is 3.0M"
@@ -66,7 +66,7 @@ def test_main_network_is_small_dual_headed_and_scriptable():
     with pytest.raises(ValueError, match="input"):
         net(torch.rand(1, 1, SIZE, SIZE))
     with pytest.raises(FileNotFoundError):
-        MobileNetDualTaskUNet(encoder_weights="/nonexistent/mobilenet_v2.pth")
+        MobileNetDualTaskUNet(encoder_weights=str(tmp_path / "missing_mobilenet_v2.pth"))
 
 
 def test_teacher_network_frozen_encoder_reads_the_cache_and_finetuned_copy_trains(sam, batch):

@@ -49,9 +49,9 @@ def load_backbone_state_dict(
     for prefix in strip_prefixes:
         state = {k.removeprefix(prefix): v for k, v in state.items()}
     heads = tuple(head_prefixes)
-    state = {k: v for k, v in state.items() if not (heads and k.startswith(heads))}
+    state = {k: v for k, v in state.items() if not k.startswith(heads)}
     missing, unexpected = backbone.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not (heads and k.startswith(heads))]
+    missing = [k for k in missing if not k.startswith(heads)]
     if missing or unexpected:
         raise ValueError(
             f"{option} {file} is not a {architecture} state dict: missing keys {missing[:5]}, "
