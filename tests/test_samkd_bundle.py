@@ -18,7 +18,7 @@ BUNDLE = use_bundle("samkd_dualtask_skin")
 _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
 from ignite.engine import Events  # noqa: E402
-from monai.data import CacheDataset, DataLoader  # noqa: E402
+from monai.data import CacheDataset, DataLoader, load_net_with_metadata  # noqa: E402
 
 import common.data as data  # noqa: E402
 from common.engines import Constant, load_network_weights  # noqa: E402
@@ -97,16 +97,25 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert mask.size == Image.open(largest).size
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
 
-    # The deployed main network exports to TorchScript (run from the bundle folder, as the zoo does).
-    exported = run / "model.ts"
-    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
+    # The deployed main network exports to TorchScript (run from the bundle folder, as the zoo does):
+    # MONAI's standard ckpt_export, and the bundle's `export` with the batch norms folded.
+    weights = run / "models" / "model.pt"
+    standard, folded = run / "model.ts", run / "model_folded.ts"
+    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(standard), "--ckpt_file", str(weights),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model", cwd=BUNDLE,
             verb="ckpt_export")
-    scripted = torch.jit.load(str(exported))
-    deployed = load_network_weights(MobileNetDualTaskUNet(), run / "models" / "model.pt").eval()
+    exported = run_bundle(BUNDLE, "export", ["inference.json"], "--checkpoint", str(weights),
+                          "--torchscript_file", str(folded), cwd=BUNDLE)
+    assert str(folded) in exported.stdout
+    deployed = load_network_weights(MobileNetDualTaskUNet(), weights).eval()
     x = torch.rand(1, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
+    for path in (standard, folded):
+        scripted, meta, extra = load_net_with_metadata(str(path), more_extra_files=["inference.json"])
+        assert meta["name"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["name"]
+        assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "common.networks.MobileNetDualTaskUNet"
+        with torch.no_grad():
+            assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
+    assert not any("BatchNorm" in name for name in (m.original_name for m in torch.jit.load(str(folded)).modules()))
 
 
 def test_five_fold_option_holds_out_a_fold(ph2_root, tmp_path):

@@ -1,17 +1,26 @@
 """Parameters and CPU latency of the dual-task SAM-distillation bundle's networks at 256 x 256.
 
 The paper (Huynh et al., Table 3) reports 2.9M parameters and 0.02 s per image for its
-MobileNet main network. This script measures, with batch 1 and a fixed number of CPU threads:
+MobileNet main network. This script measures, with batch 1 and a fixed number of CPU threads,
+the main network (MobileNetV2 U-Net, dual head; ``forward`` = the deployed mask output) in the
+forms a user meets it:
 
-* the main network (MobileNetV2 U-Net, dual head; ``forward`` = the deployed mask output),
-  eager and as the frozen TorchScript module that ``ckpt_export`` produces;
-* the 2D UNet baseline shared by the 2D bundles (``common.networks.UNet2D``);
-* the teacher network (LiteMedSAM's TinyViT encoder + decoder + dual head; encoder included).
+* NCHW eager: PyTorch's default memory layout (``channels_last=False``), for reference;
+* eager: the network as trained (NHWC weights and activations, the default);
+* folded eager: batch norms folded into the convolutions, as ``inference.json`` and
+  ``evaluate.json`` run it;
+* TorchScript: the file that the bundle's ``run export`` writes (folded, scripted), loaded back;
 
-The main network and the UNet are built with random weights (weights do not change their cost);
-the teacher uses LiteMedSAM's packaged TinyViT weights (random ViT weights can hit slow
-denormal arithmetic and would overstate its cost).
-Usage (the figures in bundles/samkd_dualtask_skin/docs/README.md):
+next to the 2D UNet baseline shared by the 2D bundles (``common.networks.UNet2D``) and the
+teacher network (LiteMedSAM's TinyViT encoder + decoder + dual head; encoder included). The
+main-network forms and the UNet are timed round-robin, one call each in turn, so that the
+machine's drift affects them alike and their ratios hold; the teacher (~100x slower) is timed
+on its own with fewer calls. A second table times one training step of the main network
+(forward_dual, backward, Adam; the CPU preset's 4 + 4 images) in both memory layouts.
+
+Random weights (weights do not change the cost of these networks); the teacher uses
+LiteMedSAM's packaged TinyViT weights (random ViT weights can hit slow denormal arithmetic and
+would overstate its cost). Usage (the figures in bundles/samkd_dualtask_skin/docs/README.md):
 
     OMP_NUM_THREADS=2 python tools/benchmark_samkd_latency.py --threads 2
 """
@@ -21,7 +30,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,22 +40,50 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.networks import MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
+from common.networks import (  # noqa: E402
+    MobileNetDualTaskUNet,
+    UNet2D,
+    ViTDualTaskNet,
+    export_torchscript,
+    fold_batch_norm,
+)
 from common.teachers import build_teacher  # noqa: E402
 
+TARGET_MS = 25.0
 
-def latency_ms(fn, x: torch.Tensor, warmup: int, repeats: int) -> tuple[float, float]:
-    """Median and interquartile range of single-call wall time, in milliseconds."""
-    with torch.inference_mode():
+
+def round_robin_ms(calls: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, tuple[float, float]]:
+    """Median and interquartile range of each call's wall time (ms), the calls interleaved."""
+    for call in calls.values():
         for _ in range(warmup):
-            fn(x)
-        times = []
-        for _ in range(repeats):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(repeats):
+        for name, call in calls.items():
             start = time.perf_counter()
-            fn(x)
-            times.append((time.perf_counter() - start) * 1000)
-    q = statistics.quantiles(times, n=4)
-    return statistics.median(times), q[2] - q[0]
+            call()
+            times[name].append((time.perf_counter() - start) * 1000)
+    summary = {}
+    for name, values in times.items():
+        q = statistics.quantiles(values, n=4)
+        summary[name] = (statistics.median(values), q[2] - q[0])
+    return summary
+
+
+def _params(module: torch.nn.Module) -> float:
+    return sum(p.numel() for p in module.parameters()) / 1e6
+
+
+def _training_step(network: MobileNetDualTaskUNet, batch: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        logits, sdf = network.forward_dual(batch)
+        (logits.square().mean() + sdf.square().mean()).backward()
+        optimizer.step()
+
+    return step
 
 
 def main() -> None:
@@ -53,31 +92,58 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--train_repeats", type=int, default=8)
+    parser.add_argument("--train_batch", type=int, default=8, help="images per training step (CPU preset: 4 + 4)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.size, args.size)
 
     main_net = MobileNetDualTaskUNet().eval()
-    scripted = torch.jit.freeze(torch.jit.script(main_net))
+    nchw_net = MobileNetDualTaskUNet(channels_last=False).eval()
+    nchw_net.load_state_dict(main_net.state_dict())
+    folded = fold_batch_norm(main_net)
+    with tempfile.TemporaryDirectory() as tmp:
+        scripted = torch.jit.load(str(export_torchscript(main_net, Path(tmp) / "model.ts")))
     unet = UNet2D().eval()
-    teacher = ViTDualTaskNet(build_teacher("litemedsam"), freeze_encoder=False).eval()
-    rows = [
-        ("main network (MobileNetV2 U-Net, eager)", main_net, main_net),
-        ("main network (TorchScript, frozen)", main_net, scripted),
-        ("2D UNet baseline (common.networks.UNet2D)", unet, unet),
-        ("teacher network (TinyViT encoder + decoder)", teacher, lambda t: teacher(t)[0]),
-    ]
-    print(f"batch 1, {args.size}x{args.size}, {torch.get_num_threads()} CPU threads, median of {args.repeats} calls")
+    rows = {
+        "main network, NCHW eager (PyTorch default layout)": (nchw_net, nchw_net),
+        "main network, eager (as trained: NHWC)": (main_net, main_net),
+        "main network, batch norm folded (inference.json)": (main_net, folded),
+        "main network, TorchScript (`run export`)": (main_net, scripted),
+        "2D UNet baseline (common.networks.UNet2D)": (unet, unet),
+    }
+    with torch.inference_mode():
+        timings = round_robin_ms({name: (lambda f=fn: f(x)) for name, (_, fn) in rows.items()},
+                                 args.warmup, args.repeats)
+        teacher = ViTDualTaskNet(build_teacher("litemedsam"), freeze_encoder=False).eval()
+        rows["teacher network (TinyViT encoder + decoder + dual head)"] = (teacher, teacher)
+        timings |= round_robin_ms({"teacher network (TinyViT encoder + decoder + dual head)": lambda: teacher(x)},
+                                  2, max(3, args.repeats // 10))
+
+    print(f"batch 1, {args.size}x{args.size}, {torch.get_num_threads()} CPU threads, median of {args.repeats} calls "
+          "(teacher: fewer)")
     print("| network | parameters (M) | latency (ms) | IQR (ms) |")
     print("|---|---:|---:|---:|")
-    for name, module, fn in rows:
-        params = sum(p.numel() for p in module.parameters()) / 1e6
-        median, iqr = latency_ms(fn, x, args.warmup, args.repeats)
-        print(f"| {name} | {params:.2f} | {median:.1f} | {iqr:.1f} |")
-    print("paper (Table 3): 2.9M parameters, 0.02 s per image; target here: <= 3.0M and <= 25 ms")
-    print("command: OMP_NUM_THREADS=%d python tools/benchmark_samkd_latency.py --threads %d --size %d"
-          % (args.threads, args.threads, args.size))
+    for name, (module, _) in rows.items():
+        median, iqr = timings[name]
+        print(f"| {name} | {_params(module):.2f} | {median:.1f} | {iqr:.1f} |")
+    print(f"paper (Table 3): 2.9M parameters, 0.02 s per image; target here: <= 3.0M and <= {TARGET_MS:.0f} ms")
+
+    batch = torch.rand(args.train_batch, 3, args.size, args.size)
+    steps = {}
+    for channels_last in (False, True):
+        network = MobileNetDualTaskUNet(channels_last=channels_last).train()
+        steps["NHWC (default)" if channels_last else "NCHW"] = _training_step(network, batch)
+    step_times = round_robin_ms(steps, 1, args.train_repeats)
+    print(f"\ntraining step (forward_dual + backward + Adam), batch {args.train_batch} at {args.size}x{args.size}, "
+          f"median of {args.train_repeats}")
+    print("| layout | step (ms) | IQR (ms) |")
+    print("|---|---:|---:|")
+    for name, (median, iqr) in step_times.items():
+        print(f"| {name} | {median:.0f} | {iqr:.0f} |")
+    print(f"command: OMP_NUM_THREADS={args.threads} python tools/benchmark_samkd_latency.py "
+          f"--threads {args.threads} --size {args.size}")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,15 @@ depthwise-separable blocks (MobileNet's own building block, so the decoder costs
 the encoder) over the encoder's stride-2/4/8/16 skip connections, ending at half resolution;
 the two 1x1 heads run there and their outputs are upsampled bilinearly to the input size.
 
+The network keeps its weights and activations in ``channels_last`` (NHWC) memory format. On
+CPUs, oneDNN runs MobileNet's 1x1 and depthwise convolutions much faster in NHWC: in NCHW a
+single 16 -> 96 1x1 convolution at 128 x 128 costs ~6.5 ms on 2 threads against ~1.4 ms in
+NHWC (the 64 KiB channel planes alias in the cache), and the whole network runs ~1.7x faster
+at inference and ~1.3x faster per training step (``tools/benchmark_samkd_latency.py``). The
+format is internal: inputs of either format are accepted and the outputs are ordinary
+contiguous tensors. For deployment, :func:`common.networks.fold_batch_norm` folds the batch
+norms into the convolutions as well.
+
 ``forward`` returns the mask logits only, so the network is a drop-in segmentation model for
 MONAI evaluators, ``SupervisedEvaluator`` and TorchScript export; :meth:`forward_dual` returns
 ``(logits, sdf)`` for training.
@@ -63,6 +72,8 @@ class MobileNetDualTaskUNet(nn.Module):
         decoder_channels: output channels of the four decoder stages (stride 16, 8, 4, 2).
         encoder_weights: optional local file with a torchvision ``mobilenet_v2`` state dict.
         width_mult: MobileNetV2 width multiplier (1.0 is the standard network).
+        channels_last: keep weights and activations in NHWC (the fast layout on CPUs, see the
+            module docstring); ``False`` gives PyTorch's default NCHW layout, e.g. for comparison.
 
     Input sizes must be multiples of 32. 1,904,195 parameters with the defaults (encoder 1.81M).
     """
@@ -74,6 +85,7 @@ class MobileNetDualTaskUNet(nn.Module):
         decoder_channels: Sequence[int] = (128, 64, 32, 16),
         encoder_weights: str | Path | None = None,
         width_mult: float = 1.0,
+        channels_last: bool = True,
     ) -> None:
         super().__init__()
         from torchvision.models import mobilenet_v2
@@ -100,12 +112,17 @@ class MobileNetDualTaskUNet(nn.Module):
             deep = out
         self.decoder = nn.ModuleList(blocks)
         self.head = DualTaskHead(deep, num_classes)
+        self.channels_last = channels_last
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
 
     def _decode(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, H, W) input, got shape {x.shape}")
         if x.shape[-1] % 32 != 0 or x.shape[-2] % 32 != 0:
             raise ValueError(f"input height and width must be multiples of 32, got {x.shape}")
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         stages: list[torch.Tensor] = []
         for stage in self.encoder:
             x = stage(x)
@@ -121,15 +138,16 @@ class MobileNetDualTaskUNet(nn.Module):
         """``(mask logits (B, C, H, W), sdf (B, 1, H, W) in [-1, 1])`` at the input size."""
         size = x.shape[-2:]
         logits, sdf = self.head(self._decode(x))
-        logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
-        sdf = F.interpolate(sdf, size=size, mode="bilinear", align_corners=False)
-        return logits, sdf
+        return _upsample(logits, size), _upsample(sdf, size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mask logits only (the deployed output)."""
-        size = x.shape[-2:]
-        logits = self.head.mask(self._decode(x))
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        return _upsample(self.head.mask(self._decode(x)), x.shape[-2:])
+
+
+def _upsample(x: torch.Tensor, size: list[int]) -> torch.Tensor:
+    """Bilinear resize of a few-channel head output, in NCHW (NHWC resizes slowly at 1-2 channels)."""
+    return F.interpolate(x.contiguous(), size=size, mode="bilinear", align_corners=False)
 
 
 def _channels_after(features: nn.Sequential, index: int) -> int:

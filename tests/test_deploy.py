@@ -1,0 +1,96 @@
+"""Inference forms of a trained network: batch-norm folding and the TorchScript export with bundle metadata."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from monai.data import load_net_with_metadata
+from torch import nn
+
+from common.networks import MobileNetDualTaskUNet, export_torchscript, fold_batch_norm
+
+
+def _trained_looking(network: nn.Module) -> nn.Module:
+    """Give every batch norm non-trivial statistics and affine terms, as training would."""
+    generator = torch.Generator().manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(c, generator=generator) - 0.5)
+    return network.eval()
+
+
+def _count(network: nn.Module, kind: type) -> int:
+    return sum(isinstance(m, kind) for m in network.modules())
+
+
+def test_folding_the_main_network_removes_every_batch_norm_and_keeps_its_outputs():
+    network = _trained_looking(MobileNetDualTaskUNet())
+    folded = fold_batch_norm(network)
+    assert _count(network, nn.BatchNorm2d) == 63 and _count(folded, nn.BatchNorm2d) == 0
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, (logits, sdf) = network.forward_dual(x), folded.forward_dual(x)
+    scale = expected[0].abs().max()
+    assert scale > 1e-3  # the comparison below is not between two near-zero tensors
+    assert torch.allclose(logits, expected[0], atol=1e-4 * scale) and torch.allclose(sdf, expected[1], atol=1e-5)
+    # The copy keeps the network's channels_last weights; the original is untouched.
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in folded.parameters() if p.ndim == 4)
+    assert set(network.state_dict()) == set(MobileNetDualTaskUNet().state_dict())
+
+
+def test_only_convolution_then_batch_norm_pairs_with_running_statistics_are_folded():
+    batch_stats = nn.BatchNorm2d(4, track_running_stats=False)
+    network = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),  # folded
+        nn.ReLU(), nn.BatchNorm2d(4),  # no convolution before it: kept
+        nn.Conv2d(4, 4, 1), batch_stats,  # normalises with batch statistics even in eval mode: kept
+    ).train()
+    folded = fold_batch_norm(network)
+    assert isinstance(folded[1], nn.Identity) and isinstance(folded[4], nn.BatchNorm2d)
+    assert isinstance(folded[6], nn.BatchNorm2d) and not folded.training
+    assert network.training and isinstance(network[1], nn.BatchNorm2d)  # the training network is unchanged
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), network.eval()(x), atol=1e-5)
+
+
+def test_main_network_accepts_either_memory_format_and_returns_contiguous_outputs():
+    network = MobileNetDualTaskUNet().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a = network(x)
+        b = network(x.contiguous(memory_format=torch.channels_last))
+    assert a.is_contiguous() and torch.allclose(a, b, atol=1e-6)
+    network.train()
+    logits, sdf = network.forward_dual(torch.rand(2, 3, 64, 64))
+    (logits.mean() + sdf.mean()).backward()
+    assert all(p.grad is not None for p in network.parameters())
+
+
+def test_export_writes_a_folded_torchscript_with_bundle_metadata(tmp_path):
+    network = _trained_looking(MobileNetDualTaskUNet())
+    meta = tmp_path / "metadata.json"
+    meta.write_text(json.dumps({"name": "test bundle", "version": "0.1.0"}))
+    config = tmp_path / "inference.json"
+    config.write_text(json.dumps({"network_def": {"_target_": "common.networks.MobileNetDualTaskUNet"}}))
+
+    written = export_torchscript(network, tmp_path / "out" / "model", meta_file=meta, config_files=[config])
+    assert written == tmp_path / "out" / "model.ts" and written.is_file()
+    scripted, loaded_meta, extra = load_net_with_metadata(str(written), more_extra_files=["inference.json"])
+    assert loaded_meta["name"] == "test bundle" and json.loads(extra["inference.json"])["network_def"]
+    assert not any(m.original_name == "BatchNorm2d" for m in scripted.modules())
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), network(x), atol=1e-4 * network(x).abs().max())
+    assert network.training is False and _count(network, nn.BatchNorm2d) == 63  # not modified
+
+    unfolded = export_torchscript(network, tmp_path / "plain.ts", fold=False)
+    assert any(m.original_name == "BatchNorm2d" for m in torch.jit.load(str(unfolded)).modules())
+    with pytest.raises(ValueError, match="JSON"):
+        export_torchscript(network, tmp_path / "x.ts", config_files=[tmp_path / "inference.yaml"])
