@@ -13,10 +13,10 @@ forms a user meets it:
 
 next to the 2D UNet baseline shared by the 2D bundles (``common.networks.UNet2D``) and the
 teacher network (LiteMedSAM's TinyViT encoder + decoder + dual head; encoder included). The
-main-network forms and the UNet are timed round-robin, one call each in turn, so that the
+main-network forms and the UNet are timed round-robin, a few calls each in turn, so that the
 machine's drift affects them alike and their ratios hold; the teacher (~100x slower) is timed
 on its own with fewer calls. A second table times one training step of the main network
-(forward_dual, backward, Adam; the CPU preset's 4 + 4 images) in both memory layouts.
+(forward_dual, backward, AdamW as the bundle trains; the CPU preset's 4 + 4 images) in both memory layouts.
 
 Random weights (weights do not change the cost of these networks); the teacher uses
 LiteMedSAM's packaged TinyViT weights (random ViT weights can hit slow denormal arithmetic and
@@ -52,20 +52,29 @@ from common.teachers import build_teacher  # noqa: E402
 TARGET_MS = 25.0
 
 
-def round_robin_ms(calls: dict[str, Callable[[], object]], warmup: int, repeats: int) -> dict[str, tuple[float, float]]:
-    """Median and interquartile range of each call's wall time (ms), the calls interleaved."""
+def round_robin_ms(
+    calls: dict[str, Callable[[], object]], warmup: int, repeats: int, block: int = 5
+) -> dict[str, tuple[float, float]]:
+    """Median and interquartile range of each call's wall time (ms), the calls interleaved.
+
+    Rounds visit every call in turn; each visit makes one untimed call (the network's weights
+    back in cache, as in a server that runs one model) and then ``block`` timed ones, until
+    each call has ``repeats`` timings. Drift of the machine thus hits all calls alike.
+    """
     for call in calls.values():
         for _ in range(warmup):
             call()
     times: dict[str, list[float]] = {name: [] for name in calls}
-    for _ in range(repeats):
+    while any(len(t) < repeats for t in times.values()):
         for name, call in calls.items():
-            start = time.perf_counter()
             call()
-            times[name].append((time.perf_counter() - start) * 1000)
+            for _ in range(min(block, repeats - len(times[name]))):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1000)
     summary = {}
     for name, values in times.items():
-        q = statistics.quantiles(values, n=4)
+        q = statistics.quantiles(values, n=4) if len(values) > 1 else (values[0], values[0], values[0])
         summary[name] = (statistics.median(values), q[2] - q[0])
     return summary
 
@@ -75,7 +84,7 @@ def _params(module: torch.nn.Module) -> float:
 
 
 def _training_step(network: MobileNetDualTaskUNet, batch: torch.Tensor) -> Callable[[], None]:
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -119,7 +128,7 @@ def main() -> None:
         teacher = ViTDualTaskNet(build_teacher("litemedsam"), freeze_encoder=False).eval()
         rows["teacher network (TinyViT encoder + decoder + dual head)"] = (teacher, teacher)
         timings |= round_robin_ms({"teacher network (TinyViT encoder + decoder + dual head)": lambda: teacher(x)},
-                                  2, max(3, args.repeats // 10))
+                                  1, max(3, args.repeats // 10))
 
     print(f"batch 1, {args.size}x{args.size}, {torch.get_num_threads()} CPU threads, median of {args.repeats} calls "
           "(teacher: fewer)")
@@ -135,8 +144,8 @@ def main() -> None:
     for channels_last in (False, True):
         network = MobileNetDualTaskUNet(channels_last=channels_last).train()
         steps["NHWC (default)" if channels_last else "NCHW"] = _training_step(network, batch)
-    step_times = round_robin_ms(steps, 1, args.train_repeats)
-    print(f"\ntraining step (forward_dual + backward + Adam), batch {args.train_batch} at {args.size}x{args.size}, "
+    step_times = round_robin_ms(steps, 1, args.train_repeats, block=2)
+    print(f"\ntraining step (forward_dual + backward + AdamW), batch {args.train_batch} at {args.size}x{args.size}, "
           f"median of {args.train_repeats}")
     print("| layout | step (ms) | IQR (ms) |")
     print("|---|---:|---:|")

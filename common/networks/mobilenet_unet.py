@@ -11,10 +11,9 @@ the two 1x1 heads run there and their outputs are upsampled bilinearly to the in
 The network keeps its weights and activations in ``channels_last`` (NHWC) memory format. On
 CPUs, oneDNN runs MobileNet's 1x1 and depthwise convolutions much faster in NHWC: in NCHW a
 single 16 -> 96 1x1 convolution at 128 x 128 costs ~6.5 ms on 2 threads against ~1.4 ms in
-NHWC (the 64 KiB channel planes alias in the cache), and the whole network runs ~1.7x faster
-at inference and ~1.3x faster per training step (``tools/benchmark_samkd_latency.py``). The
-format is internal: inputs of either format are accepted and the outputs are ordinary
-contiguous tensors. For deployment, :func:`common.networks.fold_batch_norm` folds the batch
+NHWC, and the whole network runs ~1.2x faster at inference and ~1.3x faster per training step
+(``tools/benchmark_samkd_latency.py``). The format is internal: inputs of either format are
+accepted and the outputs are ordinary contiguous tensors. For deployment, :func:`common.networks.fold_batch_norm` folds the batch
 norms into the convolutions as well.
 
 ``forward`` returns the mask logits only, so the network is a drop-in segmentation model for
