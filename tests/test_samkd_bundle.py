@@ -21,7 +21,7 @@ from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader, load_net_with_metadata  # noqa: E402
 
 import common.data as data  # noqa: E402
-from common.engines import Constant, load_network_weights  # noqa: E402
+from common.engines import Constant, PrecomputeEmbeddings, load_network_weights  # noqa: E402
 from common.losses import DualTaskLoss  # noqa: E402
 from common.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
 from common.teachers import DensePromptDecoder  # noqa: E402
@@ -51,16 +51,21 @@ def test_full_method_losses_fall_on_real_images(ph2_root):
         loss_function=DualTaskLoss(), teacher_network=teacher, sam=sam, prompt_decoder=psi,
         sam_parameters=list(psi.parameters()) + list(adapters.parameters()), consistency_weight=Constant(0.5),
     )
+    PrecomputeEmbeddings([labelled, unlabelled], progress=False).attach(trainer)  # segmenter from the trainer
     losses: list[dict] = []
+    misses_at_first_iteration = []
+    trainer.add_event_handler(Events.ITERATION_STARTED(once=1), lambda e: misses_at_first_iteration.append(sam.embedding_cache.misses))
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(dict(e.state.output)))
     trainer.run()
+    assert misses_at_first_iteration == [6]  # all 6 images embedded before training started
     assert len(losses) == 10
     assert all({"loss", "supervised", "teacher_supervised", "sam", "kd", "pseudo_seg", "unsupervised"} <= set(o) for o in losses)
     for key in ("loss", "supervised", "teacher_supervised"):
         first = np.mean([o[key] for o in losses[:3]])
         last = np.mean([o[key] for o in losses[-3:]])
         assert last < 0.9 * first, f"{key} did not fall: {first:.3f} -> {last:.3f}"
-    assert sam.embedding_cache.misses == 6  # each of the 6 images was encoded once in 10 iterations
+    assert sam.embedding_cache.misses == 6  # ... and training found every one of them in the cache
+    assert trainer.embedding_segmenter() is sam
 
 
 def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_root, tmp_path):

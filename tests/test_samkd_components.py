@@ -224,3 +224,41 @@ def test_trainer_requires_the_dual_task_loss_and_the_label_sdf(sam, batch):
     trainer.state.iteration = 1
     with pytest.raises(KeyError, match="label_sdf"):
         trainer.compute_losses(trainer, {"image": batch["image"], "label": batch["label"]}, None)
+
+
+def test_embedding_warmup_encodes_only_what_the_cache_lacks_and_does_nothing_without_a_segmenter(tmp_path):
+    from common.engines import PrecomputeEmbeddings
+    from common.teachers import EmbeddingCache
+
+    class CountingSegmenter:  # the two members the handler uses, with a real cache
+        def __init__(self):
+            self.embedding_cache = EmbeddingCache(directory=tmp_path / "cache")
+            self.encoded = 0
+
+        def cache_namespace(self):
+            return "counting|v1"
+
+        def encode(self, images):
+            from common.teachers.cache import image_key
+            from common.teachers.base import ImageEmbeddings
+
+            self.encoded += len(images)
+            for image in images:
+                item = ImageEmbeddings(features=image.mean(0, keepdim=True)[None], high_res_features=(),
+                                       original_sizes=[tuple(image.shape[-2:])], input_sizes=[tuple(image.shape[-2:])])
+                self.embedding_cache.put(image_key(self.cache_namespace(), image), item)
+
+    images = [{"sam_image": torch.full((3, 8, 8), float(i))} for i in range(5)]
+    more = [{"sam_image": torch.full((3, 16, 16), 9.0)}]  # another size: encoded in its own call
+    segmenter = CountingSegmenter()
+    warmup = PrecomputeEmbeddings([images, None, more], segmenter=segmenter, batch_size=2, progress=False)
+    assert warmup() == 6 and segmenter.encoded == 6
+    assert warmup() == 0 and segmenter.encoded == 6  # everything cached now (memory and disk)
+
+    class NoEmbeddings:  # a trainer whose step reads no embeddings (SupOnly)
+        def embedding_segmenter(self):
+            return None
+
+    assert PrecomputeEmbeddings([images], progress=False)(NoEmbeddings()) == 0
+    with pytest.raises(KeyError, match="sam_image"):
+        PrecomputeEmbeddings([[{"image": torch.zeros(3, 8, 8)}]], segmenter=segmenter, progress=False)()

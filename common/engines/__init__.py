@@ -10,6 +10,7 @@ from .checkpoints import (
     training_checkpoint_dict,
 )
 from .ema import EMATeacher, unwrap_model
+from .embedding_warmup import PrecomputeEmbeddings
 from .frameworks import FRAMEWORKS, build_consistency_trainer
 from .mean_teacher import AuxiliaryTerm, MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer, predictive_entropy
 from .ramps import (
@@ -41,6 +42,7 @@ __all__ = [
     "GaussianRampUp",
     "LinearRamp",
     "MeanTeacherTrainer",
+    "PrecomputeEmbeddings",
     "Ramp",
     "ResumeFromLatest",
     "SemiSupervisedTrainer",

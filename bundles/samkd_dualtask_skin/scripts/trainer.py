@@ -119,12 +119,20 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
     def main_forward(self, image: torch.Tensor, codes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         return self._in_image_frame(self.network, image, codes)
 
+    def embedding_segmenter(self) -> PromptableSegmenter | None:
+        """The frozen segmenter whose (cached) embeddings a step reads: SAM's, or a frozen-encoder
+        teacher's; ``None`` when nothing reads embeddings (SupOnly, a fine-tuned teacher without SAM)."""
+        if self.sam is not None:
+            return self.sam
+        if self.teacher_network is not None and unwrap_model(self.teacher_network).encoder is None:
+            return unwrap_model(self.teacher_network).segmenter
+        return None
+
     def embed(self, batch: Batch) -> ImageEmbeddings | None:
         """SAM's (cached, frozen) embedding of the un-augmented images, when anything needs it."""
-        frozen_teacher = self.teacher_network is not None and unwrap_model(self.teacher_network).encoder is None
-        if self.sam is None and not frozen_teacher:
+        segmenter = self.embedding_segmenter()
+        if segmenter is None:
             return None
-        segmenter = self.sam if self.sam is not None else unwrap_model(self.teacher_network).segmenter
         return segmenter.encode(batch.get(self.sam_image_key, batch["image"]))
 
     def teacher_forward(self, batch: Batch, codes: torch.Tensor | None,
