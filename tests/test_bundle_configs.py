@@ -59,3 +59,33 @@ def test_train_config_contract(bundle):
         ConfigParser.load_config_file(str(bundle / "configs" / name))  # valid JSON/config syntax
     for preset in sorted((bundle / "configs").rglob("*.json")):
         ConfigParser.load_config_file(str(preset))
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_training_refuses_switches_given_as_strings_before_anything_runs(bundle):
+    """`--method#use_sam false` on the command line is the string 'false' (truthy): training must stop on it."""
+    from bundle_testing import use_bundle  # same directory, on sys.path under pytest
+
+    use_bundle(bundle.name)  # the section may reference the bundle's scripts package
+    config = json.loads((bundle / "configs" / "train.json").read_text())
+    first = config["training"][0]
+    assert first.startswith("$common.config_checks.refuse_string_switches(@"), f"{bundle.name}: training starts with {first}"
+    section = first.split("@", 1)[1].split(",", 1)[0]
+    assert any(isinstance(v, bool) for v in config[section].values()), f"{bundle.name}: {section} holds no switch"
+    parser = ConfigParser(config)
+    parser[f"{section}#{next(k for k, v in config[section].items() if isinstance(v, bool))}"] = "false"
+    with pytest.raises(RuntimeError) as error:  # MONAI wraps what an expression raises
+        parser.get_parsed_content("training#0")
+    assert isinstance(error.value.__cause__, ValueError) and "not a boolean" in str(error.value.__cause__)
+
+
+def test_string_switch_error_names_the_fix():
+    from common.config_checks import refuse_string_switches
+
+    refuse_string_switches({"use_sam": False, "kd_weight": 1.0, "name": "litemedsam"}, "method")  # fine
+    with pytest.raises(ValueError, match=r"method#use_sam is the string 'false'.*--method#use_sam False"):
+        refuse_string_switches({"use_sam": "false", "augment": True}, "method")
+    with pytest.raises(ValueError, match=r"--sam#enabled True"):
+        refuse_string_switches({"enabled": "TRUE"}, "sam")
+    with pytest.raises(TypeError):
+        refuse_string_switches(["use_sam"], "method")

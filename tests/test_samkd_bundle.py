@@ -32,7 +32,7 @@ from scripts.transforms import training_transforms  # noqa: E402
 
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--batch_size", "2", "--unlabelled_batch_size", "2", "--num_workers", "0",
-        "--epoch_length", "2", "--checkpoint_interval", "2", "--method#freeze_teacher_encoder", "true"]
+        "--epoch_length", "2", "--checkpoint_interval", "2", "--method#freeze_teacher_encoder", "True"]
 
 
 def test_full_method_losses_fall_on_real_images(ph2_root):
