@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from common.metrics import results_table  # noqa: E402
 
-__all__ = ["Variant", "bundle_config_arg", "dermoscopy_experiment", "run_variants"]
+__all__ = ["Variant", "bundle_config_arg", "dermoscopy_experiment", "run_variants", "seeds_table"]
 
 DERMOSCOPY_METRICS = ("dice", "iou", "sensitivity", "specificity")
 
@@ -107,6 +108,35 @@ def run_variants(
     return report
 
 
+def seeds_table(out: Path, variants: dict[str, Variant], names: Sequence[str], seeds: Sequence[int],
+                metrics: Sequence[str]) -> str:
+    """Markdown table of each variant's test metrics over several seeds (runs in ``out/seed<k>/<name>``).
+
+    With a handful of labelled images, which images are labelled (the seed draws them) and even the
+    float rounding of one training run move the test Dice by several points, so a comparison
+    from one seed can mislead. Per seed: the mean over the test cases; last columns: mean and
+    standard deviation over the seeds, and the mean per-seed difference from the first variant.
+    """
+    def mean_of(name: str, seed: int, metric: str) -> float:
+        summary = json.loads((out / f"seed{seed}" / name / "validation_metrics.json").read_text())["summary"]
+        return 100 * summary[metric]["mean"]
+
+    lines = [f"| method | {' | '.join(f'Dice seed {s}' for s in seeds)} | "
+             + " | ".join(f"{m} (mean ± sd over seeds)" for m in metrics) + " | Dice vs first row |",
+             "|---|" + "---:|" * len(seeds) + ":---:|" * len(metrics) + "---:|"]
+    base = names[0]
+    for name in names:
+        cells = [f"{mean_of(name, s, 'dice'):.2f}" for s in seeds]
+        for metric in metrics:
+            values = [mean_of(name, s, metric) for s in seeds]
+            sd = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.2f} ± {sd:.2f}")
+        gaps = [mean_of(name, s, "dice") - mean_of(base, s, "dice") for s in seeds]
+        cells.append("" if name == base else f"{statistics.mean(gaps):+.2f} ({sum(g > 0 for g in gaps)}/{len(seeds)} seeds better)")
+        lines.append(f"| {variants[name].label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def dermoscopy_experiment(
     description: str,
     bundle: Path,
@@ -125,6 +155,8 @@ def dermoscopy_experiment(
     parser.add_argument("--test_dir", required=True, help="labelled ISIC/PH2-style test folder")
     parser.add_argument("--num_labelled", type=int, default=8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None,
+                        help="several seeds instead of --seed: runs in <out>/seed<k>, plus a table over the seeds")
     parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
     parser.add_argument("--variants", nargs="+", default=list(default_variants), choices=list(variants))
     parser.add_argument("--out", default=str(bundle / "runs" / "experiments"), help="where runs and the table go")
@@ -140,10 +172,19 @@ def dermoscopy_experiment(
         "--dataset_dir", str(Path(args.train_dir).resolve()),
         "--val_dataset_dir", str(Path(args.test_dir).resolve()),
         "--num_labelled", str(args.num_labelled),
-        "--seed", str(args.seed),
     ]
     if sam_cache:
         cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
         run_args += ["--sam_cache_dir", str(cache)]
-    return run_variants(bundle, variants, args.variants, out, [*run_args, *args.overrides], metrics=DERMOSCOPY_METRICS,
-                        preset=args.preset, reuse=args.reuse, notes=notes)
+    if args.seeds is None:
+        return run_variants(bundle, variants, args.variants, out, [*run_args, "--seed", str(args.seed), *args.overrides],
+                            metrics=DERMOSCOPY_METRICS, preset=args.preset, reuse=args.reuse, notes=notes)
+    for seed in args.seeds:
+        run_variants(bundle, variants, args.variants, out / f"seed{seed}",
+                     [*run_args, "--seed", str(seed), *args.overrides], metrics=DERMOSCOPY_METRICS,
+                     preset=args.preset, reuse=args.reuse, notes=notes)
+    report = seeds_table(out, variants, args.variants, args.seeds, DERMOSCOPY_METRICS)
+    report += f"\ncommand: python {shlex.join(sys.argv)}\n"
+    (out / "results_seeds.md").write_text(report)
+    print("\n" + report)
+    return report

@@ -8,10 +8,15 @@ pool are cached in one folder shared by the runs (``--sam_cache_dir``), so every
 is encoded once for all of them. Every command is printed before it runs, so any row of the
 table can be reproduced on its own.
 
-Example (the figures in bundles/samkd_dualtask_skin/docs/README.md):
+Examples (the figures in bundles/samkd_dualtask_skin/docs/README.md): one seed, all three
+variants; then SupOnly and the full method over three seeds (each seed draws other labelled
+images; runs in <out>/seed<k>, and a table over the seeds):
 
     OMP_NUM_THREADS=1 python tools/samkd_experiments.py --train_dir ../shared/data/dermoscopy/ph2 \
         --num_labelled 8 --test_dir ../shared/data/dermoscopy/isic2017 --preset cpu
+    OMP_NUM_THREADS=1 python tools/samkd_experiments.py --train_dir ../shared/data/dermoscopy/ph2 \
+        --num_labelled 8 --test_dir ../shared/data/dermoscopy/isic2017 --preset cpu \
+        --variants suponly full --seeds 0 1 2
 """
 
 from __future__ import annotations
