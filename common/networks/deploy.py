@@ -2,8 +2,8 @@
 
 At inference a batch norm is a fixed per-channel affine map, so one that directly follows a
 convolution can be folded into that convolution's weights and bias. For a MobileNet that removes
-a third of the layers and a full read and write of every activation; on 2 CPU threads it
-is worth ~30% of the main network's latency (``tools/benchmark_samkd_latency.py``).
+a third of the layers and a full read and write of every activation; on 2 CPU threads it cuts
+the main network's eager latency by ~25% (``tools/benchmark_samkd_latency.py``).
 
 Folding is done on a copy, so the training network (and its state dict layout, which
 checkpoints and ``load_network_weights`` rely on) never changes. Only pairs inside an
