@@ -13,8 +13,8 @@ CPUs, oneDNN runs MobileNet's 1x1 and depthwise convolutions much faster in NHWC
 single 16 -> 96 1x1 convolution at 128 x 128 costs ~6.5 ms on 2 threads against ~1.4 ms in
 NHWC, and the whole network runs ~1.2x faster at inference and ~1.3x faster per training step
 (``tools/benchmark_samkd_latency.py``). The format is internal: inputs of either format are
-accepted and the outputs are ordinary contiguous tensors. For deployment, :func:`common.networks.fold_batch_norm` folds the batch
-norms into the convolutions as well.
+accepted and the outputs are ordinary contiguous tensors. For deployment,
+:func:`common.networks.fold_batch_norm` also folds the batch norms into the convolutions.
 
 ``forward`` returns the mask logits only, so the network is a drop-in segmentation model for
 MONAI evaluators, ``SupervisedEvaluator`` and TorchScript export; :meth:`forward_dual` returns

@@ -12,7 +12,6 @@ ablations and for the SupOnly / MT baselines, so every variant trains the same b
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -76,7 +75,6 @@ class DualHeadDeepLabV3(nn.Module):
         if self.fcn_head is not None:
             aux = F.interpolate(self.fcn_head(features), size=size, mode="bilinear", align_corners=False)
         return main, aux
-
 
 
 class DeployedWeights:
