@@ -262,3 +262,17 @@ def test_embedding_warmup_encodes_only_what_the_cache_lacks_and_does_nothing_wit
     assert PrecomputeEmbeddings([images], progress=False)(NoEmbeddings()) == 0
     with pytest.raises(KeyError, match="sam_image"):
         PrecomputeEmbeddings([[{"image": torch.zeros(3, 8, 8)}]], segmenter=segmenter, progress=False)()
+
+    # A MONAI dataset is read up to its first random transform: the augmentation never runs, so the
+    # training's random streams are untouched (a random transform before the image would be an error).
+    from monai.data import Dataset
+    from monai.transforms import Compose, CopyItemsd, RandomizableTransform
+
+    class NeverCalled(RandomizableTransform):
+        def __call__(self, data):
+            raise AssertionError("the warm-up ran a random transform")
+
+    fresh = CountingSegmenter()
+    fresh.embedding_cache = EmbeddingCache()  # memory only: nothing cached yet
+    dataset = Dataset([{"image": torch.full((3, 8, 8), 7.0)}], transform=Compose([CopyItemsd("image", names="sam_image"), NeverCalled()]))
+    assert PrecomputeEmbeddings([dataset], segmenter=fresh, progress=False)() == 1 and fresh.encoded == 1

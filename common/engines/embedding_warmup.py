@@ -5,7 +5,8 @@ distillation bundle) encode each image the first time a batch draws it. On a CPU
 first epoch many times slower than the rest (LiteMedSAM: ~1.4 s per image on 2 threads) with
 no sign of why, and an interrupted first epoch leaves the cache half filled. This handler does
 the same encoding up front, at ``Events.STARTED``, with a progress bar and a log line that says
-how many images were already cached. The embeddings are exactly the ones the training step
+how many images were already cached. It reads each item only up to its first random transform,
+so it leaves the training's random streams untouched. The embeddings are exactly the ones the training step
 would compute (same cache keys), so results do not change; with the cache mirrored on disk a
 resumed or repeated run finds them all and skips the pass in seconds.
 """
@@ -13,11 +14,12 @@ resumed or repeated run finds them all and skips the pass in seconds.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from monai.utils import optional_import
+from monai.transforms import Compose, RandomizableTrait, Transform
+from monai.utils import convert_to_tensor, optional_import
 
 from common.teachers.cache import image_key
 
@@ -60,12 +62,11 @@ class PrecomputeEmbeddings:
     def _images(self) -> list[torch.Tensor]:
         images = []
         for dataset in self.datasets:
-            for index in range(len(dataset)):
-                item = dataset[index]
+            for item in _deterministic_items(dataset):
                 if self.image_key not in item:
-                    raise KeyError(f"training items have no {self.image_key!r} (keys: {sorted(item)}); "
-                                   "set image_key to the image the segmenter reads")
-                images.append(torch.as_tensor(item[self.image_key]))
+                    raise KeyError(f"training items have no {self.image_key!r} before their first random transform "
+                                   f"(keys: {sorted(item)}); set image_key to the un-augmented image the segmenter reads")
+                images.append(convert_to_tensor(item[self.image_key], track_meta=False))
         return images
 
     def __call__(self, engine: Any = None) -> int:
@@ -94,3 +95,20 @@ class PrecomputeEmbeddings:
         if bar is not None:
             bar.close()
         return len(missing)
+
+
+def _deterministic_items(dataset: Any) -> Iterator[Mapping[str, Any]]:
+    """The items of ``dataset`` up to their first random transform (MONAI's ``CacheDataset`` split).
+
+    The random transforms (colour jitter...) are not needed for an un-augmented image, and running
+    them here would draw from their random state before training, so a run with the warm-up would
+    not repeat a run without it. A dataset without a ``Compose`` transform is read item by item.
+    """
+    transform, data = getattr(dataset, "transform", None), getattr(dataset, "data", None)
+    if not isinstance(transform, Compose) or data is None:
+        yield from (dataset[i] for i in range(len(dataset)))
+        return
+    first_random = transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+    prefix = transform if first_random is None else Compose(transform.transforms[:first_random])
+    for entry in data:
+        yield prefix(dict(entry))
