@@ -1,4 +1,4 @@
-"""tools/experiment_runner.py: the table over seeds that the bundle docs quote."""
+"""tools/experiment_runner.py: the harness behind every bundle's results table."""
 
 from __future__ import annotations
 
@@ -6,21 +6,89 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 
-from experiment_runner import DERMOSCOPY_METRICS, Variant, seeds_table  # noqa: E402
+from experiment_runner import (  # noqa: E402
+    BundleExperiment,
+    Variant,
+    comparison_report,
+    main,
+    paired_table,
+    seeds_table,
+)
+
+SPEC = BundleExperiment(
+    bundle="uamt_skin",
+    variants={"base": Variant("Baseline"), "new": Variant("Method")},
+    method="new",
+    default_variants=("base", "new"),
+)
 
 
-def test_seeds_table_gives_per_seed_dice_mean_sd_and_the_gap_to_the_first_row(tmp_path):
-    dice = {("base", 0): 0.30, ("base", 1): 0.50, ("new", 0): 0.40, ("new", 1): 0.45}
-    for (name, seed), value in dice.items():
-        run = tmp_path / f"seed{seed}" / name
-        run.mkdir(parents=True)
-        summary = {m: {"mean": value} for m in DERMOSCOPY_METRICS}
-        (run / "validation_metrics.json").write_text(json.dumps({"summary": summary, "cases": []}))
-    variants = {"base": Variant("Baseline"), "new": Variant("Method")}
-    table = seeds_table(tmp_path, variants, ["base", "new"], [0, 1], DERMOSCOPY_METRICS).splitlines()
-    assert table[0].startswith("| method | Dice seed 0 | Dice seed 1 | dice (mean ± sd over seeds)")
-    assert table[2].startswith("| Baseline | 30.00 | 50.00 | 40.00 ± 14.14 |") and table[2].endswith("|  |")
+def _records(values: list[float]) -> list[dict]:
+    return [{"id": f"case{i}", "dice": v, "iou": v, "sensitivity": v, "specificity": v} for i, v in enumerate(values)]
+
+
+def _results(gain: float, seeds=(0, 1, 2, 3, 4, 5)) -> dict:
+    base = {s: _records([0.3 + 0.01 * s, 0.5, 0.7]) for s in seeds}
+    new = {s: _records([0.3 + 0.01 * s + gain, 0.5 + gain, 0.7 + gain / 2]) for s in seeds}
+    return {"base": base, "new": new}
+
+
+def test_seeds_table_gives_per_seed_dice_and_mean_sd_over_seeds():
+    results = {"base": {0: _records([0.2, 0.4]), 1: _records([0.5, 0.5])},
+               "new": {0: _records([0.4, 0.4]), 1: _records([0.45, 0.45])}}
+    table = seeds_table(SPEC, results, ["base", "new"], [0, 1]).splitlines()
+    assert table[0].startswith("| variant | Dice seed 0 | Dice seed 1 | dice (mean ± sd over seeds)")
+    assert table[2].startswith("| Baseline | 30.00 | 50.00 | 40.00 ± 14.14 |")
     assert table[3].startswith("| Method | 40.00 | 45.00 | 42.50 ± 3.54 |")
-    assert table[3].endswith("| +2.50 (1/2 seeds better) |")
+
+
+def test_paired_table_finds_a_consistent_gain_and_not_a_null_one():
+    seeds = [0, 1, 2, 3, 4, 5]
+    gain = paired_table(SPEC, _results(0.05, seeds), ["base", "new"], seeds).splitlines()[2]
+    assert gain.startswith("| Method vs Baseline | dice | +4.17 | 6/0 | 0.0312 |")
+    assert gain.endswith("| better (significant) |")
+    null = paired_table(SPEC, _results(0.0, seeds), ["base", "new"], seeds).splitlines()[2]
+    assert "| +0.00 | 0/0 | 1 |" in null and null.endswith("| no difference |")
+
+
+def test_report_says_when_five_seeds_cannot_reach_significance():
+    seeds = [0, 1, 2, 3, 4]
+    report = comparison_report(SPEC, _results(0.05, seeds), ["base", "new"], seeds)
+    assert "| 5/0 | 0.0625 |" in report
+    assert "not testable at 0.05 with 5 pairs" in report
+    assert "cannot go below p = 0.0625" in report
+
+
+def test_main_reuses_finished_runs_and_writes_the_report(tmp_path, monkeypatch):
+    for seed in (0, 1):
+        for name, values in (("base", [0.4, 0.6]), ("new", [0.5, 0.7])):
+            run = tmp_path / f"seed{seed}" / name
+            run.mkdir(parents=True)
+            (run / "validation_metrics.json").write_text(json.dumps({"cases": _records(values)}))
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    report = main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "1", "--out", str(tmp_path)])
+    assert "| Method | 60.00 | 60.00 |" in report
+    stored = json.loads((tmp_path / "results.json").read_text())
+    assert stored["method"] == "new" and stored["cases"]["base"]["1"][0]["dice"] == 0.4
+    assert (tmp_path / "results.md").read_text().startswith("| variant |")
+
+
+def test_a_spec_naming_an_unknown_variant_is_refused():
+    with pytest.raises(ValueError, match="not declared"):
+        BundleExperiment(bundle="x", variants={"a": Variant("A")}, method="b", default_variants=("a",))
+
+
+def test_every_bundle_declares_its_comparison():
+    import experiments
+
+    bundles = {p.name for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir() if (p / "configs").is_dir()}
+    assert set(experiments.EXPERIMENTS) == bundles
+    for module in experiments.EXPERIMENTS.values():
+        spec = module.SPEC
+        for variant in spec.variants.values():
+            for config in variant.configs:
+                assert (spec.bundle_dir / config).is_file(), f"{spec.bundle}: {config} is missing"

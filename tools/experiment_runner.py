@@ -1,11 +1,19 @@
-"""Run a bundle's method variants with the same data and schedule, and tabulate their test metrics.
+"""One harness for every bundle's comparison: variants x seeds on the same splits, paired tests.
 
-Shared by the ``tools/*_experiments.py`` scripts. Each variant is ``configs/train.json``, an
-optional preset (e.g. ``configs/cpu.json``) and the variant's own override files and ``--key
-value`` pairs; every run evaluates its final model on the test set (the trainer's validation set,
-used once at the end: no model selection happens on it) and writes ``validation_metrics.json``.
-Each command is printed before it runs, so any row of a table can be reproduced on its own, and
-a killed run resumes from its last checkpoint when the same command runs again.
+A bundle joins by declaring a :class:`BundleExperiment` (its variants, which one is the method,
+its data kind and metrics) in ``tools/<bundle>_experiments.py`` and listing it in
+``tools/experiments.py``. Each run is ``configs/train.json``, an optional preset (e.g.
+``configs/cpu.json``) and the variant's own override files and ``--key value`` pairs; it ends by
+evaluating its final model on the test set (the trainer's validation set, used once at the end: no
+model selection happens on it) and writes ``validation_metrics.json`` with per-case metrics.
+
+Runs go to ``<out>/seed<k>/<variant>``. A run whose metrics file exists is not trained again (pass
+``--retrain`` to force it), and a killed run resumes from its last checkpoint, so re-running the
+same command finishes an interrupted comparison. Each command is printed before it runs, so any
+row can be reproduced on its own. The report (``<out>/results.md``, with every per-case value in
+``<out>/results.json``) gives per-seed means, mean and sd over seeds, and paired Wilcoxon tests of
+the method against every other variant, over seeds and over test cases
+(:mod:`common.metrics.comparison` says what each pairing answers).
 """
 
 from __future__ import annotations
@@ -17,19 +25,36 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.metrics import results_table  # noqa: E402
+from common.metrics import PERCENT_METRICS, case_means_over_runs, paired_wilcoxon  # noqa: E402
 
-__all__ = ["Variant", "bundle_config_arg", "dermoscopy_experiment", "run_variants", "seeds_table"]
+__all__ = [
+    "DERMOSCOPY_METRICS",
+    "VOLUME_METRICS_MM",
+    "BundleExperiment",
+    "Variant",
+    "bundle_config_arg",
+    "comparison_report",
+    "main",
+    "paired_table",
+    "run_experiment",
+    "seeds_table",
+]
 
 DERMOSCOPY_METRICS = ("dice", "iou", "sensitivity", "specificity")
+VOLUME_METRICS_MM = ("dice", "iou", "hd95", "asd")
+DEFAULT_SEEDS = (0, 1, 2, 3, 4)
+
+# Per-case records of one comparison: results[variant][seed] = [{"id": ..., "dice": ...}, ...]
+Results = Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]]
 
 
 @dataclass(frozen=True)
@@ -41,150 +66,252 @@ class Variant:
     overrides: Sequence[str] = field(default_factory=tuple)
 
 
+@dataclass(frozen=True)
+class BundleExperiment:
+    """What the harness needs to know of a bundle to compare its variants.
+
+    Attributes:
+        bundle: folder name under ``bundles/``.
+        variants: run-folder name -> :class:`Variant`.
+        method: the variant the paired tests put against each other variant.
+        default_variants: run when ``--variants`` is not given (SupOnly, the non-SAM baseline, the method).
+        data: ``"dermoscopy"`` (ISIC/PH2-style train pool and test folders) or ``"msd"`` (an MSD-style
+            3D folder split by sorted id into a pool and a test set).
+        metrics: table columns (``common.metrics`` names); ``tested_metrics`` get paired tests.
+        distance_unit: unit printed next to HD95/ASD.
+        sam_cache_key: the bundle's config key for its SAM embedding cache; the harness points every
+            run at one shared folder so each image is encoded once for all runs.
+        notes: printed under the tables.
+    """
+
+    bundle: str
+    variants: Mapping[str, Variant]
+    method: str
+    default_variants: Sequence[str]
+    data: str = "dermoscopy"
+    metrics: Sequence[str] = DERMOSCOPY_METRICS
+    tested_metrics: Sequence[str] = ("dice",)
+    distance_unit: str | None = None
+    sam_cache_key: str | None = None
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in (self.method, *self.default_variants) if n not in self.variants]
+        if unknown:
+            raise ValueError(f"{self.bundle}: variants {unknown} are not declared (known: {sorted(self.variants)}).")
+        if self.data not in ("dermoscopy", "msd"):
+            raise ValueError(f"{self.bundle}: data must be 'dermoscopy' or 'msd', got {self.data!r}.")
+
+    @property
+    def bundle_dir(self) -> Path:
+        return ROOT / "bundles" / self.bundle
+
+
 def bundle_config_arg(bundle: Path, configs: Sequence[str]) -> str:
     """The ``--config_file`` argument of ``monai.bundle`` merging ``configs`` (bundle-relative) in order."""
     return "[" + ",".join(f"'{bundle / c}'" for c in configs) + "]"
 
 
-def run_variants(
-    bundle: Path,
-    variants: dict[str, Variant],
+def _scale(metric: str) -> float:
+    return 100.0 if metric in PERCENT_METRICS else 1.0
+
+
+def _seed_mean(records: Sequence[Mapping[str, Any]], metric: str) -> float:
+    values = [float(r[metric]) for r in records if r.get(metric) is not None and r[metric] == r[metric]]
+    return _scale(metric) * statistics.mean(values) if values else float("nan")
+
+
+def train_command(spec: BundleExperiment, name: str, run_dir: Path, run_args: Sequence[str], preset: str) -> list[str]:
+    """The ``monai.bundle`` command that trains and tests variant ``name`` into ``run_dir``."""
+    variant = spec.variants[name]
+    configs = ["configs/train.json"] + ([f"configs/{preset}.json"] if preset else []) + list(variant.configs)
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", bundle_config_arg(spec.bundle_dir, configs),
+        *run_args,
+        "--output_dir", str(run_dir),
+        "--model_dir", str(run_dir),
+        *variant.overrides,
+    ]
+
+
+def run_experiment(
+    spec: BundleExperiment,
     names: Sequence[str],
+    seeds: Sequence[int],
     out: Path,
     run_args: Sequence[str],
-    metrics: Sequence[str],
     preset: str = "",
-    distance_unit: str | None = None,
-    reuse: bool = False,
-    notes: str = "",
-) -> str:
-    """Train and test each variant in ``names``; write and return the markdown results table.
+    retrain: bool = False,
+) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
+    """Train and test every variant in ``names`` for every seed; return per-case records and run times.
 
-    Args:
-        bundle: the bundle folder.
-        variants: run folder name -> :class:`Variant`.
-        names: which variants to run, in order.
-        out: the run folders (``out/<name>``) and ``results.md`` go here.
-        run_args: ``--key value`` arguments given to every run (data, labels, seed, caches...).
-        metrics: the table's columns (``common.metrics`` names).
-        preset: a preset config in ``configs/`` merged after ``train.json`` ('' for none).
-        distance_unit: unit printed next to HD95/ASD.
-        reuse: take the metrics of a variant whose run folder already holds
-            ``validation_metrics.json`` instead of training it again.
-        notes: text printed under the table (data split, scale).
+    Seeds are the outer loop, so an interrupted comparison has whole seeds (all variants) done.
     """
-    rows, seconds = {}, {}
+    results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
+    seconds: dict[str, float] = {}
+    for seed in seeds:
+        for name in names:
+            run_dir = out / f"seed{seed}" / name
+            metrics_file = run_dir / "validation_metrics.json"
+            command = train_command(spec, name, run_dir, [*run_args, "--seed", str(seed)], preset)
+            print(f"\n### {spec.variants[name].label}, seed {seed}\n{shlex.join(command)}", flush=True)
+            if metrics_file.is_file() and not retrain:
+                print(f"(finished earlier: reusing {metrics_file})", flush=True)
+            else:
+                start = time.time()
+                subprocess.run(command, check=True, cwd=ROOT)
+                seconds[f"{name} seed {seed}"] = time.time() - start
+            results[name][seed] = json.loads(metrics_file.read_text())["cases"]
+    return results, seconds
+
+
+def seeds_table(spec: BundleExperiment, results: Results, names: Sequence[str], seeds: Sequence[int]) -> str:
+    """Markdown: per variant, the test-set mean Dice of each seed, then each metric's mean ± sd over seeds."""
+    metrics = list(spec.metrics)
+    unit = f" ({spec.distance_unit})" if spec.distance_unit else ""
+    headers = [f"Dice seed {s}" for s in seeds] + [
+        f"{m}{unit if m in ('hd95', 'asd') else ''} (mean ± sd over seeds)" for m in metrics
+    ]
+    lines = ["| variant | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(seeds) + ":---:|" * len(metrics)]
     for name in names:
-        variant = variants[name]
-        run_dir = out / name
-        metrics_file = run_dir / "validation_metrics.json"
-        configs = ["configs/train.json"] + ([f"configs/{preset}.json"] if preset else []) + list(variant.configs)
-        command = [
-            sys.executable, "-m", "monai.bundle", "run", "training",
-            "--config_file", bundle_config_arg(bundle, configs),
-            *run_args,
-            "--output_dir", str(run_dir),
-            "--model_dir", str(run_dir),
-            *variant.overrides,
-        ]
-        print(f"\n### {variant.label}\n{shlex.join(command)}", flush=True)
-        if reuse and metrics_file.is_file():
-            print(f"(reusing {metrics_file})", flush=True)
-        else:
-            start = time.time()
-            subprocess.run(command, check=True, cwd=ROOT)
-            seconds[variant.label] = time.time() - start
-        rows[variant.label] = json.loads(metrics_file.read_text())["cases"]
-
-    table = results_table(rows, metrics=tuple(metrics), distance_unit=distance_unit)
-    timing = "\n".join(f"- {label}: {s / 60:.1f} min" for label, s in seconds.items())
-    report = table + (f"\n{notes}\n" if notes else "\n")
-    if timing:
-        report += f"\nwall-clock per run (train + test):\n{timing}\n"
-    report += f"\ncommand: python {shlex.join(sys.argv)}\n"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(report)
-    print("\n" + report)
-    return report
-
-
-def seeds_table(out: Path, variants: dict[str, Variant], names: Sequence[str], seeds: Sequence[int],
-                metrics: Sequence[str]) -> str:
-    """Markdown table of each variant's test metrics over several seeds (runs in ``out/seed<k>/<name>``).
-
-    With a handful of labelled images, which images are labelled (the seed draws them) and even the
-    float rounding of one training run move the test Dice by several points, so a comparison
-    from one seed can mislead. Per seed: the mean over the test cases; last columns: mean and
-    standard deviation over the seeds, and the mean per-seed difference from the first variant.
-    """
-    def mean_of(name: str, seed: int, metric: str) -> float:
-        summary = json.loads((out / f"seed{seed}" / name / "validation_metrics.json").read_text())["summary"]
-        return 100 * summary[metric]["mean"]
-
-    lines = [f"| method | {' | '.join(f'Dice seed {s}' for s in seeds)} | "
-             + " | ".join(f"{m} (mean ± sd over seeds)" for m in metrics) + " | Dice vs first row |",
-             "|---|" + "---:|" * len(seeds) + ":---:|" * len(metrics) + "---:|"]
-    base = names[0]
-    for name in names:
-        cells = [f"{mean_of(name, s, 'dice'):.2f}" for s in seeds]
+        cells = [f"{_seed_mean(results[name][s], 'dice'):.2f}" for s in seeds]
         for metric in metrics:
-            values = [mean_of(name, s, metric) for s in seeds]
+            values = [_seed_mean(results[name][s], metric) for s in seeds]
             sd = statistics.stdev(values) if len(values) > 1 else 0.0
             cells.append(f"{statistics.mean(values):.2f} ± {sd:.2f}")
-        gaps = [mean_of(name, s, "dice") - mean_of(base, s, "dice") for s in seeds]
-        cells.append("" if name == base else f"{statistics.mean(gaps):+.2f} ({sum(g > 0 for g in gaps)}/{len(seeds)} seeds better)")
-        lines.append(f"| {variants[name].label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {spec.variants[name].label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def dermoscopy_experiment(
-    description: str,
-    bundle: Path,
-    variants: dict[str, Variant],
-    default_variants: Sequence[str],
-    sam_cache: bool = False,
-    notes: str = "",
-) -> str:
-    """The command line of a 2D bundle's comparison (ISIC/PH2-style train pool and test folder), run.
-
-    With ``sam_cache`` every run shares one SAM embedding cache (``--sam_cache_dir``, default
-    ``<out>/sam_embeddings``), so each training image is encoded once for all runs.
-    """
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train_dir", required=True, help="ISIC/PH2-style train pool")
-    parser.add_argument("--test_dir", required=True, help="labelled ISIC/PH2-style test folder")
-    parser.add_argument("--num_labelled", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, nargs="+", default=None,
-                        help="several seeds instead of --seed: runs in <out>/seed<k>, plus a table over the seeds")
-    parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
-    parser.add_argument("--variants", nargs="+", default=list(default_variants), choices=list(variants))
-    parser.add_argument("--out", default=str(bundle / "runs" / "experiments"), help="where runs and the table go")
-    if sam_cache:
-        parser.add_argument("--sam_cache_dir", default=None,
-                            help="shared SAM embedding cache (default: <out>/sam_embeddings)")
-    parser.add_argument("--reuse", action="store_true", help="reuse finished runs' metrics instead of retraining")
-    parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run")
-    args = parser.parse_args()
-
-    out = Path(args.out).resolve()
-    run_args = [
-        "--dataset_dir", str(Path(args.train_dir).resolve()),
-        "--val_dataset_dir", str(Path(args.test_dir).resolve()),
-        "--num_labelled", str(args.num_labelled),
+def paired_table(spec: BundleExperiment, results: Results, names: Sequence[str], seeds: Sequence[int]) -> str:
+    """Markdown: the method against each other variant, paired over seeds and over test cases."""
+    lines = [
+        "| comparison | metric | over seeds: mean diff | better/worse | Wilcoxon p | over cases: mean diff "
+        "| better/worse | Wilcoxon p | verdict (seeds) |",
+        "|---|---|---:|:---:|---:|---:|:---:|---:|---|",
     ]
-    if sam_cache:
+    method = spec.method
+    for other in (n for n in names if n != method):
+        for metric in spec.tested_metrics:
+            scale = _scale(metric)
+            by_seed = paired_wilcoxon([_seed_mean(results[other][s], metric) for s in seeds],
+                                      [_seed_mean(results[method][s], metric) for s in seeds], metric)
+            base_cases = case_means_over_runs([results[other][s] for s in seeds], metric)
+            method_cases = case_means_over_runs([results[method][s] for s in seeds], metric)
+            ids = sorted(base_cases)
+            by_case = paired_wilcoxon([base_cases[i] for i in ids], [method_cases.get(i) for i in ids], metric)
+            lines.append(
+                f"| {spec.variants[method].label} vs {spec.variants[other].label} | {metric} "
+                f"| {by_seed.mean_difference:+.2f} | {by_seed.num_better}/{by_seed.num_worse} | {by_seed.p_value:.3g} "
+                f"| {scale * by_case.mean_difference:+.2f} | {by_case.num_better}/{by_case.num_worse} "
+                f"| {by_case.p_value:.3g} | {by_seed.verdict()} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def comparison_report(spec: BundleExperiment, results: Results, names: Sequence[str], seeds: Sequence[int]) -> str:
+    """The seeds table, then the paired tests when the method is among ``names`` with another variant."""
+    report = seeds_table(spec, results, names, seeds)
+    if spec.method in names and len(names) > 1:
+        report += "\n" + paired_table(spec, results, names, seeds)
+        if len(seeds) < 6:
+            report += (f"\nWith {len(seeds)} seeds the exact two-sided Wilcoxon test cannot go below "
+                       f"p = {2 / 2 ** len(seeds):.4g}: over seeds, read the direction and the better/worse count.\n")
+    return report
+
+
+def _write_msd(path: Path, entries: list[dict], name: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    description = {
+        "name": name,
+        "tensorImageSize": "3D",
+        "labels": {"0": "background", "1": "foreground"},
+        "numTraining": len(entries),
+        "training": [{"image": e["image"], "label": e["label"]} for e in entries],
+    }
+    path.write_text(json.dumps(description, indent=2) + "\n")
+    return path
+
+
+def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
+    """The runs' data arguments and a sentence describing the split."""
+    if spec.data == "dermoscopy":
+        if not args.train_dir or not args.test_dir:
+            raise SystemExit(f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir (labelled test folder).")
+        run_args = ["--dataset_dir", str(Path(args.train_dir).resolve()),
+                    "--val_dataset_dir", str(Path(args.test_dir).resolve())]
+        notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
+                 f"test {args.test_dir}.")
+    else:
+        from common.data import msd_datalist
+
+        cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
+        if args.pool + args.test > len(cases):
+            raise SystemExit(f"{args.data} has {len(cases)} cases, fewer than pool {args.pool} + test {args.test}.")
+        pool_json = _write_msd(out / "split" / "pool" / "dataset.json", cases[: args.pool], "train pool")
+        test_json = _write_msd(out / "split" / "test" / "dataset.json", cases[-args.test :], "test")
+        run_args = ["--dataset_dir", str(pool_json), "--val_dataset_dir", str(test_json)]
+        notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of the "
+                 f"first {args.pool} cases by id; test: the last {args.test}.")
+    run_args += ["--num_labelled", str(args.num_labelled)]
+    if spec.sam_cache_key:
         cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
-        run_args += ["--sam_cache_dir", str(cache)]
-    if args.seeds is None:
-        return run_variants(bundle, variants, args.variants, out, [*run_args, "--seed", str(args.seed), *args.overrides],
-                            metrics=DERMOSCOPY_METRICS, preset=args.preset, reuse=args.reuse, notes=notes)
-    for seed in args.seeds:
-        run_variants(bundle, variants, args.variants, out / f"seed{seed}",
-                     [*run_args, "--seed", str(seed), *args.overrides], metrics=DERMOSCOPY_METRICS,
-                     preset=args.preset, reuse=args.reuse, notes=notes)
-    report = seeds_table(out, variants, args.variants, args.seeds, DERMOSCOPY_METRICS)
+        run_args += [f"--{spec.sam_cache_key}", str(cache)]
+    return run_args, notes
+
+
+def parser_for(spec: BundleExperiment, description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description or f"Compare the variants of {spec.bundle} over seeds.",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    if spec.data == "dermoscopy":
+        parser.add_argument("--train_dir", help="ISIC/PH2-style train pool")
+        parser.add_argument("--test_dir", help="labelled ISIC/PH2-style test folder")
+        parser.add_argument("--num_labelled", type=int, default=8)
+    else:
+        parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "la"), help="MSD-style 3D folder")
+        parser.add_argument("--pool", type=int, default=60, help="first N cases (by id) form the training pool")
+        parser.add_argument("--test", type=int, default=20, help="last N cases (by id) form the test set")
+        parser.add_argument("--num_labelled", type=int, default=4)
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
+                        help="each seed draws the labelled cases and initialises the run (default 0-4)")
+    parser.add_argument("--variants", nargs="+", default=list(spec.default_variants), choices=list(spec.variants))
+    parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
+    parser.add_argument("--out", default=str(spec.bundle_dir / "runs" / "experiments"), help="where runs and the report go")
+    if spec.sam_cache_key:
+        parser.add_argument("--sam_cache_dir", default=None, help="shared SAM embedding cache (default: <out>/sam_embeddings)")
+    parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
+    parser.add_argument("--report_only", action="store_true",
+                        help="tabulate the finished runs without training (every variant x seed must exist)")
+    parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run (after --)")
+    return parser
+
+
+def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description: str | None = None) -> str:
+    """Parse the command line, run the comparison, write and print the report."""
+    args = parser_for(spec, description).parse_args(argv)
+    out = Path(args.out).resolve()
+    run_args, split = _data_arguments(spec, args, out)
+    run_args += list(args.overrides)
+    if args.report_only:
+        results: dict[str, dict[int, list[dict[str, Any]]]] = {
+            name: {s: json.loads((out / f"seed{s}" / name / "validation_metrics.json").read_text())["cases"]
+                   for s in args.seeds}
+            for name in args.variants
+        }
+        seconds: dict[str, float] = {}
+    else:
+        results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain)
+    report = comparison_report(spec, results, args.variants, args.seeds)
+    report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
+    if seconds:
+        report += "\nwall-clock per run (train + test):\n" + "".join(f"- {k}: {v / 60:.1f} min\n" for k, v in seconds.items())
     report += f"\ncommand: python {shlex.join(sys.argv)}\n"
-    (out / "results_seeds.md").write_text(report)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(report)
+    (out / "results.json").write_text(json.dumps(
+        {"bundle": spec.bundle, "method": spec.method, "seeds": list(args.seeds),
+         "variants": {n: spec.variants[n].label for n in args.variants},
+         "cases": {n: {str(s): results[n][s] for s in args.seeds} for n in args.variants}}, indent=1))
     print("\n" + report)
     return report

@@ -1,5 +1,6 @@
-"""Segmentation metrics per case and paper-style result tables."""
+"""Segmentation metrics per case, paper-style result tables and paired method comparisons."""
 
+from .comparison import LOWER_IS_BETTER, PairedComparison, case_means_over_runs, paired_wilcoxon
 from .segmentation import (
     ALL_METRICS,
     PERCENT_METRICS,
@@ -12,6 +13,10 @@ from .segmentation import (
 )
 
 __all__ = [
+    "LOWER_IS_BETTER",
+    "PairedComparison",
+    "case_means_over_runs",
+    "paired_wilcoxon",
     "ALL_METRICS",
     "PERCENT_METRICS",
     "VOLUME_METRICS",

@@ -7,18 +7,22 @@ Stage 1 (dual-head mean teacher)
     images; the EMA teacher predicts the unlabelled images and its arg-max is the pseudo-label.
     ``Ls`` = Dice+CE of both heads against the label (eq. 6);
     ``Lu`` = Dice+CE of both heads against the pseudo-label + Dice+CE between the heads (eq. 7);
-    ``L = lambda * Ls + (1 - lambda) * Lu`` (eq. 4); optimiser step; EMA update.
+    ``L = Ls + lambda * Lu`` (default) or ``lambda * Ls + (1 - lambda) * Lu`` (eq. 4 as printed);
+    optimiser step; EMA update.
 
 Stage 2 (uncertainty map)
     The uncertainty map is the entropy of the averaged teacher/student softmax (eq. 2-3); the
     most uncertain patches of each unlabelled image are replaced by trusted patches (see
-    ``uncertainty.py``), and the new image is trained with ``(1 - lambda) * Lu`` against the
-    pseudo-label moved the same way; optimiser step; EMA update. Both stages share parameters.
+    ``uncertainty.py``), and the new image is trained with the unlabelled weight of stage 1
+    against the pseudo-label moved the same way; optimiser step; EMA update. Both stages share
+    parameters.
 
-``lambda`` follows the Gaussian ramp of eq. 5, ``lambda_m * exp(-5 (1 - t/m)^2)``, as printed.
-Read literally it *grows* the supervised weight from ~0 to ``lambda_m`` and fades the unlabelled
-term out at the end; ``loss_weighting="consistency_rampup"`` gives the usual mean-teacher form
-``Ls + lambda * Lu`` instead. Both are documented in the bundle README.
+``lambda`` follows the Gaussian ramp of eq. 5, ``lambda_m * exp(-5 (1 - t/m)^2)``. The default
+(``loss_weighting="consistency_rampup"``) is the usual mean-teacher form ``Ls + lambda * Lu``:
+the unlabelled term grows as the teacher becomes worth following. Eq. 4 read literally
+(``loss_weighting="paper"``) instead *grows* the supervised weight from ``exp(-5)`` and fades the
+unlabelled term out, so a freshly initialised teacher's pseudo-labels dominate the first half of
+training; at the CPU scale it fell below SupOnly (bundle README, Results).
 
 Switches reproduce the paper's ablations and baselines on the same network and schedule:
 ``aux_head`` (model built without the FCN head), ``uncertainty_mix`` (stage 2 on/off), and no
@@ -53,7 +57,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         self,
         *args: Any,
         loss_weight: Callable[[int], float],
-        loss_weighting: str = "paper",
+        loss_weighting: str = "consistency_rampup",
         uncertainty_mix: bool = True,
         grid_size: int = 4,
         num_patches: int = 4,
