@@ -42,6 +42,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .ema import EMATeacher, unwrap_model
 from .ramps import Constant
+from .reproducibility import capture_global_rng, capture_pass_start, restore_global_rng, restore_pass_start, skip_batches
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
@@ -176,6 +177,10 @@ class SemiSupervisedTrainer(Trainer):
         # resumed run continues the unlabelled pass where the checkpoint left it.
         self.state.unlabelled_draws = 0
         self.state_dict_user_keys.append("unlabelled_draws")
+        # Random state at the start of each stream's current pass, and what a loaded checkpoint
+        # asks to restore (see common.engines.reproducibility): resume is exact mid-pass.
+        self._pass_start: dict[str, dict[str, Any] | None] = {"labelled": None, "unlabelled": None}
+        self._pending_resume: dict[str, Any] = {}
         self.add_event_handler(Events.STARTED, self._restart_unlabelled_stream_on_fresh_run)
 
     # ------------------------------------------------------------------ running
@@ -194,20 +199,71 @@ class SemiSupervisedTrainer(Trainer):
             return contextlib.nullcontext()
         return torch.autocast(self._device_type(), **self.amp_kwargs)
 
+    # ------------------------------------------------------------------ checkpointed state
+    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+        """The engine state plus what an exact mid-pass resume needs: the global random generators
+        now and the random state at the start of each stream's current pass."""
+        state = dict(super().state_dict())
+        state["global_rng"] = capture_global_rng()
+        state["labelled_pass"] = self._pass_start["labelled"]
+        state["unlabelled_pass"] = self._pass_start["unlabelled"]
+        return state
+
+    def load_state_dict(self, state_dict: Mapping) -> None:  # type: ignore[override]
+        """Load the engine state; the random state is restored when the data streams restart.
+
+        Checkpoints written before the random state was saved still load (the resume is then exact
+        in weights and counters, not in the data order of a pass begun before the checkpoint)."""
+        extra = ("global_rng", "labelled_pass", "unlabelled_pass")
+        super().load_state_dict({k: v for k, v in state_dict.items() if k not in extra})
+        self._pending_resume = {k: state_dict[k] for k in extra if state_dict.get(k) is not None}
+        self._unlabelled_iterator = None
+
     # ------------------------------------------------------------------ data streams
     def _restart_unlabelled_stream_on_fresh_run(self, engine: Engine) -> None:
         if engine.state.iteration == 0:
             engine.state.unlabelled_draws = 0
             self._unlabelled_iterator = None
+            self._pending_resume = {}
+
+    def _setup_dataloader_iter(self) -> None:
+        """Ignite starts a pass over the labelled stream: record its random state, or, on resume,
+        replay the interrupted pass up to the checkpoint and restore the global generators."""
+        loader = self.state.dataloader
+        if loader is None:
+            super()._setup_dataloader_iter()
+            return
+        snapshot = self._pending_resume.pop("labelled_pass", None)
+        if snapshot is None:
+            self._pass_start["labelled"] = capture_pass_start(loader, self.state.iteration)
+            super()._setup_dataloader_iter()
+            return
+        restore_pass_start(loader, snapshot)
+        self._pass_start["labelled"] = snapshot
+        super()._setup_dataloader_iter()
+        skip_batches(self._dataloader_iter, self.state.iteration - snapshot["draws"])
+        if "global_rng" in self._pending_resume:
+            restore_global_rng(self._pending_resume.pop("global_rng"))
 
     def _start_unlabelled_pass(self) -> Iterator:
+        """A new pass over the unlabelled stream, or the interrupted one replayed after a resume."""
         loader = self.unlabeled_data_loader
         assert loader is not None
         length = self._unlabelled_length()
+        snapshot = self._pending_resume.pop("unlabelled_pass", None)
         sampler = getattr(loader, "sampler", None)
         if isinstance(sampler, DistributedSampler) and length:
-            sampler.set_epoch(self.state.unlabelled_draws // length)
-        return iter(loader)
+            start = self.state.unlabelled_draws if snapshot is None else snapshot["draws"]
+            sampler.set_epoch(start // length)
+        if snapshot is None:
+            self._pass_start["unlabelled"] = capture_pass_start(loader, self.state.unlabelled_draws)
+            return iter(loader)
+        now = capture_global_rng()  # the replay must not move the generators the training step uses
+        restore_pass_start(loader, snapshot)
+        self._pass_start["unlabelled"] = snapshot
+        iterator = skip_batches(iter(loader), self.state.unlabelled_draws - snapshot["draws"])
+        restore_global_rng(now)
+        return iterator
 
     def _unlabelled_length(self) -> int | None:
         if not isinstance(self.unlabeled_data_loader, Sized):
@@ -233,8 +289,10 @@ class SemiSupervisedTrainer(Trainer):
         if self.unlabeled_data_loader is None:
             raise RuntimeError("this trainer has no unlabeled_data_loader.")
         if self._unlabelled_iterator is None:
+            replay = "unlabelled_pass" in self._pending_resume
             self._unlabelled_iterator = self._start_unlabelled_pass()
-            self._fast_forward_unlabelled(self._unlabelled_iterator)
+            if not replay:
+                self._fast_forward_unlabelled(self._unlabelled_iterator)
         try:
             batch = next(self._unlabelled_iterator)
         except StopIteration:
