@@ -1,10 +1,13 @@
 """Semi-supervised training machinery: two-stream trainer, EMA teacher, ramps and checkpoints."""
 
 from .checkpoints import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
     ResumeFromLatest,
     TrainingCheckpointer,
     latest_checkpoint,
     load_network_weights,
+    read_checkpoint,
     resumable_checkpoints,
     state_dict_mismatches,
     training_checkpoint_dict,
@@ -30,6 +33,8 @@ from .sam_assisted import SAMAssistedConsistency
 from .semi_supervised import SemiSupervisedTrainer
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
     "AuxiliaryTerm",
     "FRAMEWORKS",
     "build_consistency_trainer",
@@ -53,6 +58,7 @@ __all__ = [
     "gaussian_rampup",
     "latest_checkpoint",
     "linear_rampup",
+    "read_checkpoint",
     "load_network_weights",
     "ramp_progress",
     "resumable_checkpoints",

@@ -11,7 +11,11 @@ MONAI's ``CheckpointSaver`` writes the files (``checkpoint_iteration=N.pt``, ``c
   command after a kill resumes, and a first run starts fresh;
 * :class:`TrainingCheckpointer`: both in one handler for a bundle config, which cannot name the
   trainer inside the trainer's own handler list; it takes the engine when attached;
-* :func:`load_network_weights`: weights for evaluation or inference from any of these files.
+* :func:`load_network_weights`: weights for evaluation or inference from any of these files;
+* :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` whose files are written to a
+  temporary name, flushed to disk and renamed into place, and whose older files are deleted only
+  after the new one is complete: a kill or a full disk during a save leaves the previous
+  checkpoint (and ``model.pt``) intact.
 
 A checkpoint that does not fit the network (another architecture, another number of classes) is
 reported with the file and the first mismatching keys, instead of torch's wall of key names.
@@ -19,10 +23,13 @@ reported with the file and the first mismatching keys, instead of torch's wall o
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import pickle
 import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,12 +43,19 @@ from .ema import EMATeacher, unwrap_model
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
+BaseSaveHandler, _ = optional_import(
+    "ignite.handlers.checkpoint", IgniteInfo.OPT_IMPORT_VERSION, min_version, "BaseSaveHandler", as_type="base"
+)
+idist, _ = optional_import("ignite.distributed", IgniteInfo.OPT_IMPORT_VERSION, min_version)
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
 __all__ = [
+    "AtomicCheckpointSaver",
+    "AtomicDiskSaver",
+    "read_checkpoint",
     "training_checkpoint_dict",
     "latest_checkpoint",
     "resumable_checkpoints",
@@ -57,6 +71,99 @@ __all__ = [
 _RESUMABLE_NAME = re.compile(r"_(?P<kind>final_iteration|iteration|epoch)=(?P<number>\d+)\.pth?$")
 
 _NETWORK_KEYS = ("network", "student", "model")
+
+
+class AtomicDiskSaver(BaseSaveHandler):
+    """Ignite save handler that never leaves a half-written or missing checkpoint behind.
+
+    A file is written as ``<name>.partial``, flushed and ``fsync``-ed, then renamed over ``<name>``
+    (atomic on POSIX) and the folder entry synced. Ignite asks to remove the oldest file *before*
+    writing a new one; here removals wait until the next file is safely in place, so a failed
+    save (killed, out of disk) keeps every earlier file. Only rank 0 writes in a distributed run.
+
+    Args:
+        dirname: the folder (created if needed).
+        filename: a fixed file name that replaces ignite's (e.g. ``model.pt``), or None.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
+        self.dirname = Path(dirname)
+        self.filename = filename
+        self._pending_removal: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if idist.get_rank() != 0:
+            return
+        self.dirname.mkdir(parents=True, exist_ok=True)
+        path = self.dirname / (self.filename or filename)
+        partial = path.with_name(path.name + ".partial")
+        try:
+            with open(partial, "wb") as stream:
+                torch.save(checkpoint, stream)
+                stream.flush()
+                os.fsync(stream.fileno())
+        except BaseException as err:
+            partial.unlink(missing_ok=True)
+            if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+                raise OSError(err.errno, f"no space left to write {path}; the previous checkpoints are intact.") from err
+            raise
+        os.replace(partial, path)
+        _fsync_folder(self.dirname)
+        for old in self._pending_removal:
+            if old != path.name:
+                (self.dirname / old).unlink(missing_ok=True)
+        self._pending_removal.clear()
+
+    def remove(self, filename: str) -> None:
+        if idist.get_rank() == 0:
+            self._pending_removal.append(self.filename or filename)
+
+
+def _fsync_folder(folder: Path) -> None:
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:  # some file systems do not open folders; the rename itself is still atomic
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """``monai.handlers.CheckpointSaver`` (same arguments, file names and behaviour) writing through
+    :class:`AtomicDiskSaver`, so an interrupted save never destroys the previous file."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                fixed_name = getattr(checkpoint.save_handler, "filename", None)
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, filename=fixed_name)
+
+
+def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the fix.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: the file is empty, truncated or not a PyTorch checkpoint.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is empty (0 bytes): the save that wrote it was interrupted; use an older checkpoint.")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
+            "it is truncated or corrupt (a save interrupted by a kill or a full disk) or another kind of file; "
+            "use an older checkpoint or train again."
+        ) from err
 
 
 def training_checkpoint_dict(
@@ -224,8 +331,8 @@ class ResumeFromLatest:
         """Newest checkpoint that loads; a file cut short by a kill while it was written is skipped."""
         for path in resumable_checkpoints(self.ckpt_dir):
             try:
-                checkpoint = torch.load(path, map_location=self.map_location, weights_only=True)
-            except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+                checkpoint = read_checkpoint(path, map_location=self.map_location)
+            except ValueError as err:
                 warnings.warn(f"skipping unreadable checkpoint {path} ({err}); trying an older one.", stacklevel=2)
                 continue
             if not isinstance(checkpoint, Mapping):
@@ -251,9 +358,8 @@ class TrainingCheckpointer:
         checkpoint_dir: folder of this run's checkpoints (created if needed).
         network, optimizer, teacher, lr_scheduler: the objects to save and restore.
         save_interval: iterations between checkpoints (> 0).
-        n_saved: how many interval checkpoints to keep (``None``: all); keep at least 2: ignite deletes
-            the oldest file before writing the new one, so with 2 a file cut short by a kill during
-            saving still leaves an older one to resume from.
+        n_saved: how many interval checkpoints to keep (``None``: all). Files are written atomically
+            (:class:`AtomicCheckpointSaver`) and old ones deleted only after the new one is complete.
         resume: resume from the newest checkpoint in ``checkpoint_dir`` when training starts.
     """
 
@@ -281,10 +387,12 @@ class TrainingCheckpointer:
 
     def attach(self, engine: Engine) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.checkpoint_dir.glob("*.partial"):  # a save that was killed half-way
+            stale.unlink(missing_ok=True)
         save_dict = training_checkpoint_dict(engine, self.network, self.optimizer, self.teacher, self.lr_scheduler)
         if self.resume:
             ResumeFromLatest(self.checkpoint_dir, save_dict).attach(engine)
-        saver = CheckpointSaver(
+        saver = AtomicCheckpointSaver(
             str(self.checkpoint_dir),
             save_dict,
             save_final=True,
@@ -320,9 +428,7 @@ def load_network_weights(
         ``network``, with the weights loaded (``weights_only=True``: no code is run from the file).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}.")
-    stored = torch.load(path, map_location="cpu", weights_only=True)
+    stored = read_checkpoint(path)
     if not isinstance(stored, Mapping):
         raise ValueError(f"{path} does not hold a state dict (got {type(stored).__name__}).")
     if key is not None:
