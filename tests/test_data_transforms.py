@@ -130,14 +130,28 @@ def test_missing_image_file_names_it(tmp_path) -> None:
         dermoscopy_transforms("infer")({"image": str(tmp_path / "nowhere.jpg")})
 
 
+@pytest.mark.parametrize("values", [[0, 1, 2], [0, 128, 255], [0.0, 0.5, 1.0]])
+def test_a_label_that_is_not_a_binary_mask_is_refused_with_the_file_and_the_fix(tmp_path, values) -> None:
+    from monai.data import MetaTensor
+
+    label = MetaTensor(torch.tensor([[values]], dtype=torch.float32), meta={"filename_or_obj": "case_7_mask.png"})
+    with pytest.raises(ValueError, match=r"label of case_7_mask.png has values .* not a binary mask .*lossless"):
+        BinarizeLabeld("label")({"label": label})
+    with pytest.raises(ValueError, match="not a binary mask"):
+        BinarizeLabeld("label", threshold=0.5, relative=False)({"label": label})
+
+
 def test_checks_directly() -> None:
-    mask = BinarizeLabeld("label")({"label": torch.tensor([[[0, 255], [128, 0]]] * 3, dtype=torch.uint8)})["label"]
+    rgb = torch.tensor([[[0, 255], [255, 0]]] * 2 + [[[0, 0], [255, 0]]], dtype=torch.uint8)
+    mask = BinarizeLabeld("label")({"label": rgb})["label"]
     assert mask.shape == (1, 2, 2) and mask.tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
+    soft = BinarizeLabeld("label", strict=False)({"label": torch.tensor([[[0, 255], [128, 0]]], dtype=torch.uint8)})
+    assert soft["label"].tolist() == [[[0.0, 1.0], [1.0, 0.0]]]
     unit = BinarizeLabeld("label")({"label": torch.tensor([[[0.0, 1.0]]])})["label"]
     assert unit.tolist() == [[[0.0, 1.0]]]
     empty = BinarizeLabeld("label")({"label": torch.zeros(1, 2, 2)})["label"]
     assert float(empty.sum()) == 0
-    multi_class = BinarizeLabeld("label", relative=False)({"label": torch.tensor([[[0, 1, 2]]])})["label"]
+    multi_class = BinarizeLabeld("label", relative=False, strict=False)({"label": torch.tensor([[[0, 1, 2]]])})["label"]
     assert multi_class.tolist() == [[[0.0, 1.0, 1.0]]]
     with pytest.raises(ValueError, match="got 2 in <unknown file>"):
         EnsureChannelsd("image")({"image": torch.zeros(2, 4, 4)})

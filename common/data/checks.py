@@ -59,29 +59,53 @@ class BinarizeLabeld(MapTransform):
     """Turns a mask into one channel of {0, 1}, whatever it was saved as.
 
     Masks come as 0/255 (ISIC, PH2), 0/1, or RGB copies of either. The channels are merged by
-    maximum and the result thresholded.
+    maximum and the result thresholded. Any other value (a multi-class label, a mask saved as JPEG
+    or resized with interpolation, an image given as its own label) is refused with the file named:
+    thresholding it would silently train on a different mask than the one drawn.
 
     Args:
         keys: keys of the channel-first masks.
         threshold: foreground is ``mask > threshold`` (times the mask's maximum when ``relative``).
         relative: scale the threshold by the mask's maximum, so 0/1 and 0/255 masks both work.
-            Use ``relative=False, threshold=0.5`` for multi-class volumes where any class > 0 is
-            foreground.
+            Use ``relative=False, threshold=0.5, strict=False`` for multi-class volumes where any
+            class > 0 is foreground.
+        strict: refuse masks with values other than {0, 1} or {0, 255}.
         allow_missing_keys: don't raise if a key is absent.
     """
 
+    BINARY_VALUE_SETS = (frozenset({0.0, 1.0}), frozenset({0.0, 255.0}))
+
     def __init__(
-        self, keys: KeysCollection, threshold: float = 0.5, relative: bool = True, allow_missing_keys: bool = False
+        self,
+        keys: KeysCollection,
+        threshold: float = 0.5,
+        relative: bool = True,
+        strict: bool = True,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.threshold = threshold
         self.relative = relative
+        self.strict = strict
+
+    def _check_binary(self, key: Hashable, mask: torch.Tensor, merged: torch.Tensor) -> None:
+        values = frozenset(float(v) for v in torch.unique(merged.float())[:4].tolist())
+        if any(values <= allowed for allowed in self.BINARY_VALUE_SETS):
+            return
+        shown = sorted(values)[:3]
+        raise ValueError(
+            f"{key} of {source_of(mask)} has values {shown}{' ...' if len(values) > 3 else ''}, not a binary mask "
+            "(0/1 or 0/255). Save the lesion mask as a lossless 0/255 or 0/1 image (PNG/NIfTI, not JPEG, not "
+            "resized with interpolation); for a multi-class label, keep the class of interest as 1 and the rest 0."
+        )
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         for key in self.key_iterator(d):
             mask = d[key]
             merged = mask.amax(dim=0, keepdim=True) if mask.shape[0] > 1 else mask
+            if self.strict:
+                self._check_binary(key, mask, merged)
             cutoff = self.threshold * float(merged.max()) if self.relative else self.threshold
             if self.relative and float(merged.max()) <= 0:
                 cutoff = 0.0  # an empty mask stays empty

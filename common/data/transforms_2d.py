@@ -144,7 +144,7 @@ def dermoscopy_transforms(mode: str, image_size: int = 256) -> Compose:
         EnsureChannelsd("image", num_channels=3),
     ]
     if has_label:
-        steps += [BinarizeLabeld("label"), CheckSpatialShapesMatchd(keys)]
+        steps += [CheckSpatialShapesMatchd(keys), BinarizeLabeld("label")]
     steps += [
         ScaleIntensityRanged("image", a_min=0.0, a_max=255.0, b_min=0.0, b_max=1.0, clip=True),
         Resized(
