@@ -476,3 +476,11 @@ def test_amp_autocasts_the_forward_passes():
     assert trainer.scaler is None  # loss scaling is for CUDA float16 only; CPU autocast uses bfloat16
     assert dtypes == [torch.bfloat16] * 4
     assert all(math.isfinite(o["loss"]) for o in outputs.values())
+
+
+def test_an_empty_unlabelled_stream_is_refused_before_training():
+    network = TinySegNet()
+    optimizer = torch.optim.Adam(network.parameters(), lr=1e-2)
+    with pytest.raises(ValueError, match="unlabelled stream has no images.*num_labelled"):
+        MeanTeacherTrainer("cpu", 1, _batches(2, 0), network, optimizer, dice_ce_loss(),
+                           unlabeled_data_loader=[], consistency_weight=1.0)

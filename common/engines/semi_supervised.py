@@ -66,6 +66,13 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
+def _safe_len(loader: Sized) -> int | None:
+    try:
+        return len(loader)
+    except TypeError:  # a DataLoader over an IterableDataset has no length
+        return None
+
+
 class SemiSupervisedTrainer(Trainer):
     """Trainer with a labelled stream (the engine's data) and an optional unlabelled stream.
 
@@ -135,6 +142,12 @@ class SemiSupervisedTrainer(Trainer):
         compile: bool = False,
         compile_kwargs: dict | None = None,
     ) -> None:
+        if isinstance(unlabeled_data_loader, Sized) and _safe_len(unlabeled_data_loader) == 0:
+            raise ValueError(
+                "the unlabelled stream has no images: every case of the training pool is labelled, or the unlabelled "
+                "list/folder is empty. Lower num_labelled, point the unlabelled data at a folder with images, or "
+                "train the supervised-only baseline (configs/baselines/suponly.json)."
+            )
         if teacher is not None and not isinstance(teacher, EMATeacher):
             raise TypeError(f"teacher must be an EMATeacher or None, got {type(teacher).__name__}.")
         if teacher is not None and teacher.student is not unwrap_model(network):
