@@ -77,11 +77,13 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
             "--num_workers", "0")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 10
 
-    # Inference on a full-size ISIC original: the mask comes back at the image's own size.
+    # Inference on a full-size ISIC original: the mask comes back at the image's own size, named as
+    # the ISIC challenge expects with --output_postfix segmentation.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
     run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
-            "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32")
-    mask_file = run / "pred" / (Path(largest).stem + "_seg.png")
+            "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
+            "--output_postfix", "segmentation")
+    mask_file = run / "pred" / (Path(largest).stem + "_segmentation.png")
     mask = Image.open(mask_file)
     assert mask.size == Image.open(largest).size
     assert set(np.unique(np.asarray(mask))) <= {0, 255}
