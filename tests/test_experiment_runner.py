@@ -92,3 +92,17 @@ def test_every_bundle_declares_its_comparison():
         for variant in spec.variants.values():
             for config in variant.configs:
                 assert (spec.bundle_dir / config).is_file(), f"{spec.bundle}: {config} is missing"
+
+
+def test_runs_recorded_in_an_earlier_results_file_are_not_trained_again(tmp_path, monkeypatch):
+    earlier = tmp_path / "earlier"
+    for name, values in (("base", [0.4, 0.6]), ("new", [0.5, 0.7])):
+        run = earlier / "seed3" / name
+        run.mkdir(parents=True)
+        (run / "validation_metrics.json").write_text(json.dumps({"cases": _records(values)}))
+    main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "3", "--out", str(earlier)])
+
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    report = main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "3", "--out", str(tmp_path / "new"),
+                         "--earlier_results", str(earlier / "results.json")])
+    assert "| Method | 60.00 |" in report

@@ -43,6 +43,7 @@ __all__ = [
     "Variant",
     "bundle_config_arg",
     "comparison_report",
+    "load_results",
     "main",
     "paired_table",
     "run_experiment",
@@ -143,10 +144,13 @@ def run_experiment(
     run_args: Sequence[str],
     preset: str = "",
     retrain: bool = False,
+    earlier: Results | None = None,
 ) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
     """Train and test every variant in ``names`` for every seed; return per-case records and run times.
 
     Seeds are the outer loop, so an interrupted comparison has whole seeds (all variants) done.
+    ``earlier`` holds per-case records of runs finished elsewhere (a ``results.json`` of an earlier
+    comparison with the same settings); those runs are not trained again.
     """
     results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     seconds: dict[str, float] = {}
@@ -156,6 +160,10 @@ def run_experiment(
             metrics_file = run_dir / "validation_metrics.json"
             command = train_command(spec, name, run_dir, [*run_args, "--seed", str(seed)], preset)
             print(f"\n### {spec.variants[name].label}, seed {seed}\n{shlex.join(command)}", flush=True)
+            if earlier and seed in earlier.get(name, {}) and not retrain:
+                print("(finished earlier: reusing its records from --earlier_results)", flush=True)
+                results[name][seed] = list(earlier[name][seed])
+                continue
             if metrics_file.is_file() and not retrain:
                 print(f"(finished earlier: reusing {metrics_file})", flush=True)
             else:
@@ -261,6 +269,12 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
     return run_args, notes
 
 
+def load_results(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """The per-case records of a ``results.json`` written by :func:`main`: ``{variant: {seed: records}}``."""
+    stored = json.loads(Path(path).read_text())
+    return {name: {int(seed): records for seed, records in by_seed.items()} for name, by_seed in stored["cases"].items()}
+
+
 def parser_for(spec: BundleExperiment, description: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description or f"Compare the variants of {spec.bundle} over seeds.",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -281,6 +295,8 @@ def parser_for(spec: BundleExperiment, description: str | None = None) -> argpar
     if spec.sam_cache_key:
         parser.add_argument("--sam_cache_dir", default=None, help="shared SAM embedding cache (default: <out>/sam_embeddings)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
+    parser.add_argument("--earlier_results", default=None,
+                        help="results.json of an earlier comparison with the same settings: its runs are reused")
     parser.add_argument("--report_only", action="store_true",
                         help="tabulate the finished runs without training (every variant x seed must exist)")
     parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run (after --)")
@@ -293,6 +309,7 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     out = Path(args.out).resolve()
     run_args, split = _data_arguments(spec, args, out)
     run_args += list(args.overrides)
+    earlier = load_results(args.earlier_results) if args.earlier_results else None
     if args.report_only:
         results: dict[str, dict[int, list[dict[str, Any]]]] = {
             name: {s: json.loads((out / f"seed{s}" / name / "validation_metrics.json").read_text())["cases"]
@@ -301,7 +318,8 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
         }
         seconds: dict[str, float] = {}
     else:
-        results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain)
+        results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
+                                          earlier)
     report = comparison_report(spec, results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
