@@ -41,7 +41,7 @@ def test_seeds_table_gives_per_seed_dice_and_mean_sd_over_seeds():
     results = {"base": {0: _records([0.2, 0.4]), 1: _records([0.5, 0.5])},
                "new": {0: _records([0.4, 0.4]), 1: _records([0.45, 0.45])}}
     table = seeds_table(SPEC, results, ["base", "new"], [0, 1]).splitlines()
-    assert table[0].startswith("| variant | Dice seed 0 | Dice seed 1 | dice (mean ± sd over seeds)")
+    assert table[0].startswith("| variant | Dice seed 0 | Dice seed 1 | Dice (%) mean ± sd over seeds |")
     assert table[2].startswith("| Baseline | 30.00 | 50.00 | 40.00 ± 14.14 |")
     assert table[3].startswith("| Method | 40.00 | 45.00 | 42.50 ± 3.54 |")
 
@@ -49,7 +49,7 @@ def test_seeds_table_gives_per_seed_dice_and_mean_sd_over_seeds():
 def test_paired_table_finds_a_consistent_gain_and_not_a_null_one():
     seeds = [0, 1, 2, 3, 4, 5]
     gain = paired_table(SPEC, _results(0.05, seeds), ["base", "new"], seeds).splitlines()[2]
-    assert gain.startswith("| Method vs Baseline | dice | +4.17 | 6/0 | 0.0312 |")
+    assert gain.startswith("| Method vs Baseline | Dice | +4.17 | 6/0 | 0.0312 |")
     assert gain.endswith("| better (significant) |")
     null = paired_table(SPEC, _results(0.0, seeds), ["base", "new"], seeds).splitlines()[2]
     assert "| +0.00 | 0/0 | 1 |" in null and null.endswith("| no difference |")

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.metrics import PERCENT_METRICS, case_means_over_runs, paired_wilcoxon  # noqa: E402
+from common.metrics import DISPLAY_NAMES, PERCENT_METRICS, case_means_over_runs, paired_wilcoxon  # noqa: E402
 
 __all__ = [
     "DERMOSCOPY_METRICS",
@@ -179,7 +179,8 @@ def seeds_table(spec: BundleExperiment, results: Results, names: Sequence[str], 
     metrics = list(spec.metrics)
     unit = f" ({spec.distance_unit})" if spec.distance_unit else ""
     headers = [f"Dice seed {s}" for s in seeds] + [
-        f"{m}{unit if m in ('hd95', 'asd') else ''} (mean ± sd over seeds)" for m in metrics
+        f"{DISPLAY_NAMES.get(m, m)}{unit if m in ('hd95', 'asd') else ''}{' (%)' if m in PERCENT_METRICS else ''}"
+        " mean ± sd over seeds" for m in metrics
     ]
     lines = ["| variant | " + " | ".join(headers) + " |", "|---|" + "---:|" * len(seeds) + ":---:|" * len(metrics)]
     for name in names:
@@ -210,7 +211,7 @@ def paired_table(spec: BundleExperiment, results: Results, names: Sequence[str],
             ids = sorted(base_cases)
             by_case = paired_wilcoxon([base_cases[i] for i in ids], [method_cases.get(i) for i in ids], metric)
             lines.append(
-                f"| {spec.variants[method].label} vs {spec.variants[other].label} | {metric} "
+                f"| {spec.variants[method].label} vs {spec.variants[other].label} | {DISPLAY_NAMES.get(metric, metric)} "
                 f"| {by_seed.mean_difference:+.2f} | {by_seed.num_better}/{by_seed.num_worse} | {by_seed.p_value:.3g} "
                 f"| {scale * by_case.mean_difference:+.2f} | {by_case.num_better}/{by_case.num_worse} "
                 f"| {by_case.p_value:.3g} | {by_seed.verdict()} |"

@@ -3,6 +3,7 @@
 from .comparison import LOWER_IS_BETTER, PairedComparison, case_means_over_runs, paired_wilcoxon
 from .segmentation import (
     ALL_METRICS,
+    DISPLAY_NAMES,
     PERCENT_METRICS,
     VOLUME_METRICS,
     EmptyMaskWarning,
@@ -18,6 +19,7 @@ __all__ = [
     "case_means_over_runs",
     "paired_wilcoxon",
     "ALL_METRICS",
+    "DISPLAY_NAMES",
     "PERCENT_METRICS",
     "VOLUME_METRICS",
     "EmptyMaskWarning",

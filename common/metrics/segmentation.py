@@ -52,7 +52,7 @@ PERCENT_METRICS: tuple[str, ...] = ("dice", "iou", "sensitivity", "specificity")
 _DISTANCE_METRICS = ("hd95", "asd", "hd95_voxel", "asd_voxel")
 #: the metrics of the 3D semi-supervised papers (Dice, Jaccard = IoU, 95HD, ASD), distances in both units
 VOLUME_METRICS: tuple[str, ...] = ("dice", "iou", "hd95", "asd", "hd95_voxel", "asd_voxel")
-_DISPLAY_NAMES = {
+DISPLAY_NAMES = {
     "dice": "Dice",
     "iou": "IoU",
     "sensitivity": "Sensitivity",
@@ -203,7 +203,7 @@ def results_table(
     """
     headers = ["Method"]
     for name in metrics:
-        header = _DISPLAY_NAMES.get(name, name)
+        header = DISPLAY_NAMES.get(name, name)
         if name in percent:
             header += " (%)"
         elif name in ("hd95", "asd") and distance_unit:
