@@ -19,7 +19,12 @@ import torch
 from torch import nn
 
 from common.engines import GaussianRampUp, MeanTeacherTrainer, TrainingCheckpointer
-from common.engines.reproducibility import capture_global_rng, capture_pass_start, restore_global_rng, restore_pass_start
+from common.engines.reproducibility import (
+    capture_global_rng,
+    capture_pass_start,
+    restore_global_rng,
+    restore_pass_start,
+)
 
 ITERATIONS_PER_EPOCH = 4  # the labelled loader has 3 batches, the unlabelled one 3: passes and epochs do not align
 EPOCHS = 3

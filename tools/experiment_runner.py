@@ -211,7 +211,8 @@ def paired_table(spec: BundleExperiment, results: Results, names: Sequence[str],
             ids = sorted(base_cases)
             by_case = paired_wilcoxon([base_cases[i] for i in ids], [method_cases.get(i) for i in ids], metric)
             lines.append(
-                f"| {spec.variants[method].label} vs {spec.variants[other].label} | {DISPLAY_NAMES.get(metric, metric)} "
+                f"| {spec.variants[method].label} vs {spec.variants[other].label} "
+                f"| {DISPLAY_NAMES.get(metric, metric)} "
                 f"| {by_seed.mean_difference:+.2f} | {by_seed.num_better}/{by_seed.num_worse} | {by_seed.p_value:.3g} "
                 f"| {scale * by_case.mean_difference:+.2f} | {by_case.num_better}/{by_case.num_worse} "
                 f"| {by_case.p_value:.3g} | {by_seed.verdict()} |"
@@ -247,7 +248,9 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
     """The runs' data arguments and a sentence describing the split."""
     if spec.data == "dermoscopy":
         if not args.train_dir or not args.test_dir:
-            raise SystemExit(f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir (labelled test folder).")
+            raise SystemExit(
+                f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir (labelled test folder)."
+            )
         run_args = ["--dataset_dir", str(Path(args.train_dir).resolve()),
                     "--val_dataset_dir", str(Path(args.test_dir).resolve())]
         notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
@@ -261,7 +264,8 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
         pool_json = _write_msd(out / "split" / "pool" / "dataset.json", cases[: args.pool], "train pool")
         test_json = _write_msd(out / "split" / "test" / "dataset.json", cases[-args.test :], "test")
         run_args = ["--dataset_dir", str(pool_json), "--val_dataset_dir", str(test_json)]
-        notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of the "
+        notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of "
+                 "the "
                  f"first {args.pool} cases by id; test: the last {args.test}.")
     run_args += ["--num_labelled", str(args.num_labelled)]
     if spec.sam_cache_key:
@@ -273,7 +277,8 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
 def load_results(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """The per-case records of a ``results.json`` written by :func:`main`: ``{variant: {seed: records}}``."""
     stored = json.loads(Path(path).read_text())
-    return {name: {int(seed): records for seed, records in by_seed.items()} for name, by_seed in stored["cases"].items()}
+    cases = stored["cases"]
+    return {name: {int(seed): records for seed, records in by_seed.items()} for name, by_seed in cases.items()}
 
 
 def parser_for(spec: BundleExperiment, description: str | None = None) -> argparse.ArgumentParser:
@@ -291,10 +296,13 @@ def parser_for(spec: BundleExperiment, description: str | None = None) -> argpar
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                         help="each seed draws the labelled cases and initialises the run (default 0-4)")
     parser.add_argument("--variants", nargs="+", default=list(spec.default_variants), choices=list(spec.variants))
-    parser.add_argument("--preset", default="cpu", help="config preset in configs/ merged after train.json ('' for none)")
-    parser.add_argument("--out", default=str(spec.bundle_dir / "runs" / "experiments"), help="where runs and the report go")
+    parser.add_argument("--preset", default="cpu",
+                        help="config preset in configs/ merged after train.json ('' for none)")
+    parser.add_argument("--out", default=str(spec.bundle_dir / "runs" / "experiments"),
+                        help="where runs and the report go")
     if spec.sam_cache_key:
-        parser.add_argument("--sam_cache_dir", default=None, help="shared SAM embedding cache (default: <out>/sam_embeddings)")
+        parser.add_argument("--sam_cache_dir", default=None,
+                            help="shared SAM embedding cache (default: <out>/sam_embeddings)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
     parser.add_argument("--earlier_results", default=None,
                         help="results.json of an earlier comparison with the same settings: its runs are reused")
@@ -324,7 +332,8 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     report = comparison_report(spec, results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
-        report += "\nwall-clock per run (train + test):\n" + "".join(f"- {k}: {v / 60:.1f} min\n" for k, v in seconds.items())
+        report += "\nwall-clock per run (train + test):\n"
+        report += "".join(f"- {k}: {v / 60:.1f} min\n" for k, v in seconds.items())
     report += f"\ncommand: python {shlex.join(sys.argv)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(report)

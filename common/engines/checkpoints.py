@@ -105,7 +105,8 @@ class AtomicDiskSaver(BaseSaveHandler):
         except BaseException as err:
             partial.unlink(missing_ok=True)
             if isinstance(err, OSError) and err.errno == errno.ENOSPC:
-                raise OSError(err.errno, f"no space left to write {path}; the previous checkpoints are intact.") from err
+                message = f"no space left to write {path}; the previous checkpoints are intact."
+                raise OSError(err.errno, message) from err
             raise
         os.replace(partial, path)
         _fsync_folder(self.dirname)

@@ -42,7 +42,8 @@ def _numpy_state(state: Any) -> dict[str, Any]:
 
 
 def _numpy_tuple(stored: dict[str, Any]) -> tuple:
-    return (stored["name"], stored["keys"].numpy().astype(np.uint32), stored["pos"], stored["has_gauss"], stored["gauss"])
+    keys = stored["keys"].numpy().astype(np.uint32)
+    return (stored["name"], keys, stored["pos"], stored["has_gauss"], stored["gauss"])
 
 
 def capture_global_rng() -> dict[str, Any]:
@@ -124,8 +125,9 @@ def restore_pass_start(loader: Any, snapshot: dict[str, Any]) -> None:
     generators = _loader_generators(loader)
     if len(transforms) != len(snapshot["transforms"]) or len(generators) != len(snapshot["generators"]):
         raise ValueError(
-            f"the checkpoint recorded {len(snapshot['transforms'])} random transforms and {len(snapshot['generators'])} "
-            f"data generators for this stream, the current configuration has {len(transforms)} and {len(generators)}: "
+            f"the checkpoint recorded {len(snapshot['transforms'])} random transforms and "
+            f"{len(snapshot['generators'])} data generators for this stream, the current configuration has "
+            f"{len(transforms)} and {len(generators)}: "
             "resume with the configuration the run was started with."
         )
     torch.set_rng_state(snapshot["torch"])

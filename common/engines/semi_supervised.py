@@ -30,7 +30,11 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from monai.engines import Trainer
-from monai.engines.utils import IterationEvents, default_metric_cmp_fn, default_prepare_batch
+from monai.engines.utils import (
+    IterationEvents,
+    default_metric_cmp_fn,
+    default_prepare_batch,
+)
 from monai.engines.workflow import Workflow
 from monai.inferers import Inferer, SimpleInferer
 from monai.transforms import Transform
@@ -42,7 +46,13 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .ema import EMATeacher, unwrap_model
 from .ramps import Constant
-from .reproducibility import capture_global_rng, capture_pass_start, restore_global_rng, restore_pass_start, skip_batches
+from .reproducibility import (
+    capture_global_rng,
+    capture_pass_start,
+    restore_global_rng,
+    restore_pass_start,
+    skip_batches,
+)
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:

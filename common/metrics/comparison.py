@@ -75,7 +75,9 @@ def _defined(value: object) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
-def paired_wilcoxon(baseline: Sequence[float | None], method: Sequence[float | None], metric: str = "dice") -> PairedComparison:
+def paired_wilcoxon(
+    baseline: Sequence[float | None], method: Sequence[float | None], metric: str = "dice"
+) -> PairedComparison:
     """Compare ``method`` with ``baseline`` value by value (same order = same pair).
 
     Raises:
