@@ -231,19 +231,6 @@ def comparison_report(spec: BundleExperiment, results: Results, names: Sequence[
     return report
 
 
-def _write_msd(path: Path, entries: list[dict], name: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    description = {
-        "name": name,
-        "tensorImageSize": "3D",
-        "labels": {"0": "background", "1": "foreground"},
-        "numTraining": len(entries),
-        "training": [{"image": e["image"], "label": e["label"]} for e in entries],
-    }
-    path.write_text(json.dumps(description, indent=2) + "\n")
-    return path
-
-
 def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
     """The runs' data arguments and a sentence describing the split."""
     if spec.data == "dermoscopy":
@@ -256,13 +243,13 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
         notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
                  f"test {args.test_dir}.")
     else:
-        from common.data import msd_datalist
+        from common.data import msd_datalist, write_msd_description
 
         cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
         if args.pool + args.test > len(cases):
             raise SystemExit(f"{args.data} has {len(cases)} cases, fewer than pool {args.pool} + test {args.test}.")
-        pool_json = _write_msd(out / "split" / "pool" / "dataset.json", cases[: args.pool], "train pool")
-        test_json = _write_msd(out / "split" / "test" / "dataset.json", cases[-args.test :], "test")
+        pool_json = write_msd_description(out / "split" / "pool" / "dataset.json", cases[: args.pool], "train pool")
+        test_json = write_msd_description(out / "split" / "test" / "dataset.json", cases[-args.test :], "test")
         run_args = ["--dataset_dir", str(pool_json), "--val_dataset_dir", str(test_json)]
         notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of "
                  "the "

@@ -15,6 +15,7 @@ from .datalists import (
     ph2_datalist,
     uamt_h5_datalist,
     volume_datalist,
+    write_msd_description,
 )
 from .readers import UAMT_LA_SPACING, H5VolumeReader
 from .splits import kfold_splits, load_datalist, prepare_split, split_labelled, write_datalist
@@ -44,4 +45,5 @@ __all__ = [
     "volume_datalist",
     "volume_transforms",
     "write_datalist",
+    "write_msd_description",
 ]

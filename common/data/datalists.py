@@ -35,6 +35,7 @@ __all__ = [
     "dermoscopy_datalist",
     "uamt_h5_datalist",
     "msd_datalist",
+    "write_msd_description",
     "volume_datalist",
     "UnknownLayoutError",
 ]
@@ -364,6 +365,28 @@ def msd_datalist(root_or_json: PathLike, section: str = "training") -> list[dict
         )
         datalist.append(_entry(image, label, _strip_suffixes(image.name)))
     return _nonempty(datalist, base, f"entries in section '{section}' of {json_path}")
+
+
+def write_msd_description(
+    path: PathLike, entries: list[dict[str, str]], name: str, labels: dict[str, str] | None = None, **fields: Any
+) -> Path:
+    """Write an MSD ``dataset.json`` listing ``entries`` (``image`` and ``label`` paths) under "training".
+
+    ``labels`` defaults to background/foreground; extra ``fields`` (``description``, ``modality``,
+    ...) are written as given. Returns the file, which :func:`msd_datalist` reads back.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    description = {
+        "name": name,
+        **fields,
+        "tensorImageSize": "3D",
+        "labels": labels or {"0": "background", "1": "foreground"},
+        "numTraining": len(entries),
+        "training": [{"image": e["image"], "label": e["label"]} for e in entries],
+    }
+    path.write_text(json.dumps(description, indent=2) + "\n")
+    return path
 
 
 # ------------------------------------------------------------------------------- volumes (auto)

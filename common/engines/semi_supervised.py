@@ -76,10 +76,13 @@ def _plain(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.as_tensor() if hasattr(tensor, "as_tensor") else tensor
 
 
-def _safe_len(loader: Sized) -> int | None:
+def _length(loader: Any) -> int | None:
+    """Batches per pass of ``loader``, or None when it has no length (a generator, an IterableDataset)."""
+    if not isinstance(loader, Sized):
+        return None
     try:
         return len(loader)
-    except TypeError:  # a DataLoader over an IterableDataset has no length
+    except TypeError:  # a DataLoader over an IterableDataset
         return None
 
 
@@ -152,7 +155,7 @@ class SemiSupervisedTrainer(Trainer):
         compile: bool = False,
         compile_kwargs: dict | None = None,
     ) -> None:
-        if isinstance(unlabeled_data_loader, Sized) and _safe_len(unlabeled_data_loader) == 0:
+        if _length(unlabeled_data_loader) == 0:
             raise ValueError(
                 "the unlabelled stream has no images: every case of the training pool is labelled, or the unlabelled "
                 "list/folder is empty. Lower num_labelled, point the unlabelled data at a folder with images, or "
@@ -289,12 +292,7 @@ class SemiSupervisedTrainer(Trainer):
         return iterator
 
     def _unlabelled_length(self) -> int | None:
-        if not isinstance(self.unlabeled_data_loader, Sized):
-            return None
-        try:
-            return len(self.unlabeled_data_loader)
-        except TypeError:  # a DataLoader over an IterableDataset
-            return None
+        return _length(self.unlabeled_data_loader)
 
     def _fast_forward_unlabelled(self, iterator: Iterator) -> None:
         """After a resume, skip the part of the current unlabelled pass the checkpointed run used."""
