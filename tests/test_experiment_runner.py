@@ -106,3 +106,9 @@ def test_runs_recorded_in_an_earlier_results_file_are_not_trained_again(tmp_path
     report = main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "3", "--out", str(tmp_path / "new"),
                          "--earlier_results", str(earlier / "results.json")])
     assert "| Method | 60.00 |" in report
+
+
+def test_report_only_names_the_runs_that_are_missing(tmp_path):
+    with pytest.raises(SystemExit, match="no finished run for Baseline|no finished run for base seed 0"):
+        main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path),
+                    "--report_only"])

@@ -307,8 +307,14 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     run_args += list(args.overrides)
     earlier = load_results(args.earlier_results) if args.earlier_results else None
     if args.report_only:
+        missing = [f"{name} seed {s}" for name in args.variants for s in args.seeds
+                   if not (out / f"seed{s}" / name / "validation_metrics.json").is_file()
+                   and not (earlier and s in earlier.get(name, {}))]
+        if missing:
+            raise SystemExit(f"--report_only: no finished run for {', '.join(missing)} in {out}; train them first.")
         results: dict[str, dict[int, list[dict[str, Any]]]] = {
-            name: {s: json.loads((out / f"seed{s}" / name / "validation_metrics.json").read_text())["cases"]
+            name: {s: list(earlier[name][s]) if earlier and s in earlier.get(name, {}) else
+                   json.loads((out / f"seed{s}" / name / "validation_metrics.json").read_text())["cases"]
                    for s in args.seeds}
             for name in args.variants
         }
