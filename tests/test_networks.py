@@ -66,7 +66,7 @@ def test_vnet_forward_shapes_and_features():
     model = VNet(n_channels=1, n_classes=2).eval()
     x = torch.randn(1, 1, 32, 32, 32)
     with torch.no_grad():
-        logits, features = model(x, return_features=True)
+        logits, features = model.forward_with_features(x)
         assert logits.shape == (1, 2, 32, 32, 32) and features.shape == (1, 16, 32, 32, 32)
         torch.testing.assert_close(model.out_conv(features), logits)
         torch.testing.assert_close(model(x), logits)

@@ -100,6 +100,9 @@ class VNet(nn.Module):
         has_dropout: bool = False,
     ) -> None:
         super().__init__()
+        # Instance copies: TorchScript (the deployed model.ts) reads instance attributes, not class ones.
+        self.num_downsamplings: int = type(self).num_downsamplings
+        self.input_multiple: int = 2**self.num_downsamplings
         if normalization not in NORMALIZATIONS:
             raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         if normalization == "groupnorm" and n_filters % _GROUPNORM_GROUPS:
@@ -132,14 +135,16 @@ class VNet(nn.Module):
         self.dropout = nn.Dropout3d(p=0.5)
 
     def _check_input(self, x: Tensor) -> None:
-        if x.ndim != 5:
-            raise ValueError(f"VNet expects a (B, C, H, W, D) tensor, got shape {tuple(x.shape)}.")
-        factor = 2**self.num_downsamplings
-        if any(s % factor for s in x.shape[2:]):
-            raise ValueError(
-                f"VNet input spatial size {tuple(x.shape[2:])} must be divisible by {factor} "
-                f"({self.num_downsamplings} stride-2 stages); pad or crop it, e.g. to 112x112x80."
-            )
+        # Written so that TorchScript compiles it too (the deployed model.ts keeps the check).
+        if x.dim() != 5:
+            raise ValueError(f"VNet expects a (B, C, H, W, D) tensor, got shape {list(x.shape)}.")
+        factor = self.input_multiple
+        for size in x.shape[2:]:
+            if size % factor != 0:
+                raise ValueError(
+                    f"VNet input spatial size {list(x.shape[2:])} must be divisible by {factor} "
+                    f"(the encoder halves it {self.num_downsamplings} times); pad or crop it, e.g. to 112x112x80."
+                )
 
     def encoder(self, x: Tensor) -> list[Tensor]:
         """Features of the five encoder stages, full resolution first (dropout on the last)."""
@@ -166,9 +171,12 @@ class VNet(nn.Module):
             x = self.dropout(x)
         return x
 
-    def forward(self, x: Tensor, return_features: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits (B, n_classes, H, W, D); with ``return_features`` also the last decoder features."""
+    def forward(self, x: Tensor) -> Tensor:
+        """Logits (B, n_classes, H, W, D)."""
+        return self.forward_with_features(x)[0]
+
+    def forward_with_features(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Logits and the last decoder features (``n_filters`` channels), for heads that share them."""
         self._check_input(x)
         features = self.decoder_features(self.encoder(x))
-        logits = self.out_conv(features)
-        return (logits, features) if return_features else logits
+        return self.out_conv(features), features

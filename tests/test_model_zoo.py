@@ -1,0 +1,163 @@
+"""Model-zoo readiness of every bundle: metadata against the zoo schema (offline), network in/out
+shapes against the metadata, and a packaged zip that ``monai.bundle download`` unpacks into a fresh
+folder where ``inference.json`` runs on a real image with no reference to this repository.
+
+Every folder under ``bundles/`` with a ``configs/metadata.json`` is tested: a new bundle joins by existing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from bundle_testing import BUNDLES, ROOT, use_bundle
+from monai.bundle import ConfigParser
+from PIL import Image
+
+sys.path.insert(0, str(ROOT / "tools"))
+import package_bundle as zoo  # noqa: E402
+
+BUNDLE_NAMES = zoo.bundle_names()
+
+
+def test_every_bundle_folder_is_found():
+    assert {"uamt_skin", "samkd_dualtask_skin", "semisam_la"} <= set(BUNDLE_NAMES)
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_metadata_passes_the_shipped_zoo_schema(name):
+    zoo.verify_metadata(BUNDLES / name)
+
+
+def test_schema_check_names_the_missing_or_wrong_field(tmp_path):
+    meta = json.loads((BUNDLES / "uamt_skin" / "configs" / "metadata.json").read_text())
+    (tmp_path / "configs").mkdir()
+    broken = dict(meta)
+    del broken["network_data_format"]
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="network_data_format"):
+        zoo.verify_metadata(tmp_path)
+    broken = json.loads(json.dumps(meta))
+    broken["network_data_format"]["inputs"]["image"]["num_channels"] = "three"
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="num_channels|integer"):
+        zoo.verify_metadata(tmp_path)
+    broken = dict(meta, schema="https://example.org/meta_schema_21000101.json")
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="meta_schema_21000101.json"):
+        zoo.verify_metadata(tmp_path)
+
+
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_network_input_and_output_shapes_match_the_metadata(name):
+    zoo.verify_network_shapes(BUNDLES / name)
+
+
+def test_a_metadata_shape_the_network_does_not_produce_is_reported(tmp_path):
+    bundle = tmp_path / "samkd_dualtask_skin"
+    shutil.copytree(BUNDLES / "samkd_dualtask_skin", bundle, ignore=shutil.ignore_patterns("runs", "models", "__pycache__"))
+    meta_file = bundle / "configs" / "metadata.json"
+    meta = json.loads(meta_file.read_text())
+    meta["network_data_format"]["outputs"]["pred"]["spatial_shape"] = [128, 128]
+    meta_file.write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"declares output \[1, 2, 128, 128\].*gives \[1, 2, 256, 256\]"):
+        zoo.verify_network_shapes(bundle)
+
+
+def _random_checkpoint(name: str, path: Path) -> Path:
+    """Weights of the bundle's deployed network (random init): packaging does not depend on training."""
+    use_bundle(name)
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / name / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
+    return path
+
+
+def _fresh_env() -> dict[str, str]:
+    """A user's shell: the project installed by pip, the repository itself not on the path."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    return dict(env, OMP_NUM_THREADS="2")
+
+
+def _real_input(meta: dict, data_root: Path) -> tuple[Path, tuple[int, ...]]:
+    """A real image the bundle's data kind takes (2D dermoscopy jpg or 3D NIfTI), and its spatial size."""
+    dims = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"])
+    if dims == 2:
+        image = sorted((data_root / "dermoscopy" / "ph2" / "images").glob("*.jpg"))[0]
+        with Image.open(image) as im:
+            return image, (im.height, im.width)
+    volume = sorted((data_root / "la" / "imagesTr").glob("*.nii*"))[0]
+    return volume, nib.load(volume).shape[:3]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(name, data_root, tmp_path):
+    checkpoint = _random_checkpoint(name, tmp_path / "model.pt")
+    archive = zoo.package_bundle(name, checkpoint, tmp_path / "dist")
+    meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    assert archive.name == f"{name}_v{meta['version']}.zip"
+    with zipfile.ZipFile(archive) as zf:
+        members = zf.namelist()
+    assert all(m.startswith(f"{name}/") for m in members)
+    for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "docs/README.md", "LICENSE",
+                     "models/model.pt", "models/model.ts", "large_files.yml", "scripts/__init__.py"):
+        assert f"{name}/{required}" in members, required
+    assert not any("/runs/" in m or m.startswith(f"{name}/common/") or m.endswith(".pyc") for m in members)
+
+    # `monai.bundle download` from the zip's URL, then the weights' sha256 check of large_files.yml
+    zoo_dir = tmp_path / "model_zoo"
+    env = _fresh_env()
+    download = subprocess.run([sys.executable, "-m", "monai.bundle", "download", "--name", name, "--url", archive.as_uri(),
+                               "--bundle_dir", str(zoo_dir)], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert download.returncode == 0, download.stderr[-3000:]
+    bundle = zoo_dir / name
+    verified = subprocess.run([sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
+                              cwd=bundle, env=env, capture_output=True, text=True)
+    assert verified.returncode == 0 and "Verified" in verified.stdout + verified.stderr, verified.stderr[-3000:]
+    assert zoo.file_sha256(bundle / "models" / "model.pt") == zoo.file_sha256(checkpoint)
+
+    # the TorchScript export is the deployed network with the bundle's metadata embedded
+    extra = {"metadata.json": "", "inference.json": ""}
+    scripted = torch.jit.load(str(bundle / "models" / "model.ts"), _extra_files=extra)
+    assert json.loads(extra["metadata.json"])["version"] == meta["version"] and json.loads(extra["inference.json"])
+
+    image, size = _real_input(meta, data_root)
+    inference = json.loads((bundle / "configs" / "inference.json").read_text())
+    faster = ["--target_spacing", "1.25", "--patch_size", "[64,64,48]"] if "target_spacing" in inference else []
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
+                          "--input", str(image), *faster], cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    written = [p for p in (bundle / "predictions").rglob("*") if p.is_file()]
+    assert len(written) == 1 and written[0].name.startswith(image.name.split(".")[0])
+    if written[0].suffix == ".png":
+        with Image.open(written[0]) as mask:
+            assert (mask.height, mask.width) == size
+            assert set(np.unique(np.asarray(mask))) <= {0, 255}
+    else:
+        assert nib.load(written[0]).shape[:3] == size
+    assert scripted is not None
+
+
+def test_packaging_refuses_a_checkpoint_of_another_bundle(tmp_path):
+    checkpoint = _random_checkpoint("samkd_dualtask_skin", tmp_path / "samkd.pt")
+    with pytest.raises(RuntimeError, match=r"samkd\.pt|model\.pt"):
+        zoo.package_bundle("uamt_skin", checkpoint, tmp_path / "dist")
+    assert not list((tmp_path / "dist").glob("*.zip"))
+
+
+def test_packaging_a_missing_checkpoint_or_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train the bundle first"):
+        zoo.package_bundle("uamt_skin", tmp_path / "missing.pt", tmp_path / "dist")
+    with pytest.raises(FileNotFoundError, match="bundles here: .*uamt_skin"):
+        zoo.package_bundle("no_such_bundle", tmp_path / "missing.pt", tmp_path / "dist")

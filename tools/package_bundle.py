@@ -1,0 +1,214 @@
+r"""Package a trained bundle as the MONAI model zoo ships it, and check a bundle's zoo metadata offline.
+
+A zoo bundle is a zip ``<name>_v<version>.zip`` holding one folder ``<name>/`` with the bundle's
+``configs/``, ``docs/``, ``LICENSE``, its ``scripts/`` package, ``models/model.pt`` (the trained
+weights), ``models/model.ts`` (the same network as TorchScript, with the bundle's metadata and
+``inference.json`` embedded) and ``large_files.yml`` (every weight file with its sha256, the list
+``python -m monai.bundle download_large_files`` reads and verifies). ``python -m monai.bundle
+download --url <zip url or file://path> --bundle_dir <dir>`` unpacks it as is.
+
+The shared library is not copied into the zip: a downloaded bundle imports ``common`` from the
+``sam-ssl-bundles`` package that ``metadata.json`` pins under ``required_packages_version`` (``pip
+install sam-ssl-bundles==<version>``, or ``pip install <checkout of this repository>``), exactly as
+zoo bundles take ``monai`` from pip. Everything else a bundle's configs read is relative to the
+bundle's own folder.
+
+Before packaging, the metadata is checked against the zoo's schema shipped in
+``tools/zoo/meta_schema_20240725.json`` (no network needed) and the checkpoint is loaded into the
+bundle's deployed network by its own ``inference.json`` (a checkpoint of another bundle or a
+truncated file is refused there, naming the file).
+
+Examples::
+
+    python tools/package_bundle.py verify                     # every bundle's metadata + network in/out
+    python tools/package_bundle.py package uamt_skin --checkpoint bundles/uamt_skin/models/model.pt --out dist
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLES = ROOT / "bundles"
+SCHEMA = ROOT / "tools" / "zoo" / "meta_schema_20240725.json"
+
+# Folders a run writes inside a bundle; none of them belongs in a release.
+_GENERATED = ("runs", "models", "predictions", "eval", "demo_data", "__pycache__")
+
+__all__ = [
+    "SCHEMA",
+    "bundle_names",
+    "file_sha256",
+    "package_bundle",
+    "verify_metadata",
+    "verify_network_shapes",
+]
+
+
+def bundle_names(root: Path = BUNDLES) -> list[str]:
+    """Every bundle in ``root``: each folder with a ``configs/metadata.json`` (a new bundle joins by existing)."""
+    return sorted(p.name for p in root.iterdir() if (p / "configs" / "metadata.json").is_file())
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks (weights can be large)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _bundle_env(bundle_dir: Path, extra_paths: tuple[Path, ...] = ()) -> dict[str, str]:
+    """Environment for a bundle subprocess: the bundle's own folder first on the import path (its ``scripts``)."""
+    paths = [str(bundle_dir), *(str(p) for p in extra_paths)]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+
+
+def _monai_bundle(args: list[str], bundle_dir: Path, cwd: Path, extra_paths: tuple[Path, ...] = ()) -> str:
+    """Run ``python -m monai.bundle <args>``; raise with its output when it fails."""
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=_bundle_env(bundle_dir, extra_paths),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"`python -m monai.bundle {' '.join(args[:2])}` failed for {bundle_dir}:\n"
+                           f"{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return result.stdout + result.stderr
+
+
+def verify_metadata(bundle_dir: Path, schema: Path = SCHEMA) -> None:
+    """``monai.bundle verify_metadata`` against the shipped zoo schema; raises ``ValueError`` naming the field."""
+    from monai.bundle import verify_metadata as monai_verify_metadata
+
+    meta_file = bundle_dir / "configs" / "metadata.json"
+    declared = Path(json.loads(meta_file.read_text()).get("schema", "")).name
+    if declared != schema.name:
+        raise ValueError(f"{meta_file} names the schema {declared!r}; the shipped schema is {schema.name} "
+                         "(update the 'schema' field or ship the schema it names in tools/zoo/).")
+    monai_verify_metadata(meta_file=str(meta_file), filepath=str(schema), create_dir=False)
+
+
+def _declared_shapes(meta: dict) -> tuple[dict, dict]:
+    data_format = meta["network_data_format"]
+    return data_format["inputs"]["image"], data_format["outputs"]["pred"]
+
+
+def verify_network_shapes(bundle_dir: Path) -> None:
+    """``monai.bundle verify_net_in_out`` on ``inference.json``'s ``network_def``, plus the spatial shape.
+
+    MONAI's check covers channels and dtype; the deployed networks here keep the input's spatial
+    size, so the output's spatial shape is compared with the metadata's too. Runs in a subprocess
+    with the bundle's ``scripts`` on the path, as the bundle CLI would.
+    """
+    meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
+    image, pred = _declared_shapes(meta)
+    configs = bundle_dir / "configs"
+    _monai_bundle(["verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
+                   "--config_file", str(configs / "inference.json"), "--device", "cpu"], bundle_dir, cwd=bundle_dir,
+                  extra_paths=(ROOT,))
+    check = (
+        "import json, torch\n"
+        "from monai.bundle import ConfigParser\n"
+        f"parser = ConfigParser(); parser.read_config({str(configs / 'inference.json')!r})\n"
+        "net = parser.get_parsed_content('network_def').eval()\n"
+        f"x = torch.rand(1, {image['num_channels']}, *{list(image['spatial_shape'])})\n"
+        "with torch.no_grad():\n"
+        "    print(json.dumps(list(net(x).shape)))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], cwd=bundle_dir, env=_bundle_env(bundle_dir, (ROOT,)),
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"the network of {bundle_dir.name} failed on its declared input:\n{result.stderr[-3000:]}")
+    shape = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = [1, pred["num_channels"], *pred["spatial_shape"]]
+    if shape != expected:
+        raise ValueError(f"{bundle_dir.name}: metadata declares output {expected} for input "
+                         f"{[1, image['num_channels'], *image['spatial_shape']]}, the network gives {shape}.")
+
+
+def _large_files_yml(entries: list[tuple[str, str]], url_base: str) -> str:
+    lines = ["# Weight files of this bundle, verified by `python -m monai.bundle download_large_files`.", "large_files:"]
+    for path, sha in entries:
+        url = f"{url_base.rstrip('/')}/{path}" if url_base else ""
+        lines += [f'  - path: "{path}"', f'    url: "{url}"', f'    hash_val: "{sha}"', '    hash_type: "sha256"']
+    return "\n".join(lines) + "\n"
+
+
+def package_bundle(name: str, checkpoint: Path, out_dir: Path, url_base: str = "", bundles_root: Path = BUNDLES) -> Path:
+    """Build ``<out_dir>/<name>_v<version>.zip`` from ``bundles/<name>`` and a trained ``model.pt``.
+
+    Args:
+        name: bundle folder name.
+        checkpoint: the trained weights (the ``model.pt`` a training run writes).
+        out_dir: where the zip goes (created).
+        url_base: where the released weight files will be downloadable, written into
+            ``large_files.yml`` (empty: the files travel inside the zip and are only hash-checked).
+        bundles_root: folder holding the bundles.
+
+    Returns:
+        The zip's path.
+    """
+    source = bundles_root / name
+    if not (source / "configs" / "metadata.json").is_file():
+        raise FileNotFoundError(f"no bundle at {source} (bundles here: {', '.join(bundle_names(bundles_root))}).")
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist: train the bundle first "
+                                f"(it writes runs/<run_name>/model.pt) and pass that file.")
+    verify_metadata(source)
+    version = json.loads((source / "configs" / "metadata.json").read_text())["version"]
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{name}_package_") as staging_root:
+        staged = Path(staging_root) / name
+        shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_GENERATED, "*.pyc", "*.partial"))
+        models = staged / "models"
+        models.mkdir()
+        shutil.copyfile(checkpoint, models / "model.pt")
+        # The export loads the weights into the bundle's deployed network by its own inference.json,
+        # which refuses a checkpoint of another network, and scripts it with the metadata embedded.
+        _monai_bundle(["run", "export", "--config_file", str(staged / "configs" / "inference.json")], staged, cwd=staged)
+        weights = [(f"models/{f.name}", file_sha256(f)) for f in sorted(models.iterdir())]
+        (staged / "large_files.yml").write_text(_large_files_yml(weights, url_base))
+        archive = out_dir / f"{name}_v{version}.zip"
+        partial = archive.with_suffix(".zip.partial")
+        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+            for path in sorted(staged.rglob("*")):
+                if path.is_file():
+                    zf.write(path, Path(name) / path.relative_to(staged))
+        partial.replace(archive)
+    return archive
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    verify = commands.add_parser("verify", help="check metadata (zoo schema) and network in/out shapes")
+    verify.add_argument("bundles", nargs="*", help="bundle names (default: every bundle)")
+    package = commands.add_parser("package", help="write <name>_v<version>.zip")
+    package.add_argument("bundle")
+    package.add_argument("--checkpoint", required=True, type=Path, help="trained model.pt")
+    package.add_argument("--out", default=ROOT / "dist", type=Path)
+    package.add_argument("--url_base", default="", help="release URL the weight files will be served from")
+    args = parser.parse_args(argv)
+    if args.command == "verify":
+        for name in args.bundles or bundle_names():
+            verify_metadata(BUNDLES / name)
+            verify_network_shapes(BUNDLES / name)
+            print(f"{name}: metadata matches {SCHEMA.name}; network input/output shapes match the metadata")
+        return 0
+    archive = package_bundle(args.bundle, args.checkpoint, args.out, url_base=args.url_base)
+    print(f"wrote {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
