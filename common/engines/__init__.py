@@ -12,6 +12,7 @@ from .checkpoints import (
     state_dict_mismatches,
     training_checkpoint_dict,
 )
+from .distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
 from .ema import EMATeacher, unwrap_model
 from .embedding_warmup import PrecomputeEmbeddings
 from .frameworks import FRAMEWORKS, build_consistency_trainer
@@ -33,6 +34,10 @@ from .sam_assisted import SAMAssistedConsistency
 from .semi_supervised import SemiSupervisedTrainer
 
 __all__ = [
+    "RANK_ZERO_ONLY_HANDLERS",
+    "distributed_backend",
+    "handlers_for_rank",
+    "process_device",
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "AuxiliaryTerm",

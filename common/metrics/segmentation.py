@@ -1,7 +1,7 @@
 """Per-case segmentation metrics and paper-style result tables.
 
 The numbers come from MONAI's metric classes (``DiceMetric``, ``MeanIoU``,
-``ConfusionMatrixMetric``, ``HausdorffDistanceMetric(percentile=95)``,
+``get_confusion_matrix``, ``HausdorffDistanceMetric(percentile=95)``,
 ``SurfaceDistanceMetric(symmetric=True)``) so that they agree with every other MONAI pipeline;
 this module only fixes the conventions the papers report and MONAI leaves open:
 
@@ -26,11 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.metrics import (
-    ConfusionMatrixMetric,
     DiceMetric,
     HausdorffDistanceMetric,
     MeanIoU,
     SurfaceDistanceMetric,
+    compute_confusion_matrix_metric,
+    get_confusion_matrix,
 )
 from monai.utils import convert_to_tensor
 
@@ -126,10 +127,11 @@ def case_metrics(
         results["iou"] = MeanIoU(include_background=True, ignore_empty=False)(y_pred, y).item()
     rates = [m for m in ("sensitivity", "specificity") if m in metrics]
     if rates:
-        confusion = ConfusionMatrixMetric(include_background=True, metric_name=rates)
-        confusion(y_pred, y)
-        for name, value in zip(rates, confusion.aggregate()):
-            results[name] = value.item()
+        # The functional form: ConfusionMatrixMetric.aggregate() would all-gather its buffer across
+        # processes in a distributed run, and only process 0 scores cases there.
+        confusion = get_confusion_matrix(y_pred, y, include_background=True)
+        for name in rates:
+            results[name] = compute_confusion_matrix_metric(name, confusion).mean().item()
 
     distances = [m for m in _DISTANCE_METRICS if m in metrics]
     if distances:
