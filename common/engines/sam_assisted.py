@@ -178,7 +178,8 @@ class SAMAssistedConsistency:
 
     def _generator(self, iteration: int) -> torch.Generator:
         generator = torch.Generator()
-        generator.manual_seed(int(np.random.SeedSequence([self.seed, iteration]).generate_state(1, np.uint64)[0] >> 1))
+        # shift a Python int: numpy 1.x refuses uint64 >> int (the value is the same under numpy 2)
+        generator.manual_seed(int(np.random.SeedSequence([self.seed, iteration]).generate_state(1, np.uint64)[0]) >> 1)
         return generator
 
     def _target_probability(self, logits: torch.Tensor) -> torch.Tensor:

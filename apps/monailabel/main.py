@@ -1,0 +1,192 @@
+"""MONAI Label app serving every bundle of this project (the monaibundle pattern).
+
+Each folder under the bundles directory with ``configs/inference.json`` becomes an infer task (once
+it holds a trained ``models/model.pt``) and, with ``configs/train.json``, a train task; a new bundle
+is served by existing. Start it with::
+
+    monailabel start_server --app apps/monailabel --studies /data/my_studies --conf models all
+
+Options (``--conf key value``):
+
+* ``models``: ``all`` (default) or a comma-separated list of bundle names;
+* ``bundles_dir``: where the bundles are (default: this repository's ``bundles/``).
+
+Training keeps the semi-supervised part of each bundle: MONAI Label's labelled studies replace
+the bundle's labelled list, and the datastore's studies without a label become the bundle's
+unlabelled stream (``datalist['unlabelled']``), so a clinician's unlabelled images are used as
+the method intends. Each bundle only sees the studies of its own kind (2D images for the
+dermoscopy bundles, volumes for the 3D ones). Each train request is a fresh run in
+``runs/monailabel_<time>`` of the bundle; its final model replaces ``models/model.pt``, which
+the infer task reloads. A request may carry ``bundle_overrides`` (config id -> value, e.g.
+``{"image_size": 128}``) for anything else the bundle's ``train.json`` exposes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from monailabel.interfaces.app import MONAILabelApp
+from monailabel.interfaces.datastore import Datastore
+from monailabel.interfaces.tasks.infer_v2 import InferTask
+from monailabel.interfaces.tasks.train import TrainTask
+from monailabel.tasks.infer.bundle import BundleInferTask
+from monailabel.tasks.train.bundle import BundleTrainTask
+
+logger = logging.getLogger(__name__)
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+IMAGE_SUFFIXES = {2: (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"), 3: (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")}
+
+
+def bundle_dimensions(bundle: Path) -> int:
+    """2 or 3: the spatial dimensions of the bundle's network input, from its metadata."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    return len(next(iter(meta["network_data_format"]["inputs"].values()))["spatial_shape"])
+
+
+def of_kind(path: str, dimensions: int) -> bool:
+    """Whether a datastore file is an image of the kind a bundle takes (by its extension)."""
+    return path.lower().endswith(IMAGE_SUFFIXES[dimensions])
+
+
+class PlanarMask(MapTransform):
+    """A 2D mask (1, x, y) as the uint8 (x, y) array MONAI Label's writer saves as an image.
+
+    The writer transposes to ITK's row-major layout itself; left with its channel axis the mask
+    would be written as a 3D image (a PNG of one column), and as float PNG cannot hold it.
+    """
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            mask = d[key].detach().cpu().numpy() if isinstance(d[key], torch.Tensor) else np.asarray(d[key])
+            if mask.ndim == 3:
+                mask = mask[0]
+            d[key] = mask.astype(np.uint8)
+        return d
+
+
+class StashRequestFields:
+    """Moves MONAI Label's ``<image key>_*`` request fields that are not metadata (``image_path``) aside, or back.
+
+    MONAI's dictionary ``Spacingd`` updates every ``<key>_*`` entry of a NIfTI input as a
+    metadata dictionary and fails on a string; the writer needs ``image_path`` back afterwards.
+    """
+
+    PREFIX = "request_field:"
+
+    def __init__(self, image_key: str, restore: bool = False) -> None:
+        self.image_key, self.restore = image_key, restore
+
+    def __call__(self, data: dict[str, Any]) -> dict[str, Any]:
+        d = dict(data)
+        if self.restore:
+            for key in [k for k in d if k.startswith(self.PREFIX)]:
+                d[key[len(self.PREFIX):]] = d.pop(key)
+        else:
+            for key in [k for k in d if k.startswith(f"{self.image_key}_") and not isinstance(d[k], dict)]:
+                d[self.PREFIX + key] = d.pop(key)
+        return d
+
+
+class SemiSupervisedBundleInferTask(BundleInferTask):
+    """MONAI Label's bundle infer task, loading ``model.pt`` strictly (a wrong file is an error, not noise)."""
+
+    def __init__(self, path: str, conf: dict[str, str]) -> None:
+        super().__init__(path, conf, load_strict=True)
+
+    def pre_transforms(self, data: dict[str, Any] | None = None) -> list:
+        return [StashRequestFields(self.key_image), *super().pre_transforms(data)]
+
+    def post_transforms(self, data: dict[str, Any] | None = None) -> list:
+        post = list(super().post_transforms(data))
+        if self.dimension == 2:
+            post.append(PlanarMask(keys=self.key_pred))
+        return [*post, StashRequestFields(self.key_image, restore=True)]
+
+
+class SemiSupervisedBundleTrainTask(BundleTrainTask):
+    """MONAI Label's bundle trainer, with the datastore's unlabelled studies as the unlabelled stream.
+
+    The bundle's own ``datalist`` entry (labelled / unlabelled / validation) is replaced as a
+    whole, so everything that reads it (e.g. SemiSAM's SAM volumes) sees the same split, and the
+    bundle's handlers (resume, atomic ``model.pt``) are kept rather than MONAI Label's.
+    """
+
+    def __init__(self, path: str, conf: dict[str, str]) -> None:
+        super().__init__(path, conf, load_strict=True)
+        self.dimensions = bundle_dimensions(Path(path))
+        self._datastore: Datastore | None = None
+        self._request: dict[str, Any] = {}
+
+    def __call__(self, request: dict[str, Any], datastore: Datastore) -> dict:
+        self._datastore, self._request = datastore, request
+        return super().__call__(request, datastore)
+
+    def _fetch_datalist(self, request: dict[str, Any], datastore: Datastore) -> list[dict[str, str]]:
+        return [d for d in super()._fetch_datalist(request, datastore) if of_kind(d["image"], self.dimensions)]
+
+    def _load_checkpoint(self, model_pytorch: str, pretrained: bool, train_handlers: Any) -> None:
+        """Nothing to add: the bundle's handlers resume its own runs; a request starts a fresh run."""
+
+    def _update_overrides(self, overrides: dict[str, Any]) -> dict[str, Any]:
+        assert self._datastore is not None
+        labelled = overrides.pop(self.const.key_train_dataset_data())
+        validation = overrides.pop(self.const.key_validate_dataset_data(), None) or []
+        overrides.pop(self.const.key_train_handlers(), None)
+        store = self._datastore
+        unlabelled = [{"image": store.get_image_uri(i)} for i in store.get_unlabeled_images()]
+        unlabelled = [u for u in unlabelled if of_kind(u["image"], self.dimensions)]
+        if not labelled:
+            raise ValueError(f"no labelled {self.dimensions}D studies in the datastore for {Path(self.bundle_path).name}.")
+        logger.info(f"{Path(self.bundle_path).name}: {len(labelled)} labelled, {len(unlabelled)} unlabelled, "
+                    f"{len(validation)} validation studies")
+        overrides["datalist"] = {"labelled": labelled, "unlabelled": unlabelled, "validation": validation}
+        overrides["run_name"] = "monailabel_" + time.strftime("%Y%m%d_%H%M%S")
+        overrides["max_epochs"] = overrides[self.const.key_train_trainer_max_epochs()]
+        overrides.update(self._request.get("bundle_overrides") or {})
+        return overrides
+
+
+class SemiSupervisedBundlesApp(MONAILabelApp):
+    """Serves the bundles found in ``bundles_dir`` (see the module docstring)."""
+
+    def __init__(self, app_dir: str, studies: str, conf: dict[str, str]) -> None:
+        self.bundles_dir = Path(conf.get("bundles_dir") or REPOSITORY / "bundles").resolve()
+        wanted = conf.get("models", "all")
+        found = sorted(p.name for p in self.bundles_dir.iterdir() if (p / "configs" / "inference.json").is_file())
+        names = found if wanted == "all" else [m.strip() for m in wanted.split(",") if m.strip()]
+        unknown = sorted(set(names) - set(found))
+        if unknown:
+            raise ValueError(f"unknown bundles {unknown} in --conf models; {self.bundles_dir} has {found}.")
+        self.bundle_names = names
+        os.environ.setdefault("PYTHONPATH", str(REPOSITORY))
+        super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SAM-assisted semi-supervised bundles",
+                         description="Semi-supervised segmentation bundles (UAMT, SAM-distilled dual task, SemiSAM, ...)",
+                         version="0.1.0")
+
+    def init_infers(self) -> dict[str, InferTask]:
+        infers: dict[str, InferTask] = {}
+        for name in self.bundle_names:
+            task = SemiSupervisedBundleInferTask(str(self.bundles_dir / name), self.conf)
+            if task.is_valid():
+                infers[name] = task
+            else:
+                logger.warning(f"{name}: no trained model yet (models/model.pt); train it to serve inference.")
+        return infers
+
+    def init_trainers(self) -> dict[str, TrainTask]:
+        trainers: dict[str, TrainTask] = {}
+        for name in self.bundle_names:
+            task = SemiSupervisedBundleTrainTask(str(self.bundles_dir / name), self.conf)
+            if task.is_valid():
+                trainers[name] = task
+        return trainers
