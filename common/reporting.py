@@ -7,6 +7,7 @@ model does, so every bundle's evaluator (validation during training, ``evaluate.
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import math
@@ -81,7 +82,7 @@ def save_overlay_grid(tiles: list[np.ndarray], path: str | Path, columns: int = 
 
 
 class SegmentationReport:
-    """Per-case metrics over an evaluator run, then a table, ``<name>_metrics.json`` and ``<name>_overlay.png``.
+    """Per-case metrics over an evaluator run: a table, ``<name>_metrics.json`` / ``.csv`` and ``<name>_overlay.png``.
 
     Expects decollated evaluator outputs (MONAI's default): one dict per case with ``pred`` (class
     indices, (1, *spatial)), ``label`` and ``image``. Only 2D cases get overlays; 3D cases are
@@ -147,11 +148,17 @@ class SegmentationReport:
         payload = {"name": self.name, "num_cases": len(self.records), "summary": summary, "cases": self.records}
         json_path = self.output_dir / f"{self.name}_metrics.json"
         json_path.write_text(json.dumps(payload, indent=2))
+        csv_path = self.output_dir / f"{self.name}_metrics.csv"
+        with open(csv_path, "w", newline="") as stream:  # one row per case, for spreadsheets and other metric code
+            writer = csv.DictWriter(stream, fieldnames=["id", *self.metrics], extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(self.records)
         png_path = save_overlay_grid(
             self.tiles, self.output_dir / f"{self.name}_overlay.png", caption=f"{self.name}: green = label, red = prediction"
         )
         table = results_table({self.name: self.records}, metrics=self.metrics)
-        message = f"\n{self.name} on {len(self.records)} cases\n{table}\nmetrics: {json_path}\noverlay: {png_path}"
+        message = (f"\n{self.name} on {len(self.records)} cases\n{table}\nmetrics: {json_path} (per case: {csv_path.name})"
+                   f"\noverlay: {png_path}")
         logger.info(message)
         engine.state.metrics.update({f"{self.name}_{k}": v["mean"] for k, v in summary.items()})
 

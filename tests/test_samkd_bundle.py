@@ -93,6 +93,8 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--num_workers", "0")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 6
+    assert len((run / "eval" / "test_metrics.csv").read_text().splitlines()) == 7  # header + one row per case
+    assert (run / "eval" / "test_overlay.png").is_file()
 
     # Inference on a full-size ISIC original: the mask comes back at the image's own size.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]

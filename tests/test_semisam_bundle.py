@@ -93,6 +93,9 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
             "--patch_size", "[32,32,32]", "--num_workers", "0")
     test = json.loads((run / "eval" / "test_metrics.json").read_text())
     assert test["num_cases"] == 6 and test["summary"]["dice"]["mean"] is not None
+    rows = (run / "eval" / "test_metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("id,dice") and len(rows) == 7
+    assert (run / "eval" / "test_overlay.png").is_file()  # mid-slice overlays
 
     volume = Path(sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]["image"])
     run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
