@@ -2,8 +2,9 @@
 
 Two processes train a few iterations on real data; each writes its final student weights (a test
 override of the last ``training`` step), which must be equal: DistributedDataParallel averaged
-the gradients, every process resumed from the same checkpoint. The same command then runs again
-with more iterations and must resume on both processes. Only process 0 writes files.
+the gradients. For UAMT the same command then runs again with more iterations and must resume on
+both processes from the same checkpoint (the mechanism, ``TrainingCheckpointer`` kept on every
+process by ``handlers_for_rank``, is shared by all bundles). Only process 0 writes files.
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _assert_equal_students(run: Path) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(SHORT_RUNS))
-def test_two_process_cpu_training_keeps_ranks_equal_and_resumes(name, data_root, tmp_path):
+def test_two_process_cpu_training_keeps_ranks_equal(name, data_root, tmp_path):
     kind, args = SHORT_RUNS[name]
     bundle = BUNDLES / name
     if kind == "dermoscopy":
@@ -106,6 +107,8 @@ def test_two_process_cpu_training_keeps_ranks_equal_and_resumes(name, data_root,
     assert (run / "models" / "model.pt").is_file()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert checkpoints and not any(p.endswith(".partial") for p in checkpoints)
+    if name != "uamt_skin":
+        return
     for rank_file in (run / "rank0_student.pt", run / "rank1_student.pt"):
         rank_file.unlink()
 
