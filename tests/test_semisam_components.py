@@ -160,6 +160,16 @@ def test_prompts_and_slices_exclude_uncertain_voxels():
     uncertainty[..., 4:12, 4:12, 4:] = 0.9  # the certain blob becomes uncertain in slices 4-7
     certain_fg = (probability[0, 0] >= 0.5) & (uncertainty[0, 0] <= 0.75)
     assert branch._choose_slices(certain_fg, torch.Generator().manual_seed(0)) == [0, 1, 2, 3]
+    # reliability floor: slices 0-3 predict two blobs of which one is certain (64 of 164 pixels);
+    # with the second blob made certain in slices 0-1 they pass a floor of one half, 2-3 do not
+    predicted = probability[0, 0] >= 0.5
+    certain_fg[20:30, 20:30, :2] = True
+    strict = SAMAssistedConsistency(build_teacher("litemedsam", random_init=True), 0.1, volumes=object(),
+                                    max_uncertainty=0.75, slices_per_sample=None, min_prompt_pixels=10,
+                                    min_certain_fraction=0.5)
+    assert strict._choose_slices(certain_fg, torch.Generator().manual_seed(0), predicted_fg=predicted) == [0, 1]
+    with pytest.raises(ValueError, match="min_certain_fraction"):
+        SAMAssistedConsistency(build_teacher("litemedsam", random_init=True), 0.1, volumes=object(), min_certain_fraction=0)
     # the map the branch thresholds is UA-MT's entropy scaled by ln 2 to [0, 1]
     engine = _Engine(uncertainty)
     two_class = torch.cat([1 - probability, probability], 1)

@@ -22,6 +22,10 @@ SPEC = BundleExperiment(
         "suponly": Variant("SupOnly", ["configs/baselines/suponly.json"]),
         "mean_teacher": Variant("MT", ["configs/baselines/mean_teacher.json"]),
         "mean_teacher_semisam": Variant("MT + SemiSAM", ["configs/baselines/mean_teacher_semisam.json"]),
+        "mean_teacher_semisam_reliable": Variant(
+            "MT + SemiSAM, reliability floor 0.5", ["configs/baselines/mean_teacher_semisam.json"],
+            ["--sam#min_certain_fraction", "0.5"],
+        ),
         "uamt": Variant("UA-MT", ["configs/baselines/uamt.json"]),
         "uamt_semisam": Variant("UA-MT + SemiSAM", ["configs/baselines/uamt_semisam.json"]),
     },

@@ -42,6 +42,13 @@ Two teacher geometries:
   iteration, chosen at random among the slices with at least ``min_prompt_pixels`` certain
   foreground pixels; the loss covers those slices.
 
+Reliability floor (an option; the paper prompts whatever the student predicts):
+``min_certain_fraction`` sends a slice (2D teacher) or patch (3D teacher) to SAM only when at least
+that fraction of the student's predicted foreground there is certain. Early in training, or on a
+hard case, the student's foreground is mostly uncertain and the box or points drawn from its
+small certain part mislocate the object; SAM then answers a wrong question with a confident
+mask, which the ramp-down weights most heavily at exactly that time.
+
 ``min_weight`` skips the whole branch (no teacher passes, no SAM) once the ramp-down weight has
 fallen below it: late in training the term contributes nothing measurable but would still cost
 SAM passes.
@@ -92,6 +99,9 @@ class SAMAssistedConsistency:
         slices_per_sample: 2D teacher: at most this many slices per patch and iteration
             (``None``: every slice with a prompt).
         min_prompt_pixels: 2D teacher: a slice needs this many certain foreground pixels.
+        min_certain_fraction: reliability floor: a slice (2D) or patch (3D) is prompted only when
+            this fraction of its predicted foreground is certain (``None``: no floor, the paper's
+            behaviour).
         target: ``"mask"`` (SAM's binarised output, a pseudo-label, as in the paper) or
             ``"probability"`` (its sigmoid).
         min_weight: skip the branch while ``weight(iteration) < min_weight``.
@@ -116,6 +126,7 @@ class SAMAssistedConsistency:
         axis: int = -1,
         slices_per_sample: int | None = 2,
         min_prompt_pixels: int = 10,
+        min_certain_fraction: float | None = None,
         target: str = "mask",
         min_weight: float = 0.0,
         seed: int = 0,
@@ -143,6 +154,8 @@ class SAMAssistedConsistency:
             raise ValueError(f"target must be 'mask' or 'probability', got {target!r}")
         if slices_per_sample is not None and slices_per_sample < 1:
             raise ValueError(f"slices_per_sample must be >= 1 or None, got {slices_per_sample}")
+        if min_certain_fraction is not None and not 0.0 < min_certain_fraction <= 1.0:
+            raise ValueError(f"min_certain_fraction is a fraction in (0, 1] or None, got {min_certain_fraction}")
         if not 0.0 < max_uncertainty <= 1.0:
             raise ValueError(f"max_uncertainty is a normalised entropy in (0, 1], got {max_uncertainty}")
         self.teacher = teacher.freeze()
@@ -159,6 +172,7 @@ class SAMAssistedConsistency:
         self.axis = axis
         self.slices_per_sample = slices_per_sample
         self.min_prompt_pixels = min_prompt_pixels
+        self.min_certain_fraction = min_certain_fraction
         self.target = target
         self.min_weight = min_weight
         self.seed = seed
@@ -187,11 +201,28 @@ class SAMAssistedConsistency:
             return (logits > 0).float()
         return torch.sigmoid(logits.float())
 
-    def _choose_slices(self, certain_fg: torch.Tensor, generator: torch.Generator) -> list[int]:
-        """Slices (along ``axis``) of one patch ``(X, Y, Z)`` to send to SAM."""
+    def _reliable(self, certain: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """Whether the certain share of the predicted foreground reaches the floor (counts, any shape)."""
+        if self.min_certain_fraction is None:
+            return torch.ones_like(certain, dtype=torch.bool)
+        return certain >= self.min_certain_fraction * predicted.clamp(min=1)
+
+    def _choose_slices(
+        self, certain_fg: torch.Tensor, generator: torch.Generator, predicted_fg: torch.Tensor | None = None
+    ) -> list[int]:
+        """Slices (along ``axis``) of one patch ``(X, Y, Z)`` to send to SAM.
+
+        ``predicted_fg`` (the student's foreground, certain or not) is needed for the reliability floor.
+        """
         axis = self.axis % 3
-        counts = certain_fg.sum(dim=[d for d in range(3) if d != axis])
-        candidates = torch.nonzero(counts >= self.min_prompt_pixels).flatten()
+        others = [d for d in range(3) if d != axis]
+        counts = certain_fg.sum(dim=others)
+        eligible = counts >= self.min_prompt_pixels
+        if self.min_certain_fraction is not None:
+            if predicted_fg is None:
+                raise ValueError("the reliability floor needs the predicted foreground")
+            eligible &= self._reliable(counts, predicted_fg.sum(dim=others))
+        candidates = torch.nonzero(eligible).flatten()
         if self.slices_per_sample is not None and len(candidates) > self.slices_per_sample:
             pick = torch.randperm(len(candidates), generator=generator)[: self.slices_per_sample]
             candidates = candidates[pick].sort().values
@@ -214,7 +245,7 @@ class SAMAssistedConsistency:
             mapping = patch_to_volume_map(unlabelled["patch_affine"][b], volume.affine)
             volume_shape = tuple(volume.shape[1:])
             voxels = volume.as_tensor() if hasattr(volume, "as_tensor") else volume
-            for index in self._choose_slices(certain_fg[b], generator):
+            for index in self._choose_slices(certain_fg[b], generator, predicted_fg=fg[b] >= self.threshold):
                 where = PatchSliceMap(mapping, patch_shape, volume_shape, axis, index)
                 if not where.slice_inside:
                     continue
@@ -253,9 +284,11 @@ class SAMAssistedConsistency:
             probability[:, :1].float(), uncertainty, self.num_positive, self.num_negative, self.threshold,
             self.max_uncertainty, generator=generator,
         )
+        certain = ((fg >= self.threshold) & (uncertainty[:, 0] <= self.max_uncertainty)).flatten(1).sum(1)
+        reliable = self._reliable(certain, (fg >= self.threshold).flatten(1).sum(1))
         valid = 0
         for b in range(fg.shape[0]):
-            if not bool((labels[b] == 1).any()):
+            if not bool((labels[b] == 1).any()) or not bool(reliable[b]):
                 continue
             with torch.no_grad():
                 embeddings = self.teacher.encode(images[b : b + 1].to(self.teacher.device))
