@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 from bundle_testing import BUNDLES, ROOT, use_bundle
-from monai.bundle import ConfigParser
+from monai.apps.utils import HashCheckError
+from monai.bundle import ConfigParser, download, download_large_files
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -116,15 +117,17 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     assert not any("/runs/" in m or m.startswith(f"{name}/common/") or m.endswith(".pyc") for m in members)
 
     # `monai.bundle download` from the zip's URL, then the weights' sha256 check of large_files.yml
+    # (the functions behind `python -m monai.bundle download` / `download_large_files`, in-process)
     zoo_dir = tmp_path / "model_zoo"
     env = _fresh_env()
-    download = subprocess.run([sys.executable, "-m", "monai.bundle", "download", "--name", name, "--url", archive.as_uri(),
-                               "--bundle_dir", str(zoo_dir)], cwd=tmp_path, env=env, capture_output=True, text=True)
-    assert download.returncode == 0, download.stderr[-3000:]
+    download(name=name, url=archive.as_uri(), bundle_dir=str(zoo_dir))
     bundle = zoo_dir / name
-    verified = subprocess.run([sys.executable, "-m", "monai.bundle", "download_large_files", "--bundle_path", str(bundle)],
-                              cwd=bundle, env=env, capture_output=True, text=True)
-    assert verified.returncode == 0 and "Verified" in verified.stdout + verified.stderr, verified.stderr[-3000:]
+    download_large_files(bundle_path=str(bundle))  # every weight file matches its sha256
+    original = (bundle / "models" / "model.ts").read_bytes()
+    (bundle / "models" / "model.ts").write_bytes(b"tampered")
+    with pytest.raises(HashCheckError, match=r"hash check of existing file failed.*model\.ts"):  # ... and a changed one is caught
+        download_large_files(bundle_path=str(bundle))
+    (bundle / "models" / "model.ts").write_bytes(original)
     assert zoo.file_sha256(bundle / "models" / "model.pt") == zoo.file_sha256(checkpoint)
 
     # the TorchScript export is the deployed network with the bundle's metadata embedded

@@ -114,23 +114,25 @@ def verify_network_shapes(bundle_dir: Path) -> None:
     meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
     image, pred = _declared_shapes(meta)
     configs = bundle_dir / "configs"
-    _monai_bundle(["verify_net_in_out", "network_def", "--meta_file", str(configs / "metadata.json"),
-                   "--config_file", str(configs / "inference.json"), "--device", "cpu"], bundle_dir, cwd=bundle_dir,
-                  extra_paths=(ROOT,))
+    # One subprocess for both checks (the bundle's `scripts` must not meet another bundle's).
     check = (
         "import json, torch\n"
-        "from monai.bundle import ConfigParser\n"
-        f"parser = ConfigParser(); parser.read_config({str(configs / 'inference.json')!r})\n"
+        "from monai.bundle import ConfigParser, verify_net_in_out\n"
+        f"verify_net_in_out(net_id='network_def', meta_file={str(configs / 'metadata.json')!r}, "
+        f"config_file={str(configs / 'inference.json')!r}, device='cpu')\n"
+        "parser = ConfigParser()\n"
+        f"parser.read_config({str(configs / 'inference.json')!r})\n"
         "net = parser.get_parsed_content('network_def').eval()\n"
         f"x = torch.rand(1, {image['num_channels']}, *{list(image['spatial_shape'])})\n"
         "with torch.no_grad():\n"
-        "    print(json.dumps(list(net(x).shape)))\n"
+        "    print('output shape', json.dumps(list(net(x).shape)))\n"
     )
     result = subprocess.run([sys.executable, "-c", check], cwd=bundle_dir, env=_bundle_env(bundle_dir, (ROOT,)),
                             capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"the network of {bundle_dir.name} failed on its declared input:\n{result.stderr[-3000:]}")
-    shape = json.loads(result.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"verify_net_in_out failed for {bundle_dir.name}:\n{result.stderr[-3000:]}")
+    line = [x for x in result.stdout.splitlines() if x.startswith("output shape ")][-1]
+    shape = json.loads(line[len("output shape "):])
     expected = [1, pred["num_channels"], *pred["spatial_shape"]]
     if shape != expected:
         raise ValueError(f"{bundle_dir.name}: metadata declares output {expected} for input "
