@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -168,7 +167,6 @@ class SemiSupervisedBundlesApp(MONAILabelApp):
         if unknown:
             raise ValueError(f"unknown bundles {unknown} in --conf models; {self.bundles_dir} has {found}.")
         self.bundle_names = names
-        os.environ.setdefault("PYTHONPATH", str(REPOSITORY))
         super().__init__(app_dir=app_dir, studies=studies, conf=conf, name="SAM-assisted semi-supervised bundles",
                          description="Semi-supervised segmentation bundles (UAMT, SAM-distilled dual task, SemiSAM, ...)",
                          version="0.1.0")
