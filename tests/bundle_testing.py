@@ -7,8 +7,9 @@ A test module calls :func:`use_bundle` before it imports from ``scripts`` and ag
 in (and the other bundle's swapped out and kept), so classes imported at collection time stay the
 very classes the bundle's configs instantiate later.
 
-:func:`run_bundle` runs ``python -m monai.bundle`` in a subprocess, as a user would, and
-:func:`ph2_subset` copies a few real PH2 cases into a temporary folder (never into the project).
+:func:`run_bundle` runs ``python -m monai.bundle`` in a subprocess, as a user would;
+:func:`ph2_subset` and :func:`la_subset` give a few real cases in a temporary folder (never in the
+project); :func:`untrained_weights` writes a ``model.pt`` of a bundle's deployed network.
 """
 
 from __future__ import annotations
@@ -94,3 +95,30 @@ def ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
         shutil.copy(entry["image"], dest / "images")
         shutil.copy(entry["label"], dest / "masks")
     return dest
+
+
+def la_subset(la_root: Path, dest: Path, count: int) -> Path:
+    """An MSD-layout folder (``dataset.json``) listing the first ``count`` real LA cases by id, in place."""
+    import common.data as data
+
+    entries = sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[:count]
+    data.write_msd_description(dest / "dataset.json", entries, name="LA subset")
+    return dest
+
+
+def untrained_weights(name: str, path: Path, inference_config: Path | None = None, key: str | None = "model") -> Path:
+    """Save the randomly initialised (seed 0) weights of bundle ``name``'s deployed network ``network_def``.
+
+    For tests of what happens around a trained model (packaging, serving) without training one.
+    ``key`` nests the state dict as the bundles' ``model.pt`` does (None: a plain state dict).
+    """
+    import torch
+    from monai.bundle import ConfigParser
+
+    use_bundle(name)
+    parser = ConfigParser()
+    parser.read_config(str(inference_config or BUNDLES / name / "configs" / "inference.json"))
+    torch.manual_seed(0)
+    state = parser.get_parsed_content("network_def").state_dict()
+    torch.save({key: state} if key else state, path)
+    return path

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_testing import BUNDLES, ROOT, ph2_subset
+from bundle_testing import BUNDLES, ROOT, la_subset, ph2_subset
 
-import common.data as data
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +46,6 @@ SAVE_EACH_RANK = {
 
 def test_every_bundle_has_a_short_distributed_run():
     assert set(SHORT_RUNS) == {p.parent.parent.name for p in BUNDLES.glob("*/configs/multi_gpu_train.json")}
-
-
-def _la_subset(la_root: Path, dest: Path, count: int) -> Path:
-    entries = sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[:count]
-    data.write_msd_description(dest / "dataset.json", entries, name="LA subset")
-    return dest
 
 
 def _torchrun(bundle: Path, configs: list[Path], args: list[str], cwd: Path) -> str:
@@ -92,7 +85,7 @@ def test_two_process_cpu_training_keeps_ranks_equal(name, data_root, tmp_path):
     if kind == "dermoscopy":
         dataset = ph2_subset(data_root / "dermoscopy" / "ph2", tmp_path / "data", count=10)
     else:
-        dataset = _la_subset(data_root / "la", tmp_path / "data", count=6)
+        dataset = la_subset(data_root / "la", tmp_path / "data", count=6)
     override = tmp_path / "save_each_rank.json"
     override.write_text(json.dumps(SAVE_EACH_RANK))
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json", override]

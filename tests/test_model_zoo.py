@@ -19,9 +19,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import BUNDLES, ROOT, use_bundle
+from bundle_testing import BUNDLES, ROOT, untrained_weights
 from monai.apps.utils import HashCheckError
-from monai.bundle import ConfigParser, download, download_large_files
+from monai.bundle import download, download_large_files
 from PIL import Image
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -74,16 +74,6 @@ def test_a_metadata_shape_the_network_does_not_produce_is_reported(tmp_path):
         zoo.verify_network_shapes(bundle)
 
 
-def _random_checkpoint(name: str, path: Path) -> Path:
-    """Weights of the bundle's deployed network (random init): packaging does not depend on training."""
-    use_bundle(name)
-    parser = ConfigParser()
-    parser.read_config(str(BUNDLES / name / "configs" / "inference.json"))
-    torch.manual_seed(0)
-    torch.save(parser.get_parsed_content("network_def").state_dict(), path)
-    return path
-
-
 def _fresh_env() -> dict[str, str]:
     """A user's shell: the project installed by pip, the repository itself not on the path."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -104,7 +94,7 @@ def _real_input(meta: dict, data_root: Path) -> tuple[Path, tuple[int, ...]]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(name, data_root, tmp_path):
-    checkpoint = _random_checkpoint(name, tmp_path / "model.pt")
+    checkpoint = untrained_weights(name, tmp_path / "model.pt", key=None)
     archive = zoo.package_bundle(name, checkpoint, tmp_path / "dist")
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
     assert archive.name == f"{name}_v{meta['version']}.zip"
@@ -153,7 +143,7 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
 
 
 def test_packaging_refuses_a_checkpoint_of_another_bundle(tmp_path):
-    checkpoint = _random_checkpoint("samkd_dualtask_skin", tmp_path / "samkd.pt")
+    checkpoint = untrained_weights("samkd_dualtask_skin", tmp_path / "samkd.pt", key=None)
     with pytest.raises(RuntimeError, match=r"samkd\.pt|model\.pt"):
         zoo.package_bundle("uamt_skin", checkpoint, tmp_path / "dist")
     assert not list((tmp_path / "dist").glob("*.zip"))

@@ -22,9 +22,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from bundle_testing import BUNDLES, ROOT, use_bundle
-from monai.bundle import ConfigParser
+from bundle_testing import BUNDLES, ROOT, untrained_weights
 from PIL import Image
 
 import common.data as data
@@ -61,11 +59,7 @@ def _bundle_copies(dest: Path) -> Path:
         config = json.loads(inference.read_text())
         config.update({k: v for k, v in {**FAST_2D, **FAST_3D}.items() if k in config})
         inference.write_text(json.dumps(config, indent=1))
-        use_bundle(name)
-        parser = ConfigParser()
-        parser.read_config(str(inference))
-        torch.manual_seed(0)
-        torch.save({"model": parser.get_parsed_content("network_def").state_dict()}, copy / "models" / "model.pt")
+        untrained_weights(name, copy / "models" / "model.pt", inference_config=inference)
     return dest
 
 

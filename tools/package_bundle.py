@@ -69,15 +69,17 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _bundle_env(bundle_dir: Path, extra_paths: tuple[Path, ...] = ()) -> dict[str, str]:
-    """Environment for a bundle subprocess: the bundle's own folder first on the import path (its ``scripts``)."""
-    paths = [str(bundle_dir), *(str(p) for p in extra_paths)]
-    return dict(os.environ, PYTHONPATH=os.pathsep.join(paths))
+def _bundle_env(bundle_dir: Path) -> dict[str, str]:
+    """Environment for a bundle subprocess: the bundle's folder on the import path (its ``scripts``).
+
+    ``common`` comes from the installed ``sam-ssl-bundles`` package, as for a downloaded bundle.
+    """
+    return dict(os.environ, PYTHONPATH=str(bundle_dir))
 
 
-def _monai_bundle(args: list[str], bundle_dir: Path, cwd: Path, extra_paths: tuple[Path, ...] = ()) -> str:
-    """Run ``python -m monai.bundle <args>``; raise with its output when it fails."""
-    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=cwd, env=_bundle_env(bundle_dir, extra_paths),
+def _monai_bundle(args: list[str], bundle_dir: Path) -> str:
+    """Run ``python -m monai.bundle <args>`` in ``bundle_dir``; raise with its output when it fails."""
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=bundle_dir, env=_bundle_env(bundle_dir),
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"`python -m monai.bundle {' '.join(args[:2])}` failed for {bundle_dir}:\n"
@@ -127,7 +129,7 @@ def verify_network_shapes(bundle_dir: Path) -> None:
         "with torch.no_grad():\n"
         "    print('output shape', json.dumps(list(net(x).shape)))\n"
     )
-    result = subprocess.run([sys.executable, "-c", check], cwd=bundle_dir, env=_bundle_env(bundle_dir, (ROOT,)),
+    result = subprocess.run([sys.executable, "-c", check], cwd=bundle_dir, env=_bundle_env(bundle_dir),
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"verify_net_in_out failed for {bundle_dir.name}:\n{result.stderr[-3000:]}")
@@ -180,7 +182,7 @@ def package_bundle(name: str, checkpoint: Path, out_dir: Path, url_base: str = "
         shutil.copyfile(checkpoint, models / "model.pt")
         # The export loads the weights into the bundle's deployed network by its own inference.json,
         # which refuses a checkpoint of another network, and scripts it with the metadata embedded.
-        _monai_bundle(["run", "export", "--config_file", str(staged / "configs" / "inference.json")], staged, cwd=staged)
+        _monai_bundle(["run", "export", "--config_file", str(staged / "configs" / "inference.json")], staged)
         weights = [(f"models/{f.name}", file_sha256(f)) for f in sorted(models.iterdir())]
         (staged / "large_files.yml").write_text(_large_files_yml(weights, url_base))
         archive = out_dir / f"{name}_v{version}.zip"

@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from common.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -42,7 +43,7 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 logger = logging.getLogger(__name__)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-IMAGE_SUFFIXES = {2: (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"), 3: (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")}
+SUFFIXES_BY_DIMENSIONS = {2: IMAGE_SUFFIXES, 3: VOLUME_SUFFIXES}
 
 
 def bundle_dimensions(bundle: Path) -> int:
@@ -53,7 +54,7 @@ def bundle_dimensions(bundle: Path) -> int:
 
 def of_kind(path: str, dimensions: int) -> bool:
     """Whether a datastore file is an image of the kind a bundle takes (by its extension)."""
-    return path.lower().endswith(IMAGE_SUFFIXES[dimensions])
+    return path.lower().endswith(SUFFIXES_BY_DIMENSIONS[dimensions])
 
 
 class PlanarMask(MapTransform):

@@ -7,6 +7,8 @@ and ``"$common.data.dermoscopy_transforms('labelled', 256)"``.
 
 from .checks import BinarizeLabeld, CheckSpatialShapesMatchd, EnsureChannelsd
 from .datalists import (
+    IMAGE_SUFFIXES,
+    VOLUME_SUFFIXES,
     UnknownLayoutError,
     dermoscopy_datalist,
     image_folder_datalist,
@@ -27,6 +29,8 @@ __all__ = [
     "CheckSpatialShapesMatchd",
     "EnsureChannelsd",
     "H5VolumeReader",
+    "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
     "RandColorJitterd",
     "UAMT_LA_SPACING",
     "UnknownLayoutError",

@@ -29,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "VOLUME_SUFFIXES",
     "isic_datalist",
     "ph2_datalist",
     "image_folder_datalist",
@@ -44,6 +45,8 @@ PathLike = str | Path
 
 #: File suffixes accepted as 2D images (lower case).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+#: File suffixes of 3D volumes read with MONAI's image readers (lower case; ``.nii.gz`` before ``.nii``).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 _ISIC_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 _ISIC_MASK_SUFFIX = "_segmentation.png"
 _PH2_NESTED_DIR = "PH2 Dataset images"
@@ -328,7 +331,7 @@ def uamt_h5_datalist(
 
 # ------------------------------------------------------------------------------------------ MSD
 def _strip_suffixes(name: str) -> str:
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".h5"):
+    for suffix in (*VOLUME_SUFFIXES, ".h5"):
         if name.endswith(suffix):
             return name[: -len(suffix)]
     return Path(name).stem
