@@ -3,7 +3,6 @@ evaluate) on the demo volumes, and inference that writes a NIfTI on the input's 
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -109,13 +108,10 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
 
 
 def test_inference_input_errors_are_clear(tmp_path):
-    spec = importlib.util.spec_from_file_location("semisam_scripts", BUNDLE / "scripts" / "__init__.py")
-    scripts = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scripts)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        scripts.nifti_datalist(str(tmp_path / "missing.nii.gz"))
+        data.nifti_datalist(str(tmp_path / "missing.nii.gz"))
     with pytest.raises(FileNotFoundError, match="no .nii"):
-        scripts.nifti_datalist(str(tmp_path))
+        data.nifti_datalist(str(tmp_path))
     (tmp_path / "b.nii.gz").touch()
     (tmp_path / "a.nii").touch()
-    assert [Path(e["image"]).name for e in scripts.nifti_datalist(str(tmp_path))] == ["a.nii", "b.nii.gz"]
+    assert [Path(e["image"]).name for e in data.nifti_datalist(str(tmp_path))] == ["a.nii", "b.nii.gz"]

@@ -38,6 +38,7 @@ __all__ = [
     "msd_datalist",
     "write_msd_description",
     "volume_datalist",
+    "nifti_datalist",
     "UnknownLayoutError",
 ]
 
@@ -413,3 +414,19 @@ def volume_datalist(root: PathLike, **kwargs: Any) -> list[dict[str, str]]:
         f"{root} is neither an MSD nor a UA-MT h5 dataset folder: looked for '{_MSD_JSON}' (MSD), "
         f"'train.list' or '<id>/{_UAMT_H5_NAME}' / '2018LA_Seg_Training Set/<id>/{_UAMT_H5_NAME}' (UA-MT)"
     )
+
+
+def nifti_datalist(path: str) -> list[dict[str, str]]:
+    """``[{"image": file}]`` for one NIfTI file or every ``*.nii``/``*.nii.gz`` in a folder (sorted).
+
+    Fails loudly for a missing path or a folder without volumes, rather than writing nothing.
+    """
+    target = Path(str(path)).expanduser()
+    if not str(path).strip() or not target.exists():
+        raise FileNotFoundError(f"inference input {str(path)!r} does not exist: pass --input <volume.nii.gz or folder>")
+    if target.is_file():
+        return [{"image": str(target.resolve())}]
+    files = sorted(p for p in target.iterdir() if p.name.endswith((".nii", ".nii.gz")))
+    if not files:
+        raise FileNotFoundError(f"no .nii/.nii.gz volume in {target}")
+    return [{"image": str(p.resolve())} for p in files]

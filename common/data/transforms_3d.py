@@ -5,7 +5,10 @@ Modes as in :mod:`common.data.transforms_2d`:
 * ``"labelled"`` / ``"unlabelled"``: training; a random ``patch_size`` crop (padded first where the
   volume is smaller), random flips and in-plane 90-degree rotations;
 * ``"eval"``: image + label, whole volume, no randomness (sliding-window inference follows);
-* ``"infer"``: image only, whole volume, invertible back to the input grid with ``Invertd``.
+* ``"infer"``: image only, whole volume, invertible back to the input grid with ``Invertd``;
+* ``"pseudo_labelled"``: an unlabelled image with a pseudo-label volume written by a teacher
+  (``pseudo_label`` key, on the image's own grid), cropped and flipped together as in
+  ``"labelled"``. The entry's ground truth is never read: there is no ``label`` key in this mode.
 
 NIfTI files load with MONAI's default readers, ``.h5`` files with :class:`H5VolumeReader`, chosen
 per file by its extension. ``target_spacing`` resamples first: the CPU presets use 1.25 mm for
@@ -52,12 +55,15 @@ from .readers import UAMT_LA_SPACING, H5VolumeReader
 
 __all__ = ["VOLUME_MODES", "PatchLocationd", "VolumeLookup", "case_key", "volume_transforms", "make_dataset"]
 
-VOLUME_MODES = ("labelled", "unlabelled", "eval", "infer")
+VOLUME_MODES = ("labelled", "unlabelled", "eval", "infer", "pseudo_labelled")
+TRAINING_MODES = ("labelled", "unlabelled", "pseudo_labelled")
 
 
 def _keys_for(mode: str) -> tuple[str, ...]:
     if mode not in VOLUME_MODES:
         raise ValueError(f"unknown mode '{mode}': use one of {', '.join(VOLUME_MODES)}")
+    if mode == "pseudo_labelled":
+        return ("image", "pseudo_label")
     return ("image", "label") if mode in ("labelled", "eval") else ("image",)
 
 
@@ -124,7 +130,7 @@ def volume_transforms(
     """Transforms of volume datalist entries for ``mode`` (see the module docstring).
 
     Args:
-        mode: ``"labelled"``, ``"unlabelled"``, ``"eval"`` or ``"infer"``.
+        mode: ``"labelled"``, ``"unlabelled"``, ``"pseudo_labelled"``, ``"eval"`` or ``"infer"``.
         patch_size: training crop; volumes smaller than it are zero-padded (after normalisation).
         target_spacing: resample to this voxel size in mm (one value or three); ``None`` keeps the grid.
         h5: ``True``/``False`` forces the h5/NIfTI readers; ``None`` decides per file extension.
@@ -139,14 +145,16 @@ def volume_transforms(
     interpolation = ("bilinear", "nearest")[: len(keys)]
     steps: list = [_loader(key, h5, h5_spacing) for key in keys]
     steps.append(EnsureChannelFirstd(keys))
+    if len(keys) > 1:
+        steps.append(CheckSpatialShapesMatchd(keys))
     if has_label:
-        steps += [CheckSpatialShapesMatchd(keys), BinarizeLabeld("label", threshold=0.5, relative=False)]
+        steps.append(BinarizeLabeld("label", threshold=0.5, relative=False))
     steps.append(Orientationd(keys, axcodes="RAS", labels=None))
     if target_spacing is not None:
         steps.append(Spacingd(keys, pixdim=ensure_tuple_rep(target_spacing, 3), mode=interpolation))
     if normalize:
         steps.append(NormalizeIntensityd("image"))
-    if mode in ("labelled", "unlabelled"):
+    if mode in TRAINING_MODES:
         patch = tuple(int(s) for s in patch_size)
         steps += [
             SpatialPadd(keys, spatial_size=patch),

@@ -30,6 +30,7 @@ from .ramps import (
     linear_rampup,
     ramp_progress,
 )
+from .pseudo_label import PSEUDO_LABEL_KEY, PseudoLabelSupervision, SelfTrainingTrainer
 from .sam_assisted import SAMAssistedConsistency
 from .semi_supervised import SemiSupervisedTrainer
 
@@ -45,6 +46,9 @@ __all__ = [
     "build_consistency_trainer",
     "predictive_entropy",
     "SAMAssistedConsistency",
+    "PSEUDO_LABEL_KEY",
+    "PseudoLabelSupervision",
+    "SelfTrainingTrainer",
     "Constant",
     "EMATeacher",
     "ExponentialRampDown",

@@ -5,6 +5,7 @@ with one key (``"framework": "mean_teacher"``) and baselines share every other s
 ``suponly``        :class:`SemiSupervisedTrainer` without an unlabelled stream (labelled only)
 ``mean_teacher``   :class:`MeanTeacherTrainer` (Tarvainen & Valpola)
 ``uamt``           :class:`UncertaintyAwareMeanTeacherTrainer` (Yu et al.)
+``self_training``  :class:`SelfTrainingTrainer`: labelled loss + auxiliary terms (pseudo-labels)
 =================  ===========================================================================
 
 Arguments a framework does not use (the unlabelled loader, consistency weight and auxiliary
@@ -17,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from .mean_teacher import MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer
+from .pseudo_label import SelfTrainingTrainer
 from .semi_supervised import SemiSupervisedTrainer
 
 __all__ = ["FRAMEWORKS", "build_consistency_trainer"]
@@ -25,6 +27,7 @@ FRAMEWORKS = {
     "suponly": SemiSupervisedTrainer,
     "mean_teacher": MeanTeacherTrainer,
     "uamt": UncertaintyAwareMeanTeacherTrainer,
+    "self_training": SelfTrainingTrainer,
 }
 _MEAN_TEACHER_ONLY = (
     "unlabeled_data_loader", "consistency_weight", "teacher", "ema_decay", "consistency_loss", "noise_std",
@@ -47,5 +50,7 @@ def build_consistency_trainer(framework: str, *args: Any, **kwargs: Any) -> Semi
         kwargs["teacher"] = None
         dropped.remove("unlabeled_data_loader")
         dropped.remove("teacher")
+    if framework == "self_training":
+        dropped += [k for k in _MEAN_TEACHER_ONLY if k not in ("unlabeled_data_loader", "auxiliary_terms")]
     kwargs = {k: v for k, v in kwargs.items() if k not in dropped}
     return FRAMEWORKS[framework](*args, **kwargs)

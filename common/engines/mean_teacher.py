@@ -45,7 +45,14 @@ from .ema import EMATeacher
 from .ramps import gaussian_rampup
 from .semi_supervised import Batch, LossTerms, SemiSupervisedTrainer
 
-__all__ = ["AuxiliaryTerm", "MeanTeacherTrainer", "UncertaintyAwareMeanTeacherTrainer", "predictive_entropy"]
+__all__ = [
+    "AuxiliaryTerm",
+    "MeanTeacherTrainer",
+    "UncertaintyAwareMeanTeacherTrainer",
+    "add_auxiliary_terms",
+    "checked_auxiliary_terms",
+    "predictive_entropy",
+]
 
 
 @runtime_checkable
@@ -60,6 +67,31 @@ class AuxiliaryTerm(Protocol):
     name: str
 
     def __call__(self, engine: Any, unlabelled: Batch, student_logits: torch.Tensor) -> LossTerms: ...
+
+
+def checked_auxiliary_terms(terms: Sequence[AuxiliaryTerm | None] | None) -> list[AuxiliaryTerm]:
+    """The non-``None`` terms, each callable with a unique ``name`` (raises otherwise)."""
+    checked = [t for t in (terms or []) if t is not None]
+    for term in checked:
+        if not callable(term) or not isinstance(getattr(term, "name", None), str):
+            raise TypeError(f"an auxiliary term must be callable and have a str 'name', got {term!r}.")
+    names = [term.name for term in checked]
+    if len(set(names)) != len(names):
+        raise ValueError(f"auxiliary term names must be unique, got {names}.")
+    return checked
+
+
+def add_auxiliary_terms(terms: Sequence[AuxiliaryTerm], engine: Any, unlabelled: Batch, student_logits: torch.Tensor,
+                        loss: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
+    """``loss + sum(weight * term)`` over ``terms``, and every value they return (for logging)."""
+    extra: LossTerms = {}
+    for auxiliary in terms:
+        aux_terms = auxiliary(engine, unlabelled, student_logits)
+        aux_weight = float(aux_terms[f"{auxiliary.name}_weight"])
+        if aux_weight != 0.0:
+            loss = loss + aux_weight * aux_terms[auxiliary.name]
+        extra.update(aux_terms)
+    return loss, extra
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:
@@ -140,13 +172,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         self.noise_seed = noise_seed
         self._noise_generator: torch.Generator | None = None
         self._noise_generator_iteration: int | None = None
-        self.auxiliary_terms: list[AuxiliaryTerm] = [t for t in (auxiliary_terms or []) if t is not None]
-        for term in self.auxiliary_terms:
-            if not callable(term) or not isinstance(getattr(term, "name", None), str):
-                raise TypeError(f"an auxiliary term must be callable and have a str 'name', got {term!r}.")
-        names = [term.name for term in self.auxiliary_terms]
-        if len(set(names)) != len(names):
-            raise ValueError(f"auxiliary term names must be unique, got {names}.")
+        self.auxiliary_terms = checked_auxiliary_terms(auxiliary_terms)
         self._uncertainty_memo: tuple[tuple, torch.Tensor] | None = None
 
     @property
@@ -231,14 +257,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         teacher_logits = self.teacher_targets(engine, unlabelled)
         terms = self.consistency_terms(engine, student_logits, teacher_logits, unlabelled)
         weight = self.consistency_weight_at(engine.state.iteration)
-        loss = supervised + weight * terms["consistency"]
-        extra: LossTerms = {}
-        for auxiliary in self.auxiliary_terms:
-            aux_terms = auxiliary(engine, unlabelled, student_logits)
-            aux_weight = float(aux_terms[f"{auxiliary.name}_weight"])
-            if aux_weight != 0.0:
-                loss = loss + aux_weight * aux_terms[auxiliary.name]
-            extra.update(aux_terms)
+        loss, extra = add_auxiliary_terms(self.auxiliary_terms, engine, unlabelled, student_logits,
+                                          supervised + weight * terms["consistency"])
         return {
             "loss": loss,
             "supervised": supervised,

@@ -1,0 +1,142 @@
+"""Pseudo-labels of unlabelled volumes, written once to disk, with a per-case confidence.
+
+A frozen (fine-tuned) teacher is too slow to run inside every training iteration, and its output
+for a case does not change while the student trains, so :func:`write_pseudo_labels` predicts each
+unlabelled volume once, writes the argmax as NIfTI **on the input's own grid and affine** (the
+preprocessing is inverted), and records in ``manifest.json`` the case's voxel-average confidence
+(SFR eq. 8, :func:`mean_max_probability`). The manifest carries a fingerprint of the teacher and
+settings: a second call with the same fingerprint reuses the files (a killed run resumes case by
+case); a different fingerprint starts afresh.
+
+The entries handed in are read with the ``infer`` transforms, which load the ``image`` key only:
+a ``label`` an entry might carry is never opened (tests prove it with a poisoned label path).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor, list_data_collate
+from monai.transforms import Compose, Invertd, SaveImage
+
+from .pseudo_label import PSEUDO_LABEL_KEY
+
+__all__ = ["mean_max_probability", "route_by_confidence", "write_pseudo_labels"]
+
+MANIFEST = "manifest.json"
+
+
+def mean_max_probability(probabilities: torch.Tensor) -> float:
+    """SFR eq. 8: ``(1/N) sum_i max_c p_ic`` over the N voxels of one case ``(C, *spatial)``."""
+    if probabilities.ndim < 2:
+        raise ValueError(f"expected class probabilities (C, *spatial), got shape {tuple(probabilities.shape)}")
+    return float(probabilities.max(dim=0).values.float().mean())
+
+
+def route_by_confidence(records: Sequence[Mapping[str, Any]], threshold: float = 0.985
+                        ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """SFR+ routing: ``(confident, uncertain)`` records, ``confidence >= threshold`` being confident.
+
+    Confident cases go back into fine-tuning with their pseudo-label as the label; uncertain ones
+    stay with the re-training module.
+    """
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"the confidence threshold is a probability in [0, 1], got {threshold}")
+    confident = [dict(r) for r in records if float(r["confidence"]) >= threshold]
+    uncertain = [dict(r) for r in records if float(r["confidence"]) < threshold]
+    return confident, uncertain
+
+
+def _read_manifest(out_dir: Path, fingerprint: str) -> dict[str, dict[str, Any]]:
+    path = out_dir / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    if manifest.get("fingerprint") != fingerprint:
+        return {}
+    return {r["image"]: r for r in manifest.get("cases", []) if Path(r[PSEUDO_LABEL_KEY]).exists()}
+
+
+def _write_manifest(out_dir: Path, fingerprint: str, records: Sequence[Mapping[str, Any]]) -> None:
+    path = out_dir / MANIFEST
+    partial = path.with_name(MANIFEST + ".partial")
+    partial.write_text(json.dumps({"fingerprint": fingerprint, "cases": list(records)}, indent=1))
+    os.replace(partial, path)
+
+
+def write_pseudo_labels(
+    network: torch.nn.Module,
+    entries: Sequence[Mapping[str, Any]],
+    transform: Compose,
+    inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor],
+    out_dir: str | Path,
+    fingerprint: str,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Predict, write and describe the pseudo-label of every entry; return one record per entry.
+
+    Args:
+        network: maps ``(1, 1, *spatial)`` to class logits (run through ``inferer``).
+        entries: datalist entries with an ``image`` path.
+        transform: the ``infer`` preprocessing (invertible: its inverse puts the mask on the input grid).
+        inferer: e.g. ``SlidingWindowInferer(roi_size=patch)``.
+        out_dir: folder of the NIfTI files and ``manifest.json``.
+        fingerprint: identifies the teacher and the settings; cached files are reused only under it.
+
+    Returns:
+        ``{"image", "pseudo_label", "confidence"}`` per entry, in the entries' order: the
+        ``pseudo_labelled`` datalist of the re-training and SFR+'s routing input.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    done = _read_manifest(out, fingerprint)
+    saver = SaveImage(output_dir=str(out), output_postfix="pseudo", output_ext=".nii.gz", output_dtype=np.uint8,
+                      separate_folder=False, resample=False, print_log=False)
+    invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True, to_tensor=True)
+    records: list[dict[str, Any]] = []
+    was_training = network.training
+    network.eval()
+    todo = [e for e in entries if str(e["image"]) not in done]
+    if progress and todo:
+        print(f"pseudo-labelling {len(todo)} unlabelled volumes ({len(entries) - len(todo)} already in {out})", flush=True)
+    try:
+        for index, entry in enumerate(entries):
+            image_path = str(entry["image"])
+            if image_path in done:
+                records.append(done[image_path])
+                continue
+            item = transform({"image": image_path})
+            batch = list_data_collate([item])
+            with torch.inference_mode():
+                logits = inferer(batch["image"].to(device), network)
+            probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
+            confidence = mean_max_probability(probabilities)
+            pred = MetaTensor(probabilities.argmax(dim=0, keepdim=True).to(torch.uint8),
+                              meta=item["image"].meta, applied_operations=item["image"].applied_operations)
+            restored = invert({"image": item["image"], "pred": pred})["pred"]
+            saver(restored)
+            stem = Path(restored.meta["filename_or_obj"]).name
+            for suffix in (".nii.gz", ".nii", ".h5"):
+                if stem.endswith(suffix):
+                    stem = stem[: -len(suffix)]
+                    break
+            record = {"image": image_path, PSEUDO_LABEL_KEY: str(out / f"{stem}_pseudo.nii.gz"),
+                      "confidence": round(confidence, 6)}
+            records.append(record)
+            done[image_path] = record
+            _write_manifest(out, fingerprint, list(done.values()))
+            if progress:
+                print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}", flush=True)
+    finally:
+        network.train(was_training)
+    return records
