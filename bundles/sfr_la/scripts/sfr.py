@@ -1,0 +1,204 @@
+"""SFR's first two stages and SFR+'s confidence rounds, run before the 3D re-training.
+
+``SFRStages.run()`` returns the re-training's unlabelled datalist: each unlabelled case with the
+path of its pseudo-label. Per round ``r`` (``runs/<run>/sfr/round<r>/``):
+
+1. **Fine-tune** (``finetune/``): a :class:`~common.networks.StitchedSAM` (LoRA on the image
+   encoder's q/v, SAMed class-token decoder) trained on random 3D patches of the fine-tuning set,
+   stitched into one 2D image each; Dice + CE on the unstitched logits (SAMed: 0.8 Dice + 0.2 CE).
+   A resumable trainer (checkpoints every ``checkpoint_interval`` iterations); the tuned weights
+   (LoRA + decoder only) end in ``sam_tuned.pt``, and a finished round is never trained again.
+2. **Pseudo-label** (``pseudo_labels/``): the tuned SAM (LoRA merged) segments every unlabelled
+   volume with a sliding window of stitched patches; argmax masks are written on each volume's
+   own grid, with SFR eq. 8's voxel-average confidence in ``manifest.json``. Cached per round.
+3. **SFR+ routing** (rounds after the first): cases with confidence ``>= threshold`` (0.985)
+   join the next round's fine-tuning set, their pseudo-label standing in for a label; the others
+   stay with the re-training. ``rounds=1`` is plain SFR.
+
+The re-training takes the last round's pseudo-labels (``retrain_on="all"`` unlabelled cases, or
+only the last routing's ``"uncertain"`` ones). Only ``image`` paths of unlabelled entries are
+read (the ``infer`` transforms load no label).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.inferers import SlidingWindowInferer
+
+from common.data import volume_transforms
+from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
+from common.engines.progress import TrainingProgressBar
+from common.engines.pseudo_labelling import route_by_confidence, write_pseudo_labels
+from common.losses import dice_ce_loss
+from common.networks import StitchedSAM
+from common.teachers.base import PromptableSegmenter
+
+__all__ = ["FineTuneSettings", "SFRStages"]
+
+TUNED_FILE = "sam_tuned.pt"
+
+
+class FineTuneSettings(dict):
+    """The fine-tuning module's settings (a dict, so configs write them as one JSON object).
+
+    Keys: ``num_iterations``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``lora_rank``,
+    ``dice_weight``, ``ce_weight``, ``checkpoint_interval``, ``sw_batch_size``, ``sw_overlap``.
+    """
+
+    DEFAULTS: Mapping[str, Any] = {
+        "num_iterations": 1000, "batch_size": 2, "learning_rate": 0.001, "weight_decay": 0.1, "lora_rank": 4,
+        "dice_weight": 0.8, "ce_weight": 0.2, "checkpoint_interval": 100, "sw_batch_size": 1, "sw_overlap": 0.25,
+    }
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        values = dict(values or {})
+        unknown = sorted(set(values) - set(self.DEFAULTS) - {"_comment"})
+        if unknown:
+            raise ValueError(f"unknown fine-tuning settings {unknown}; known: {sorted(self.DEFAULTS)}")
+        super().__init__({**self.DEFAULTS, **{k: v for k, v in values.items() if k != "_comment"}})
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+class SFRStages:
+    """Stitching + fine-tuning + pseudo-labelling, over ``rounds`` (SFR+ when > 1).
+
+    Args:
+        build_teacher: ``() -> PromptableSegmenter``: a fresh 2D SAM (LiteMedSAM by default) per use.
+        labelled, unlabelled: datalist entries (``image`` + ``label``; ``image`` only is read of unlabelled).
+        output_dir: the run's folder; stages write under ``<output_dir>/sfr``.
+        patch_size, target_spacing: the 3D patches SAM is tuned on and the voxel size (as the re-training's).
+        finetune: :class:`FineTuneSettings` values.
+        rounds: 1 = SFR; more = SFR+ with confidence routing between rounds.
+        confidence_threshold: SFR+'s tau (paper: 0.985).
+        retrain_on: ``"all"`` unlabelled cases or the last routing's ``"uncertain"`` ones.
+        num_classes: classes, background included.
+        device, seed: where to run; the seed of the fine-tuning patches.
+    """
+
+    def __init__(
+        self,
+        build_teacher: Callable[[], PromptableSegmenter],
+        labelled: Sequence[Mapping[str, Any]],
+        unlabelled: Sequence[Mapping[str, Any]],
+        output_dir: str | Path,
+        patch_size: Sequence[int],
+        target_spacing: float | None,
+        finetune: Mapping[str, Any] | None = None,
+        rounds: int = 1,
+        confidence_threshold: float = 0.985,
+        retrain_on: str = "all",
+        num_classes: int = 2,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1 (1 = SFR, more = SFR+), got {rounds}")
+        if retrain_on not in ("all", "uncertain"):
+            raise ValueError(f"retrain_on must be 'all' or 'uncertain', got {retrain_on!r}")
+        if not labelled:
+            raise ValueError("SFR fine-tunes SAM on labelled volumes: the labelled list is empty")
+        if not unlabelled:
+            raise ValueError("SFR pseudo-labels unlabelled volumes: the unlabelled list is empty "
+                             "(lower num_labelled, or train the SupOnly baseline)")
+        self.build_teacher = build_teacher
+        self.labelled = [dict(e) for e in labelled]
+        self.unlabelled = [{"image": str(e["image"])} for e in unlabelled]  # nothing else is carried
+        self.root = Path(output_dir) / "sfr"
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.target_spacing = target_spacing
+        self.settings = FineTuneSettings(finetune)
+        self.rounds = int(rounds)
+        self.threshold = float(confidence_threshold)
+        self.retrain_on = retrain_on
+        self.num_classes = int(num_classes)
+        self.device = torch.device(device)
+        self.seed = int(seed)
+
+    # ------------------------------------------------------------------ stage 1
+    def finetune(self, round_dir: Path, training_set: Sequence[Mapping[str, Any]]) -> Path:
+        """Fine-tune a fresh StitchedSAM on ``training_set``; return its ``sam_tuned.pt`` (cached)."""
+        tuned = round_dir / "finetune" / TUNED_FILE
+        if tuned.exists():
+            print(f"fine-tuned SAM found: {tuned}", flush=True)
+            return tuned
+        s = self.settings
+        model = StitchedSAM(self.build_teacher(), self.num_classes, lora_rank=int(s["lora_rank"])).to(self.device)
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(parameters, lr=float(s["learning_rate"]), weight_decay=float(s["weight_decay"]))
+        dataset = CacheDataset(list(training_set), volume_transforms("labelled", self.patch_size, self.target_spacing),
+                               cache_rate=1.0, num_workers=0, progress=False)
+        generator = torch.Generator().manual_seed(self.seed)
+        loader = DataLoader(dataset, batch_size=int(s["batch_size"]), shuffle=True, num_workers=0, generator=generator)
+        iterations = int(s["num_iterations"])
+        epoch_length = max(1, min(iterations, 50))
+        trainer = SemiSupervisedTrainer(
+            device=self.device,
+            max_epochs=max(1, -(-iterations // epoch_length)),
+            epoch_length=epoch_length,
+            train_data_loader=loader,
+            network=model,
+            optimizer=optimizer,
+            loss_function=dice_ce_loss(lambda_dice=float(s["dice_weight"]), lambda_ce=float(s["ce_weight"])),
+            train_handlers=[
+                TrainingCheckpointer(round_dir / "finetune" / "checkpoints", model, optimizer,
+                                     save_interval=int(s["checkpoint_interval"])),
+                TrainingProgressBar(keys=("loss",)),
+            ],
+        )
+        print(f"fine-tuning {model.teacher.name} with LoRA rank {s['lora_rank']} on {len(training_set)} stitched "
+              f"volumes, {iterations} iterations -> {tuned}", flush=True)
+        trainer.run()
+        return model.save_tuned(tuned)
+
+    def load_tuned(self, tuned: Path) -> StitchedSAM:
+        return StitchedSAM.load_tuned(self.build_teacher(), tuned).merge().to(self.device).eval()
+
+    # ------------------------------------------------------------------ stage 2
+    def inferer(self) -> SlidingWindowInferer:
+        return SlidingWindowInferer(roi_size=self.patch_size, sw_batch_size=int(self.settings["sw_batch_size"]),
+                                    overlap=float(self.settings["sw_overlap"]))
+
+    def pseudo_label(self, round_dir: Path, tuned: Path) -> list[dict[str, Any]]:
+        fingerprint = json.dumps({"sam": _file_digest(tuned), "spacing": self.target_spacing,
+                                  "patch": self.patch_size, "overlap": self.settings["sw_overlap"]}, sort_keys=True)
+        return write_pseudo_labels(self.load_tuned(tuned), self.unlabelled,
+                                   volume_transforms("infer", target_spacing=self.target_spacing), self.inferer(),
+                                   round_dir / "pseudo_labels", fingerprint, device=self.device)
+
+    # ------------------------------------------------------------------ all rounds
+    def run(self) -> list[dict[str, Any]]:
+        """Every round; the unlabelled entries for re-training, each with its ``pseudo_label`` path."""
+        training_set: list[dict[str, Any]] = list(self.labelled)
+        records: list[dict[str, Any]] = []
+        routing: dict[str, list[str]] = {}
+        for r in range(self.rounds):
+            round_dir = self.root / f"round{r}"
+            tuned = self.finetune(round_dir, training_set)
+            records = self.pseudo_label(round_dir, tuned)
+            confident, uncertain = route_by_confidence(records, self.threshold)
+            routing = {"confident": [c["image"] for c in confident], "uncertain": [c["image"] for c in uncertain]}
+            (round_dir / "routing.json").write_text(json.dumps({"threshold": self.threshold, **routing}, indent=1))
+            print(f"round {r}: {len(confident)} confident (>= {self.threshold}), {len(uncertain)} uncertain", flush=True)
+            if r + 1 < self.rounds:
+                training_set = list(self.labelled) + [{"image": c["image"], "label": c["pseudo_label"]} for c in confident]
+        if self.retrain_on == "uncertain" and self.rounds > 1:
+            keep = set(routing["uncertain"])
+            records = [r for r in records if r["image"] in keep]
+            if not records:
+                raise ValueError(f"every unlabelled case passed the confidence threshold {self.threshold}: nothing "
+                                 "is left for re-training with retrain_on='uncertain'; use retrain_on='all'")
+        return [{"image": r["image"], "pseudo_label": r["pseudo_label"]} for r in records]
