@@ -82,6 +82,8 @@ class BundleExperiment:
         distance_unit: unit printed next to HD95/ASD.
         sam_cache_key: the bundle's config key for its SAM embedding cache; the harness points every
             run at one shared folder so each image is encoded once for all runs.
+        seed_shared_key: a config key for work that depends on the seed but not on the variant
+            (SFR's fine-tuned SAM and pseudo-labels): every run of one seed gets ``<out>/seed<k>/shared``.
         notes: printed under the tables.
     """
 
@@ -94,6 +96,7 @@ class BundleExperiment:
     tested_metrics: Sequence[str] = ("dice",)
     distance_unit: str | None = None
     sam_cache_key: str | None = None
+    seed_shared_key: str | None = None
     notes: str = ""
 
     def __post_init__(self) -> None:
@@ -158,7 +161,10 @@ def run_experiment(
         for name in names:
             run_dir = out / f"seed{seed}" / name
             metrics_file = run_dir / "validation_metrics.json"
-            command = train_command(spec, name, run_dir, [*run_args, "--seed", str(seed)], preset)
+            seed_args = ["--seed", str(seed)]
+            if spec.seed_shared_key:
+                seed_args += [f"--{spec.seed_shared_key}", str(out / f"seed{seed}" / "shared")]
+            command = train_command(spec, name, run_dir, [*run_args, *seed_args], preset)
             print(f"\n### {spec.variants[name].label}, seed {seed}\n{shlex.join(command)}", flush=True)
             if earlier and seed in earlier.get(name, {}) and not retrain:
                 print("(finished earlier: reusing its records from --earlier_results)", flush=True)

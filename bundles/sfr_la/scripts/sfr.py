@@ -1,7 +1,7 @@
 """SFR's first two stages and SFR+'s confidence rounds, run before the 3D re-training.
 
 ``SFRStages.run()`` returns the re-training's unlabelled datalist: each unlabelled case with the
-path of its pseudo-label. Per round ``r`` (``runs/<run>/sfr/round<r>/``):
+path of its pseudo-label. Per round ``r`` (``<work_dir>/round<r>/``, by default ``runs/<run>/sfr``):
 
 1. **Fine-tune** (``finetune/``): a :class:`~common.networks.StitchedSAM` (LoRA on the image
    encoder's q/v, SAMed class-token decoder) trained on random 3D patches of the fine-tuning set,
@@ -40,7 +40,7 @@ from common.losses import dice_ce_loss
 from common.networks import StitchedSAM
 from common.teachers.base import PromptableSegmenter
 
-__all__ = ["FineTuneSettings", "SFRStages"]
+__all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 
 TUNED_FILE = "sam_tuned.pt"
 
@@ -79,7 +79,7 @@ class SFRStages:
     Args:
         build_teacher: ``() -> PromptableSegmenter``: a fresh 2D SAM (LiteMedSAM by default) per use.
         labelled, unlabelled: datalist entries (``image`` + ``label``; ``image`` only is read of unlabelled).
-        output_dir: the run's folder; stages write under ``<output_dir>/sfr``.
+        work_dir: folder of the rounds (``round<r>/finetune``, ``round<r>/pseudo_labels``).
         patch_size, target_spacing: the 3D patches SAM is tuned on and the voxel size (as the re-training's).
         finetune: :class:`FineTuneSettings` values.
         rounds: 1 = SFR; more = SFR+ with confidence routing between rounds.
@@ -94,7 +94,7 @@ class SFRStages:
         build_teacher: Callable[[], PromptableSegmenter],
         labelled: Sequence[Mapping[str, Any]],
         unlabelled: Sequence[Mapping[str, Any]],
-        output_dir: str | Path,
+        work_dir: str | Path,
         patch_size: Sequence[int],
         target_spacing: float | None,
         finetune: Mapping[str, Any] | None = None,
@@ -117,7 +117,7 @@ class SFRStages:
         self.build_teacher = build_teacher
         self.labelled = [dict(e) for e in labelled]
         self.unlabelled = [{"image": str(e["image"])} for e in unlabelled]  # nothing else is carried
-        self.root = Path(output_dir) / "sfr"
+        self.root = Path(work_dir)
         self.patch_size = tuple(int(s) for s in patch_size)
         self.target_spacing = target_spacing
         self.settings = FineTuneSettings(finetune)
@@ -179,6 +179,11 @@ class SFRStages:
                                    volume_transforms("infer", target_spacing=self.target_spacing), self.inferer(),
                                    round_dir / "pseudo_labels", fingerprint, device=self.device)
 
+    def final_model(self) -> StitchedSAM:
+        """The last round's fine-tuned SAM (running every stage that has not run yet)."""
+        self.run()
+        return self.load_tuned(self.root / f"round{self.rounds - 1}" / "finetune" / TUNED_FILE)
+
     # ------------------------------------------------------------------ all rounds
     def run(self) -> list[dict[str, Any]]:
         """Every round; the unlabelled entries for re-training, each with its ``pseudo_label`` path."""
@@ -202,3 +207,15 @@ class SFRStages:
                 raise ValueError(f"every unlabelled case passed the confidence threshold {self.threshold}: nothing "
                                  "is left for re-training with retrain_on='uncertain'; use retrain_on='all'")
         return [{"image": r["image"], "pseudo_label": r["pseudo_label"]} for r in records]
+
+
+def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
+                   device: torch.device | str = "cpu") -> StitchedSAM:
+    """The fine-tuned stitched SAM of a run (``sam_tuned.pt``) on its base model, LoRA merged, for evaluation."""
+    from common.teachers import build_teacher
+
+    tuned = Path(tuned)
+    if not tuned.exists():
+        raise FileNotFoundError(f"no fine-tuned SAM at {tuned}: train with sfr#enabled first, or pass --tuned_sam <file>")
+    teacher = build_teacher(teacher_name, checkpoint=checkpoint, device=device)
+    return StitchedSAM.load_tuned(teacher, tuned).merge().to(device).eval()
