@@ -159,7 +159,8 @@ class StitchedSAM(nn.Module):
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as err:  # truncated or not a torch file
-            raise ValueError(f"{path} cannot be read as fine-tuned SAM weights ({err}); fine-tune again") from err
+            raise ValueError(f"{path} cannot be read as fine-tuned SAM weights (truncated, corrupt or not a torch "
+                             f"file: {type(err).__name__}); fine-tune again or pass the right file") from err
         if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
             raise ValueError(f"{path} is not a fine-tuned stitched-SAM file (written by StitchedSAM.save_tuned)")
         if payload["teacher"] != teacher.name:
