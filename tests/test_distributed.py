@@ -34,14 +34,21 @@ SHORT_RUNS: dict[str, tuple[str, list[str]]] = {
                                            "--checkpoint_interval", "2", "--method#freeze_teacher_encoder", "True"]),
     "semisam_la": ("volumes", ["--num_labelled", "2", "--target_spacing", "2.5", "--patch_size", "[32,32,32]",
                                "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2"]),
+    "sfr_la": ("volumes", ["--num_labelled", "2", "--target_spacing", "2.5", "--patch_size", "[32,32,32]",
+                           "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2",
+                           "--sfr#patch_size", "[32,32,16]", "--sfr#finetune#num_iterations", "2",
+                           "--sfr#finetune#batch_size", "1", "--sfr#finetune#checkpoint_interval", "1"]),
 }
 
 # Replaces the last step of multi_gpu_train.json's `training` list: save this process's student, then leave the group.
-SAVE_EACH_RANK = {
-    "training#4": "$torch.save(common.engines.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
+SAVE_EACH_RANK = ("$torch.save(common.engines.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
                   "'rank' + str(torch.distributed.get_rank()) + '_student.pt')) or "
-                  "(torch.distributed.is_initialized() and torch.distributed.destroy_process_group())"
-}
+                  "(torch.distributed.is_initialized() and torch.distributed.destroy_process_group())")
+
+
+def _save_each_rank(bundle: Path) -> dict[str, str]:
+    steps = json.loads((bundle / "configs" / "multi_gpu_train.json").read_text())["training"]
+    return {f"training#{len(steps) - 1}": SAVE_EACH_RANK}
 
 
 def test_every_bundle_has_a_short_distributed_run():
@@ -87,13 +94,13 @@ def test_two_process_cpu_training_keeps_ranks_equal(name, data_root, tmp_path):
     else:
         dataset = la_subset(data_root / "la", tmp_path / "data", count=6)
     override = tmp_path / "save_each_rank.json"
-    override.write_text(json.dumps(SAVE_EACH_RANK))
+    override.write_text(json.dumps(_save_each_rank(bundle)))
     configs = [bundle / "configs" / "train.json", bundle / "configs" / "multi_gpu_train.json", override]
     run = tmp_path / "run"
     common = ["--dataset_dir", str(dataset), "--output_dir", str(run), "--model_dir", str(run / "models"), *args]
     if name == "semisam_la":
         common += ["--sam#cache_dir", str(tmp_path / "sam_cache")]
-    length = ["--num_iterations", "2"] if "semisam" in name else ["--max_epochs", "1"]
+    length = ["--num_iterations", "2"] if kind == "volumes" else ["--max_epochs", "1"]
 
     _torchrun(bundle, configs, common + length, cwd=bundle)
     _assert_equal_students(run)
@@ -105,7 +112,7 @@ def test_two_process_cpu_training_keeps_ranks_equal(name, data_root, tmp_path):
     for rank_file in (run / "rank0_student.pt", run / "rank1_student.pt"):
         rank_file.unlink()
 
-    longer = ["--num_iterations", "4"] if "semisam" in name else ["--max_epochs", "2"]
+    longer = ["--num_iterations", "4"] if kind == "volumes" else ["--max_epochs", "2"]
     output = _torchrun(bundle, configs, common + longer, cwd=bundle)
     assert output.count("resumed from") == 2, "both processes must resume from the checkpoint"
     _assert_equal_students(run)
