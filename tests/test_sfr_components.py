@@ -171,6 +171,16 @@ def test_tuned_file_errors_are_clear(tmp_path):
         model(torch.zeros(1, 2, 8, 8, 4))
 
 
+def test_simplified_stitching_in_the_network_keeps_patch_shapes():
+    model = StitchedSAM(build_teacher("litemedsam"), num_classes=2, lora_rank=0, simplified_tile=16).eval()
+    patches = torch.randn(2, 1, 20, 12, 7)
+    stitched = model.stitch(patches)
+    assert stitched.shape == (2, 1, 48, 48)  # 16-px tiles, depth 7 -> 9 = 3 x 3
+    assert stitched.amin() >= 0  # shifted so that padding is the darkest value
+    with torch.no_grad():
+        assert model(patches).shape == (2, 2, 20, 12, 7)
+
+
 def test_class_tokens_start_from_pretrained_tokens():
     teacher = build_teacher("litemedsam")
     pretrained = teacher.mask_decoder.mask_tokens.weight.detach().clone()

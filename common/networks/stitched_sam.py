@@ -6,7 +6,9 @@ as they would a V-Net. Inside (Li et al., SFR, sec. III-B):
 
 1. **Stitching** (:mod:`common.transforms.stitching`): the D slices are laid in order on a
    ``ceil(sqrt(D))``-square grid at their own resolution; empty tiles take the patch's minimum,
-   which the SAM input normalisation maps to 0 (the paper's zero tiles).
+   which the SAM input normalisation maps to 0 (the paper's zero tiles). With
+   ``simplified_tile=96`` the paper's "simplified" stitching is used instead (slices cropped or
+   padded to 96 x 96, depth interpolated to a square number, and back).
 2. **SAM without prompts**: the stitched image goes through the teacher's own preprocessing and
    image encoder (LoRA on the q and v projections of every attention block, rank 4 by default,
    via ``peft``: :func:`common.teachers.peft_tuning.apply_lora`), the prompt encoder's "no prompt"
@@ -33,7 +35,7 @@ from torch import nn
 
 from ..teachers.base import PromptableSegmenter
 from ..teachers.peft_tuning import apply_lora, lora_state_dict, merge_lora
-from ..transforms.stitching import grid_size, stitch_slices, unstitch_slices
+from ..transforms.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
 
@@ -68,16 +70,19 @@ class StitchedSAM(nn.Module):
         lora_rank: LoRA rank (the paper: 4); ``0`` tunes the decoder only.
         lora_targets: attention projections that get LoRA (SAMed/SFR: q and v).
         grid: tiles per side of the stitched image; default ``ceil(sqrt(D))`` of each input.
+        simplified_tile: use the "simplified" stitching with tiles of this size (the paper: 96).
     """
 
     def __init__(self, teacher: PromptableSegmenter, num_classes: int = 2, lora_rank: int = 4,
-                 lora_targets: tuple[str, ...] = ("q", "v"), grid: int | None = None) -> None:
+                 lora_targets: tuple[str, ...] = ("q", "v"), grid: int | None = None,
+                 simplified_tile: int | None = None) -> None:
         super().__init__()
         if teacher.spatial_dims != 2:
             raise ValueError(f"stitching feeds a 2D SAM; {teacher.name} is {teacher.spatial_dims}D")
         self.teacher = teacher
         self.num_classes = int(num_classes)
         self.grid = grid
+        self.simplified = SimplifiedStitch(simplified_tile) if simplified_tile else None
         self.lora_rank = int(lora_rank)
         set_class_tokens(teacher.mask_decoder, self.num_classes)
         if self.lora_rank > 0:
@@ -87,10 +92,22 @@ class StitchedSAM(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def stitch(self, patches: torch.Tensor) -> torch.Tensor:
-        """``(B, 1, H, W, D)`` -> ``(B, 1, gH, gW)`` with empty tiles at each patch's minimum."""
+        """``(B, 1, H, W, D)`` -> ``(B, 1, gH, gW)``, each patch shifted to minimum 0 and empty tiles 0.
+
+        The shift changes nothing SAM sees (its input is min-max normalised per image) and makes
+        the zero tiles the darkest value, as zeros are in the paper's raw intensities.
+        """
         b = patches.shape[0]
-        low = patches.reshape(b, -1).amin(dim=1)
-        return torch.stack([stitch_slices(p, self.grid, float(v)) for p, v in zip(patches, low)])
+        shifted = patches - patches.reshape(b, -1).amin(dim=1).view(b, 1, 1, 1, 1)
+        if self.simplified is not None:
+            return self.simplified(shifted)
+        return stitch_slices(shifted, self.grid, 0.0)
+
+    def unstitch(self, logits: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+        """Stitched ``(B, C, gH, gW)`` logits -> ``(B, C, H, W, D)`` of a patch of spatial ``shape``."""
+        if self.simplified is not None:
+            return self.simplified.inverse(logits, shape)
+        return unstitch_slices(logits, shape[-1], self.grid or grid_size(shape[-1]))
 
     def _no_prompt(self, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
         encoder = self.teacher.prompt_encoder
@@ -122,9 +139,7 @@ class StitchedSAM(nn.Module):
             raise ValueError(f"StitchedSAM takes one-channel patches (B, 1, H, W, D), got {tuple(patches.shape)}")
         if hasattr(patches, "as_tensor"):
             patches = patches.as_tensor()
-        depth = patches.shape[-1]
-        logits = self.forward_stitched(self.stitch(patches))
-        return unstitch_slices(logits, depth, self.grid or grid_size(depth))
+        return self.unstitch(self.forward_stitched(self.stitch(patches)), tuple(patches.shape[2:]))
 
     def train(self, mode: bool = True) -> "StitchedSAM":
         super().train(mode)
@@ -154,7 +169,8 @@ class StitchedSAM(nn.Module):
         return path
 
     @classmethod
-    def load_tuned(cls, teacher: PromptableSegmenter, path: str | Path, grid: int | None = None) -> "StitchedSAM":
+    def load_tuned(cls, teacher: PromptableSegmenter, path: str | Path, grid: int | None = None,
+                   simplified_tile: int | None = None) -> "StitchedSAM":
         """A :class:`StitchedSAM` on a freshly built ``teacher`` with the tuned weights of ``path``."""
         try:
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -166,7 +182,7 @@ class StitchedSAM(nn.Module):
         if payload["teacher"] != teacher.name:
             raise ValueError(f"{path} was tuned from {payload['teacher']!r}, not {teacher.name!r}: build that teacher")
         lora = payload["lora"]
-        model = cls(teacher, payload["num_classes"], lora_rank=0, grid=grid)
+        model = cls(teacher, payload["num_classes"], lora_rank=0, grid=grid, simplified_tile=simplified_tile)
         if lora:
             from peft import set_peft_model_state_dict
 

@@ -86,6 +86,7 @@ class SFRStages:
         confidence_threshold: SFR+'s tau (paper: 0.985).
         retrain_on: ``"all"`` unlabelled cases or the last routing's ``"uncertain"`` ones.
         num_classes: classes, background included.
+        simplified_tile: the paper's "simplified" stitching with tiles of this size (96), or None.
         device, seed: where to run; the seed of the fine-tuning patches.
     """
 
@@ -102,6 +103,7 @@ class SFRStages:
         confidence_threshold: float = 0.985,
         retrain_on: str = "all",
         num_classes: int = 2,
+        simplified_tile: int | None = None,
         device: torch.device | str = "cpu",
         seed: int = 0,
     ) -> None:
@@ -125,6 +127,7 @@ class SFRStages:
         self.threshold = float(confidence_threshold)
         self.retrain_on = retrain_on
         self.num_classes = int(num_classes)
+        self.simplified_tile = simplified_tile
         self.device = torch.device(device)
         self.seed = int(seed)
 
@@ -136,7 +139,8 @@ class SFRStages:
             print(f"fine-tuned SAM found: {tuned}", flush=True)
             return tuned
         s = self.settings
-        model = StitchedSAM(self.build_teacher(), self.num_classes, lora_rank=int(s["lora_rank"])).to(self.device)
+        model = StitchedSAM(self.build_teacher(), self.num_classes, lora_rank=int(s["lora_rank"]),
+                            simplified_tile=self.simplified_tile).to(self.device)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=float(s["learning_rate"]), weight_decay=float(s["weight_decay"]))
         dataset = CacheDataset(list(training_set), volume_transforms("labelled", self.patch_size, self.target_spacing),
@@ -165,7 +169,8 @@ class SFRStages:
         return model.save_tuned(tuned)
 
     def load_tuned(self, tuned: Path) -> StitchedSAM:
-        return StitchedSAM.load_tuned(self.build_teacher(), tuned).merge().to(self.device).eval()
+        model = StitchedSAM.load_tuned(self.build_teacher(), tuned, simplified_tile=self.simplified_tile)
+        return model.merge().to(self.device).eval()
 
     # ------------------------------------------------------------------ stage 2
     def inferer(self) -> SlidingWindowInferer:
@@ -174,6 +179,7 @@ class SFRStages:
 
     def pseudo_label(self, round_dir: Path, tuned: Path) -> list[dict[str, Any]]:
         fingerprint = json.dumps({"sam": _file_digest(tuned), "spacing": self.target_spacing,
+                                  "simplified_tile": self.simplified_tile,
                                   "patch": self.patch_size, "overlap": self.settings["sw_overlap"]}, sort_keys=True)
         return write_pseudo_labels(self.load_tuned(tuned), self.unlabelled,
                                    volume_transforms("infer", target_spacing=self.target_spacing), self.inferer(),
@@ -210,7 +216,7 @@ class SFRStages:
 
 
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
-                   device: torch.device | str = "cpu") -> StitchedSAM:
+                   device: torch.device | str = "cpu", simplified_tile: int | None = None) -> StitchedSAM:
     """The fine-tuned stitched SAM of a run (``sam_tuned.pt``) on its base model, LoRA merged, for evaluation."""
     from common.teachers import build_teacher
 
@@ -218,4 +224,4 @@ def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
     if not tuned.exists():
         raise FileNotFoundError(f"no fine-tuned SAM at {tuned}: train with sfr#enabled first, or pass --tuned_sam <file>")
     teacher = build_teacher(teacher_name, checkpoint=checkpoint, device=device)
-    return StitchedSAM.load_tuned(teacher, tuned).merge().to(device).eval()
+    return StitchedSAM.load_tuned(teacher, tuned, simplified_tile=simplified_tile).merge().to(device).eval()
