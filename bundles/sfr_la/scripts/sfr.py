@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,7 @@ from common.teachers.base import PromptableSegmenter
 __all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 
 TUNED_FILE = "sam_tuned.pt"
+DONE_FILE = "stages_done.json"
 
 
 class FineTuneSettings(dict):
@@ -191,6 +194,30 @@ class SFRStages:
         return self.load_tuned(self.root / f"round{self.rounds - 1}" / "finetune" / TUNED_FILE)
 
     # ------------------------------------------------------------------ all rounds
+    def _settings_key(self) -> dict[str, Any]:
+        return {"rounds": self.rounds, "threshold": self.threshold, "retrain_on": self.retrain_on,
+                "unlabelled": [e["image"] for e in self.unlabelled]}
+
+    def wait_for_other_process(self, poll_seconds: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until another process (rank 0 of a multi-process run) has finished :meth:`run`.
+
+        Several processes must not fine-tune into one folder, and a process that waits in a
+        collective (a barrier) while rank 0 fine-tunes would deadlock ignite's rank queries. So rank
+        0 runs the stages before the process group exists and the others poll for its marker file;
+        if rank 0 fails, ``torchrun`` stops them.
+        """
+        marker = self.root / DONE_FILE
+        announced = False
+        while True:
+            if marker.exists():
+                done = json.loads(marker.read_text())
+                if done.get("settings") == self._settings_key():
+                    return done["entries"]
+            if not announced:
+                print(f"waiting for process 0 to fine-tune SAM and write pseudo-labels into {self.root}", flush=True)
+                announced = True
+            time.sleep(poll_seconds)
+
     def run(self) -> list[dict[str, Any]]:
         """Every round; the unlabelled entries for re-training, each with its ``pseudo_label`` path."""
         training_set: list[dict[str, Any]] = list(self.labelled)
@@ -212,7 +239,12 @@ class SFRStages:
             if not records:
                 raise ValueError(f"every unlabelled case passed the confidence threshold {self.threshold}: nothing "
                                  "is left for re-training with retrain_on='uncertain'; use retrain_on='all'")
-        return [{"image": r["image"], "pseudo_label": r["pseudo_label"]} for r in records]
+        entries = [{"image": r["image"], "pseudo_label": r["pseudo_label"]} for r in records]
+        marker = self.root / DONE_FILE
+        partial = marker.with_name(f"{DONE_FILE}.{os.getpid()}.partial")  # processes may finish together
+        partial.write_text(json.dumps({"settings": self._settings_key(), "entries": entries}, indent=1))
+        partial.replace(marker)
+        return entries
 
 
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
