@@ -198,11 +198,11 @@ def test_random_init_sam_vit_b_segments_a_stitched_patch_at_1024():
     torch.manual_seed(0)
     model = StitchedSAM(build_sam_vit("sam_vit_b"), num_classes=2).eval()
     assert any("lora_" in n for n, _ in model.named_parameters())  # LoRA on SAM's fused blocked qkv
+    sizes = []
+    model.teacher.image_encoder.register_forward_hook(lambda module, args, out: sizes.append(tuple(args[0].shape)))
     with torch.no_grad():
-        stitched = model.stitch(torch.randn(1, 1, 16, 16, 3))
-        embeddings = model.teacher.encode(stitched)
-        assert model.teacher.transform.target_size == 1024 and embeddings.input_sizes[0] == (1024, 1024)
-        logits = model(torch.randn(1, 1, 16, 16, 3))
+        logits = model(torch.randn(1, 1, 16, 16, 3))  # 2 x 2 tiles of 16 px, resized to SAM's 1024
+    assert sizes == [(1, 3, 1024, 1024)]
     assert logits.shape == (1, 2, 16, 16, 3) and torch.isfinite(logits).all()
 
 
