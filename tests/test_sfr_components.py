@@ -310,3 +310,23 @@ def test_pseudo_label_term_and_self_training_trainer():
     with pytest.raises(ValueError, match="at least one auxiliary term"):
         SelfTrainingTrainer("cpu", 1, loader, network, torch.optim.SGD(network.parameters(), lr=0.01), loss,
                             unlabeled_data_loader=loader)
+
+
+def test_pseudo_label_quality_tool_scores_against_held_back_labels(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import pseudo_label_quality
+
+    label = np.zeros((12, 12, 6), np.uint8)
+    label[3:9, 3:9, 1:5] = 1
+    image = _write_volume(tmp_path / "imagesTr" / "a.nii.gz", np.random.default_rng(0).normal(size=label.shape).astype(np.float32))
+    truth = _write_volume(tmp_path / "labelsTr" / "a.nii.gz", label)
+    data.write_msd_description(tmp_path / "dataset.json", [{"id": "a", "image": image, "label": truth}], name="toy")
+    half = label.copy()
+    half[:, :6] = 0  # half of the foreground: Dice 2/3
+    pseudo = _write_volume(tmp_path / "pl" / "a_pseudo.nii.gz", half)
+    (tmp_path / "pl" / "manifest.json").write_text(json.dumps(
+        {"fingerprint": "x", "cases": [{"image": image, "pseudo_label": pseudo, "confidence": 0.9}]}))
+    rows = pseudo_label_quality.score(tmp_path / "pl", tmp_path)
+    assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(2 / 3) and rows[0]["confidence"] == 0.9
