@@ -55,8 +55,12 @@ def main() -> None:
     parser.add_argument("pseudo_label_dir", type=Path, help="folder with manifest.json and the pseudo-label NIfTIs")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "la",
                         help="labelled dataset folder the unlabelled cases come from")
+    parser.add_argument("--json", type=Path, default=None, help="also write the per-case values here")
     args = parser.parse_args()
     rows = score(args.pseudo_label_dir, args.data)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"command": f"python {' '.join(sys.argv)}", "cases": rows}, indent=1))
     for row in rows:
         print(f"{row['image']}: Dice {100 * row['dice']:.2f}, confidence {row['confidence']:.4f}")
     dices = [r["dice"] for r in rows]
