@@ -267,8 +267,9 @@ def test_pseudo_labelled_transform_crops_image_and_pseudo_label_together(tmp_pat
     transform = data.volume_transforms("pseudo_labelled", patch_size=(16, 16, 8))
     for seed in range(3):
         transform.set_random_state(seed)
-        item = transform({"image": image_path, "pseudo_label": pseudo_path, "label": "/never/read.nii.gz"})
-        assert item["label"] == "/never/read.nii.gz"  # passed through as a string, never loaded
+        never_read = str(tmp_path / "no_such_label.nii.gz")
+        item = transform({"image": image_path, "pseudo_label": pseudo_path, "label": never_read})
+        assert item["label"] == never_read  # passed through as a string, never loaded
         assert item["pseudo_label"].shape == item["image"].shape == (1, 16, 16, 8)
         # the same crop and flips: above the mean <=> positive after z-scoring
         assert torch.equal(item["pseudo_label"] > 0.5, item["image"] > 0)

@@ -22,7 +22,6 @@ read (the ``infer`` transforms load no label).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -41,6 +40,7 @@ from common.engines.pseudo_labelling import route_by_confidence, write_pseudo_la
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM
 from common.teachers.base import PromptableSegmenter
+from common.teachers.checkpoints import file_sha256
 
 __all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 
@@ -66,14 +66,6 @@ class FineTuneSettings(dict):
         if unknown:
             raise ValueError(f"unknown fine-tuning settings {unknown}; known: {sorted(self.DEFAULTS)}")
         super().__init__({**self.DEFAULTS, **{k: v for k, v in values.items() if k != "_comment"}})
-
-
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
 
 
 class SFRStages:
@@ -133,6 +125,7 @@ class SFRStages:
         self.simplified_tile = simplified_tile
         self.device = torch.device(device)
         self.seed = int(seed)
+        self._entries: list[dict[str, Any]] | None = None  # run() once per process
 
     # ------------------------------------------------------------------ stage 1
     def finetune(self, round_dir: Path, training_set: Sequence[Mapping[str, Any]]) -> Path:
@@ -181,7 +174,7 @@ class SFRStages:
                                     overlap=float(self.settings["sw_overlap"]))
 
     def pseudo_label(self, round_dir: Path, tuned: Path) -> list[dict[str, Any]]:
-        fingerprint = json.dumps({"sam": _file_digest(tuned), "spacing": self.target_spacing,
+        fingerprint = json.dumps({"sam": file_sha256(tuned)[:16], "spacing": self.target_spacing,
                                   "simplified_tile": self.simplified_tile,
                                   "patch": self.patch_size, "overlap": self.settings["sw_overlap"]}, sort_keys=True)
         return write_pseudo_labels(self.load_tuned(tuned), self.unlabelled,
@@ -219,7 +212,13 @@ class SFRStages:
             time.sleep(poll_seconds)
 
     def run(self) -> list[dict[str, Any]]:
-        """Every round; the unlabelled entries for re-training, each with its ``pseudo_label`` path."""
+        """Every round; the unlabelled entries for re-training, each with its ``pseudo_label`` path.
+
+        The result is kept: a config that needs it twice (``sam_alone`` resolves both the SAM
+        evaluator and the trainer) does not load the tuned SAM again to re-check the cache.
+        """
+        if self._entries is not None:
+            return list(self._entries)
         training_set: list[dict[str, Any]] = list(self.labelled)
         records: list[dict[str, Any]] = []
         routing: dict[str, list[str]] = {}
@@ -244,7 +243,8 @@ class SFRStages:
         partial = marker.with_name(f"{DONE_FILE}.{os.getpid()}.partial")  # processes may finish together
         partial.write_text(json.dumps({"settings": self._settings_key(), "entries": entries}, indent=1))
         partial.replace(marker)
-        return entries
+        self._entries = entries
+        return list(entries)
 
 
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
