@@ -69,9 +69,16 @@ def test_main_reuses_finished_runs_and_writes_the_report(tmp_path, monkeypatch):
             run = tmp_path / f"seed{seed}" / name
             run.mkdir(parents=True)
             (run / "validation_metrics.json").write_text(json.dumps({"cases": _records(values)}))
+            (run / "checkpoints").mkdir()
+            (run / "model.pt").write_bytes(b"final weights")
     monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a finished run was trained again"))
-    report = main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "1", "--out", str(tmp_path)])
+    args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "1", "--out", str(tmp_path)]
+    main(SPEC, args + ["--keep_checkpoints", "--variants", "base"])
+    assert (tmp_path / "seed0" / "base" / "checkpoints").is_dir()
+    report = main(SPEC, args)
     assert "| Method | 60.00 | 60.00 |" in report
+    # finished runs keep their model and metrics, not the training states only needed to resume
+    assert not list(tmp_path.glob("seed*/*/checkpoints")) and len(list(tmp_path.glob("seed*/*/model.pt"))) == 4
     stored = json.loads((tmp_path / "results.json").read_text())
     assert stored["method"] == "new" and stored["cases"]["base"]["1"][0]["dice"] == 0.4
     assert (tmp_path / "results.md").read_text().startswith("| variant |")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -148,12 +149,15 @@ def run_experiment(
     preset: str = "",
     retrain: bool = False,
     earlier: Results | None = None,
+    keep_checkpoints: bool = False,
 ) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
     """Train and test every variant in ``names`` for every seed; return per-case records and run times.
 
     Seeds are the outer loop, so an interrupted comparison has whole seeds (all variants) done.
     ``earlier`` holds per-case records of runs finished elsewhere (a ``results.json`` of an earlier
-    comparison with the same settings); those runs are not trained again.
+    comparison with the same settings); those runs are not trained again. A finished run keeps its
+    final ``model.pt`` and metrics; its ``checkpoints/`` folder, only needed to resume, is removed
+    unless ``keep_checkpoints`` (5 seeds x 3 variants of full training states fill tens of GB).
     """
     results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     seconds: dict[str, float] = {}
@@ -177,6 +181,8 @@ def run_experiment(
                 subprocess.run(command, check=True, cwd=ROOT)
                 seconds[f"{name} seed {seed}"] = time.time() - start
             results[name][seed] = json.loads(metrics_file.read_text())["cases"]
+            if not keep_checkpoints:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return results, seconds
 
 
@@ -297,6 +303,8 @@ def parser_for(spec: BundleExperiment, description: str | None = None) -> argpar
         parser.add_argument("--sam_cache_dir", default=None,
                             help="shared SAM embedding cache (default: <out>/sam_embeddings)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
+    parser.add_argument("--keep_checkpoints", action="store_true",
+                        help="keep the training checkpoints of finished runs (default: removed, model.pt stays)")
     parser.add_argument("--earlier_results", default=None,
                         help="results.json of an earlier comparison with the same settings: its runs are reused")
     parser.add_argument("--report_only", action="store_true",
@@ -327,7 +335,7 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
         seconds: dict[str, float] = {}
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
-                                          earlier)
+                                          earlier, args.keep_checkpoints)
     report = comparison_report(spec, results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
