@@ -89,9 +89,14 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
 
     run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "eval"),
             "--dataset_dir", str(tmp_path / "demo" / "volumes"), "--target_spacing", "1.25",
-            "--patch_size", "[32,32,32]", "--num_workers", "0")
+            "--patch_size", "[32,32,32]", "--num_workers", "0", "--prediction_dir", str(run / "eval" / "masks"))
     test = json.loads((run / "eval" / "test_metrics.json").read_text())
     assert test["num_cases"] == 6 and test["summary"]["dice"]["mean"] is not None
+    masks = sorted((run / "eval" / "masks").glob("*_seg.nii.gz"))  # on each input's own grid and affine
+    assert len(masks) == 6
+    demo_case = nib.load(sorted((tmp_path / "demo" / "volumes" / "imagesTr").glob("*.nii.gz"))[0])
+    assert nib.load(masks[0]).shape[:3] == demo_case.shape[:3]
+    np.testing.assert_allclose(nib.load(masks[0]).affine, demo_case.affine, atol=1e-4)
     rows = (run / "eval" / "test_metrics.csv").read_text().splitlines()
     assert rows[0].startswith("id,dice") and len(rows) == 7
     assert (run / "eval" / "test_overlay.png").is_file()  # mid-slice overlays

@@ -76,8 +76,14 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     # Evaluation on a labelled folder, with the deployed (single-head) network.
     run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
-            "--num_workers", "0")
+            "--num_workers", "0", "--prediction_dir", str(run / "eval" / "masks"), "--output_postfix", "segmentation")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 11
+    # ... and it wrote each case's mask at the image's own size for outside metric code
+    masks = sorted((run / "eval" / "masks").glob("*_segmentation.png"))
+    assert len(masks) == 11
+    first_case = data.dermoscopy_datalist(train_dir)[0]
+    assert Image.open(run / "eval" / "masks" / f"{first_case['id']}_segmentation.png").size == \
+        Image.open(first_case["image"]).size
 
     # Inference on a full-size ISIC original: the mask comes back at the image's own size, named as
     # the ISIC challenge expects with --output_postfix segmentation.

@@ -1,9 +1,12 @@
 """Array and dictionary transforms shared by the bundles."""
 
+from .save_predictions import PREDICTION_FORMATS, SavePredictiond
 from .sdf import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
 from .stitching import SimplifiedStitch, StitchSlices, StitchSlicesd, grid_size, stitch_slices, unstitch_slices
 
 __all__ = [
+    "PREDICTION_FORMATS",
+    "SavePredictiond",
     "SignedDistanceMap",
     "SignedDistanceMapd",
     "SimplifiedStitch",
