@@ -90,3 +90,15 @@ def test_string_switch_error_names_the_fix():
         refuse_string_switches({"enabled": "TRUE"}, "sam")
     with pytest.raises(TypeError):
         refuse_string_switches(["use_sam"], "method")
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_training_presets_merge_into_evaluation_and_inference(bundle):
+    """`evaluate.json` + `cpu.json` is how a CPU-preset model is scored (and how the harness writes masks)."""
+    presets = [p for p in ("cpu.json", "demo.json") if (bundle / "configs" / p).is_file()]
+    assert presets, f"{bundle.name} has no CPU preset"
+    for target in ("evaluate.json", "inference.json"):
+        for preset in presets:
+            parser = ConfigParser()
+            parser.read_config([str(bundle / "configs" / target), str(bundle / "configs" / preset)])
+            assert "network_def" in parser, f"{bundle.name}: {target} + {preset}"

@@ -119,3 +119,29 @@ def test_report_only_names_the_runs_that_are_missing(tmp_path):
     with pytest.raises(SystemExit, match="no finished run for Baseline|no finished run for base seed 0"):
         main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path),
                     "--report_only"])
+
+
+def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(tmp_path, monkeypatch):
+    run = tmp_path / "seed0" / "new"
+    run.mkdir(parents=True)
+    (run / "validation_metrics.json").write_text(json.dumps({"cases": _records([0.5])}))
+    commands: list[list[str]] = []
+
+    def evaluate(command, **kwargs):
+        commands.append(command)
+        (run / "test_predictions").mkdir()
+        (run / "test_predictions" / "test_metrics.json").write_text("{}")
+
+    monkeypatch.setattr("subprocess.run", evaluate)
+    args = ["--train_dir", "pool", "--test_dir", "test_images", "--seeds", "0", "--variants", "new",
+            "--out", str(tmp_path), "--save_predictions"]
+    main(SPEC, args)
+    main(SPEC, args)  # the masks exist: not written again
+    assert len(commands) == 1
+    command = commands[0]
+    assert command[command.index("run") + 1] == "evaluating" and "evaluate.json" in command[command.index("--config_file") + 1]
+    assert "cpu.json" in command[command.index("--config_file") + 1]
+    assert Path(command[command.index("--dataset_dir") + 1]).name == "test_images"
+    assert command[command.index("--checkpoint") + 1] == str(run / "model.pt")
+    assert command[command.index("--prediction_dir") + 1] == str(run / "test_predictions" / "masks")
+    assert command[command.index("--output_postfix") + 1] == "segmentation"  # ISIC naming

@@ -13,7 +13,10 @@ same command finishes an interrupted comparison. Each command is printed before 
 row can be reproduced on its own. The report (``<out>/results.md``, with every per-case value in
 ``<out>/results.json``) gives per-seed means, mean and sd over seeds, and paired Wilcoxon tests of
 the method against every other variant, over seeds and over test cases
-(:mod:`common.metrics.comparison` says what each pairing answers).
+(:mod:`common.metrics.comparison` says what each pairing answers). A finished run keeps its
+``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
+``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
+bundle's ``evaluate.json``, for scoring with outside metric code.
 """
 
 from __future__ import annotations
@@ -140,6 +143,23 @@ def train_command(spec: BundleExperiment, name: str, run_dir: Path, run_args: Se
     ]
 
 
+def predictions_command(spec: BundleExperiment, run_dir: Path, test_location: str, preset: str) -> list[str]:
+    """The bundle's ``evaluate.json`` on the test set with the run's final model, writing every
+    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``."""
+    configs = ["configs/evaluate.json"] + ([f"configs/{preset}.json"] if preset else [])
+    out = run_dir / "test_predictions"
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "evaluating",
+        "--config_file", bundle_config_arg(spec.bundle_dir, configs),
+        "--dataset_dir", test_location,
+        "--checkpoint", str(run_dir / "model.pt"),
+        "--output_dir", str(out),
+        "--prediction_dir", str(out / "masks"),
+        # ISIC challenge naming for images (ISIC_0000000_segmentation.png); <case>_seg.nii.gz for volumes
+        *(["--output_postfix", "segmentation"] if spec.data == "dermoscopy" else []),
+    ]
+
+
 def run_experiment(
     spec: BundleExperiment,
     names: Sequence[str],
@@ -150,6 +170,7 @@ def run_experiment(
     retrain: bool = False,
     earlier: Results | None = None,
     keep_checkpoints: bool = False,
+    save_predictions: bool = False,
 ) -> tuple[dict[str, dict[int, list[dict[str, Any]]]], dict[str, float]]:
     """Train and test every variant in ``names`` for every seed; return per-case records and run times.
 
@@ -158,6 +179,8 @@ def run_experiment(
     comparison with the same settings); those runs are not trained again. A finished run keeps its
     final ``model.pt`` and metrics; its ``checkpoints/`` folder, only needed to resume, is removed
     unless ``keep_checkpoints`` (5 seeds x 3 variants of full training states fill tens of GB).
+    ``save_predictions`` also writes each run's test-set masks in the test folder's own layout
+    (:func:`predictions_command`), for finished runs too.
     """
     results: dict[str, dict[int, list[dict[str, Any]]]] = {name: {} for name in names}
     seconds: dict[str, float] = {}
@@ -183,6 +206,10 @@ def run_experiment(
             results[name][seed] = json.loads(metrics_file.read_text())["cases"]
             if not keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            if save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
+                command = predictions_command(spec, run_dir, run_args[run_args.index("--val_dataset_dir") + 1], preset)
+                print(f"(test-set masks)\n{shlex.join(command)}", flush=True)
+                subprocess.run(command, check=True, cwd=ROOT)
     return results, seconds
 
 
@@ -303,6 +330,9 @@ def parser_for(spec: BundleExperiment, description: str | None = None) -> argpar
         parser.add_argument("--sam_cache_dir", default=None,
                             help="shared SAM embedding cache (default: <out>/sam_embeddings)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
+    parser.add_argument("--save_predictions", action="store_true",
+                        help="also write each run's test-set masks in the test folder's own layout "
+                             "(<run>/test_predictions/masks: PNG in ISIC naming, NIfTI with the input affine)")
     parser.add_argument("--keep_checkpoints", action="store_true",
                         help="keep the training checkpoints of finished runs (default: removed, model.pt stays)")
     parser.add_argument("--earlier_results", default=None,
@@ -335,7 +365,7 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
         seconds: dict[str, float] = {}
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
-                                          earlier, args.keep_checkpoints)
+                                          earlier, args.keep_checkpoints, args.save_predictions)
     report = comparison_report(spec, results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
