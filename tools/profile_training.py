@@ -1,0 +1,181 @@
+r"""Seconds per training iteration of every bundle's method, with where the time goes, on real data.
+
+Each bundle's own ``train.json`` + ``cpu.json`` (the preset the results tables use) is parsed with
+MONAI's ``ConfigParser`` and its trainer run for ``--warmup`` + ``--iterations`` iterations on a
+small real subset (PH2 for the 2D bundles, LA for the 3D ones), one bundle after the other in
+fresh processes with the same thread count, so the rows are comparable. Reported per row: mean
+s/iteration (warm-up excluded), the share spent waiting for the labelled batch (data loading and
+augmentation on the critical path), and with ``--profile`` the operators that dominate one
+iteration (``torch.profiler``, self CPU time).
+
+A row can be timed under several settings side by side (``--compare``), e.g. the MobileNet
+student in NHWC vs NCHW memory format::
+
+    python tools/profile_training.py --threads 2 --iterations 5 --profile
+    python tools/profile_training.py --bundles samkd_dualtask_skin --compare "network_def#channels_last=false"
+
+SFR's re-training is timed without its pseudo-label term (``baselines/mean_teacher.json``): the
+term needs SAM's fine-tuning and pseudo-labelling first; ``tools/benchmark_sfr.py`` times those
+stages and the term itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# bundle -> (extra config files after train.json + cpu.json, data kind, what the row runs)
+ROWS: dict[str, tuple[list[str], str, str]] = {
+    "uamt_skin": ([], "dermoscopy", "UAMT (dual-head DeepLabv3, 2-stage mean teacher)"),
+    "samkd_dualtask_skin": ([], "dermoscopy", "dual-task student + ViT teacher + SAM distillation"),
+    "semisam_la": ([], "volumes", "MT V-Net + SAM-assisted consistency"),
+    "sfr_la": (["baselines/mean_teacher.json"], "volumes", "MT V-Net re-training (no pseudo-label term)"),
+}
+
+
+def _subset(kind: str, data_root: Path, dest: Path, count: int) -> Path:
+    """A small folder of real cases in the layout the bundle reads (PH2 folders or an MSD dataset.json)."""
+    sys.path.insert(0, str(ROOT))
+    import common.data as data
+
+    if kind == "dermoscopy":
+        import shutil
+
+        (dest / "images").mkdir(parents=True, exist_ok=True)
+        (dest / "masks").mkdir(exist_ok=True)
+        for entry in data.ph2_datalist(data_root / "dermoscopy" / "ph2")[:count]:
+            shutil.copy(entry["image"], dest / "images")
+            shutil.copy(entry["label"], dest / "masks")
+        return dest
+    entries = sorted(data.msd_datalist(data_root / "la"), key=lambda e: e["id"])[:count]
+    return data.write_msd_description(dest / "dataset.json", entries, name="LA subset").parent
+
+
+def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warmup: int, iterations: int,
+                profile: bool) -> dict:
+    """In this process: build ``bundle``'s trainer from its configs and time its iterations."""
+    import torch
+    from ignite.engine import Events
+    from monai.bundle import ConfigParser
+
+    configs, kind, _ = ROWS[bundle]
+    bundle_dir = ROOT / "bundles" / bundle
+    sys.path[:0] = [str(ROOT), str(bundle_dir)]  # the bundle's `scripts` package, as monai.bundle run does
+    work = Path(tempfile.mkdtemp(prefix=f"profile_{bundle}_"))
+    dataset = _subset(kind, data_root, work / "data", 12 if kind == "dermoscopy" else 6)
+    parser = ConfigParser()
+    parser.read_config([str(bundle_dir / "configs" / c) for c in ["train.json", "cpu.json", *configs]])
+    settings = {"dataset_dir": str(dataset), "num_labelled": 4 if kind == "dermoscopy" else 2, "num_val": 1,
+                "output_dir": str(work / "run"), "model_dir": str(work / "run"), "num_workers": 0,
+                "max_epochs": 1, "epoch_length": warmup + iterations, **overrides}
+    for key, value in settings.items():
+        parser[key] = value
+    trainer = parser.get_parsed_content("train#trainer")
+    torch.manual_seed(0)
+
+    stamps: dict[str, list[float]] = {"start": [], "end": [], "batch": []}
+    trainer.add_event_handler(Events.ITERATION_STARTED, lambda e: stamps["start"].append(time.perf_counter()))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: stamps["end"].append(time.perf_counter()))
+    batch_started: list[float] = []
+    trainer.add_event_handler(Events.GET_BATCH_STARTED, lambda e: batch_started.append(time.perf_counter()))
+    trainer.add_event_handler(Events.GET_BATCH_COMPLETED,
+                              lambda e: stamps["batch"].append(time.perf_counter() - batch_started[-1]))
+    table = ""
+    if profile:
+        from torch.profiler import ProfilerActivity, profile as torch_profile
+
+        profiler = torch_profile(activities=[ProfilerActivity.CPU])
+
+        def start(engine) -> None:
+            if engine.state.iteration == warmup + 1:
+                profiler.__enter__()
+
+        def stop(engine) -> None:
+            nonlocal table
+            if engine.state.iteration == warmup + 1:
+                profiler.__exit__(None, None, None)
+                table = profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=12)
+
+        trainer.add_event_handler(Events.ITERATION_STARTED, start)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=warmup + iterations), lambda e: e.terminate())
+    trainer.run()
+    durations = [b - a for a, b in zip(stamps["start"], stamps["end"])][warmup:]
+    # the labelled batch of iteration k is fetched before ITERATION_STARTED of k: pair by position
+    waits = stamps["batch"][warmup:warmup + len(durations)]
+    seconds = sum(durations) / len(durations)
+    wait = sum(waits) / max(len(waits), 1)
+    return {"seconds": seconds + wait, "data_wait": wait, "iterations": len(durations), "profile": table}
+
+
+def _parse_compare(text: str) -> dict[str, object]:
+    """``"a#b=false c=3"`` -> ``{"a#b": False, "c": 3}`` (JSON values, else strings)."""
+    settings: dict[str, object] = {}
+    for pair in text.split():
+        key, _, value = pair.partition("=")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundles", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"), help="folder with dermoscopy/ph2 and la")
+    parser.add_argument("--threads", type=int, default=2, help="torch/OpenMP threads of every row")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--iterations", type=int, default=4, help="timed iterations per row")
+    parser.add_argument("--profile", action="store_true", help="print the top operators of one iteration")
+    parser.add_argument("--compare", action="append", default=[],
+                        help='extra setting for every row, timed beside the default (e.g. "network_def#channels_last=false")')
+    parser.add_argument("--row", default=None, help=argparse.SUPPRESS)  # internal: one row, JSON to stdout
+    args = parser.parse_args()
+
+    if args.row:
+        bundle, settings = json.loads(args.row)
+        result = time_bundle(bundle, settings, Path(args.data), args.warmup, args.iterations, args.profile)
+        print("PROFILE_ROW " + json.dumps(result))
+        return
+
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
+    lines = ["| bundle (CPU preset) | setting | s/iteration | waiting for data |", "|---|---|---:|---:|"]
+    profiles: list[str] = []
+    for bundle in args.bundles:
+        for setting in ["", *args.compare]:
+            settings = _parse_compare(setting)
+            command = [sys.executable, __file__, "--row", json.dumps([bundle, settings]), "--data", args.data,
+                       "--warmup", str(args.warmup), "--iterations", str(args.iterations)]
+            command += ["--profile"] if args.profile and not setting else []
+            done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
+            row = next((json.loads(line.split(" ", 1)[1]) for line in done.stdout.splitlines()
+                        if line.startswith("PROFILE_ROW ")), None)
+            if row is None:
+                if setting:  # a setting a bundle does not have: say so and go on
+                    lines.append(f"| {bundle} | {setting} | not applicable | |")
+                    continue
+                raise SystemExit(f"{bundle} failed:\n{done.stderr[-4000:]}")
+            label = setting or f"default: {ROWS[bundle][2]}"
+            lines.append(f"| {bundle} | {label} | {row['seconds']:.2f} | {100 * row['data_wait'] / row['seconds']:.0f}% |")
+            print(lines[-1], flush=True)
+            if row["profile"]:
+                profiles.append(f"\n### {bundle}: one iteration, top operators by self CPU time\n{row['profile']}")
+    print("\n" + "\n".join(lines))
+    print(f"\n{args.iterations} timed iterations per row after {args.warmup} warm-up, {args.threads} threads, "
+          f"train.json + cpu.json, real data subsets.")
+    print("".join(profiles))
+    print(f"command: python {shlex.join(sys.argv)}")
+
+
+if __name__ == "__main__":
+    main()
