@@ -102,3 +102,14 @@ def test_training_presets_merge_into_evaluation_and_inference(bundle):
             parser = ConfigParser()
             parser.read_config([str(bundle / "configs" / target), str(bundle / "configs" / preset)])
             assert "network_def" in parser, f"{bundle.name}: {target} + {preset}"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_inference_inverts_pred_in_place_before_saving(bundle):
+    """MONAI Label runs inference.json's postprocessing without its SaveImaged and uses `pred` as
+    left: the prediction must be inverted to the input grid in place, not only in what is saved."""
+    steps = json.loads((bundle / "configs" / "inference.json").read_text())["postprocessing"]["transforms"]
+    targets = [step["_target_"] for step in steps]
+    assert "Invertd" in targets and targets[-1] == "SaveImaged", f"{bundle.name}: {targets}"
+    invert = steps[targets.index("Invertd")]
+    assert invert["keys"] == "pred" and invert["orig_keys"] == "image"
