@@ -125,6 +125,10 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(tmp_pa
     run = tmp_path / "seed0" / "new"
     run.mkdir(parents=True)
     (run / "validation_metrics.json").write_text(json.dumps({"cases": _records([0.5])}))
+    (run / "model.pt").write_bytes(b"final weights")
+    no_model = tmp_path / "seed0" / "base"  # e.g. SFR's "SAM alone": scored, but no network to deploy
+    no_model.mkdir(parents=True)
+    (no_model / "validation_metrics.json").write_text(json.dumps({"cases": _records([0.4])}))
     commands: list[list[str]] = []
 
     def evaluate(command, **kwargs):
@@ -133,7 +137,7 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(tmp_pa
         (run / "test_predictions" / "test_metrics.json").write_text("{}")
 
     monkeypatch.setattr("subprocess.run", evaluate)
-    args = ["--train_dir", "pool", "--test_dir", "test_images", "--seeds", "0", "--variants", "new",
+    args = ["--train_dir", "pool", "--test_dir", "test_images", "--seeds", "0", "--variants", "base", "new",
             "--out", str(tmp_path), "--save_predictions"]
     main(SPEC, args)
     main(SPEC, args)  # the masks exist: not written again

@@ -206,7 +206,9 @@ def run_experiment(
             results[name][seed] = json.loads(metrics_file.read_text())["cases"]
             if not keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
-            if save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
+            if save_predictions and not (run_dir / "model.pt").is_file():
+                print(f"(no model.pt in {run_dir}: a variant without a deployed network writes no masks)", flush=True)
+            elif save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
                 command = predictions_command(spec, run_dir, run_args[run_args.index("--val_dataset_dir") + 1], preset)
                 print(f"(test-set masks)\n{shlex.join(command)}", flush=True)
                 subprocess.run(command, check=True, cwd=ROOT)
