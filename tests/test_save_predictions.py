@@ -37,6 +37,7 @@ def test_isic_prediction_comes_back_at_full_size_with_the_challenge_naming(isic_
     name = Path(entry["image"]).name.rsplit(".", 1)[0]
     written = tmp_path / f"{name}_segmentation.png"
     assert [p.name for p in tmp_path.iterdir()] == [written.name]
+    assert saver.output_path(entry["image"]) == written  # the path callers record (e.g. pseudo-label lists)
     mask = np.asarray(Image.open(written))
     truth = np.asarray(Image.open(entry["label"]))
     assert mask.shape == truth.shape[:2] and mask.dtype == np.uint8

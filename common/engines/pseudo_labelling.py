@@ -20,10 +20,11 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from monai.data import MetaTensor, list_data_collate
-from monai.transforms import Compose, Invertd, SaveImage
+from monai.transforms import Compose
+
+from common.transforms.save_predictions import SavePredictiond
 
 from .pseudo_label import PSEUDO_LABEL_KEY
 
@@ -100,9 +101,7 @@ def write_pseudo_labels(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = _read_manifest(out, fingerprint)
-    saver = SaveImage(output_dir=str(out), output_postfix="pseudo", output_ext=".nii.gz", output_dtype=np.uint8,
-                      separate_folder=False, resample=False, print_log=False)
-    invert = Invertd(keys="pred", transform=transform, orig_keys="image", nearest_interp=True, to_tensor=True)
+    saver = SavePredictiond(transform, str(out), "nifti", output_postfix="pseudo")  # on each input's own grid
     records: list[dict[str, Any]] = []
     was_training = network.training
     network.eval()
@@ -123,14 +122,8 @@ def write_pseudo_labels(
             confidence = mean_max_probability(probabilities)
             pred = MetaTensor(probabilities.argmax(dim=0, keepdim=True).to(torch.uint8),
                               meta=item["image"].meta, applied_operations=item["image"].applied_operations)
-            restored = invert({"image": item["image"], "pred": pred})["pred"]
-            saver(restored)
-            stem = Path(restored.meta["filename_or_obj"]).name
-            for suffix in (".nii.gz", ".nii", ".h5"):
-                if stem.endswith(suffix):
-                    stem = stem[: -len(suffix)]
-                    break
-            record = {"image": image_path, PSEUDO_LABEL_KEY: str(out / f"{stem}_pseudo.nii.gz"),
+            saver({"image": item["image"], "pred": pred})
+            record = {"image": image_path, PSEUDO_LABEL_KEY: str(saver.output_path(item["image"].meta["filename_or_obj"])),
                       "confidence": round(confidence, 6)}
             records.append(record)
             done[image_path] = record

@@ -12,9 +12,11 @@ can both score on the working grid and save on the original one.
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+from monai.data.utils import create_file_basename
 from monai.transforms import Compose, Invertd, MapTransform, SaveImaged
 
 __all__ = ["PREDICTION_FORMATS", "SavePredictiond"]
@@ -46,16 +48,24 @@ class SavePredictiond(MapTransform):
         if file_format not in PREDICTION_FORMATS:
             raise ValueError(f"file_format must be one of {sorted(PREDICTION_FORMATS)}, got {file_format!r}")
         self.output_dir = str(output_dir) if output_dir else ""
+        self.output_postfix = output_postfix
+        fmt = PREDICTION_FORMATS[file_format]
+        self.output_ext = fmt["output_ext"]
         if not self.output_dir:
             return
         if preprocessing is None:
             raise ValueError("SavePredictiond needs the preprocessing to invert when output_dir is set")
-        fmt = PREDICTION_FORMATS[file_format]
         self.invert = Invertd(keys=self.keys, transform=preprocessing, orig_keys=orig_key,
                               nearest_interp=True, to_tensor=True)
         self.save = SaveImaged(keys=self.keys, output_dir=self.output_dir, output_postfix=output_postfix,
                                output_ext=fmt["output_ext"], output_dtype=np.uint8, scale=fmt["scale"],
                                separate_folder=False, resample=False, print_log=False)
+
+    def output_path(self, source_file: str | Path) -> Path:
+        """Where the mask of the input file ``source_file`` is written (MONAI's naming, as used by the save)."""
+        base = create_file_basename(self.output_postfix, str(source_file), self.output_dir,
+                                    separate_folder=False, makedirs=False)
+        return Path(base + self.output_ext)
 
     def __call__(self, data: Mapping[Hashable, Any]) -> Mapping[Hashable, Any]:
         if not self.output_dir:
