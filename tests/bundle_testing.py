@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -89,21 +88,14 @@ def ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
     """A PH2-layout folder holding the first ``count`` real cases (copied to ``dest``, never committed)."""
     import common.data as data
 
-    (dest / "images").mkdir(parents=True)
-    (dest / "masks").mkdir()
-    for entry in data.ph2_datalist(ph2_root)[:count]:
-        shutil.copy(entry["image"], dest / "images")
-        shutil.copy(entry["label"], dest / "masks")
-    return dest
+    return data.ph2_subset(ph2_root, dest, count)
 
 
 def la_subset(la_root: Path, dest: Path, count: int) -> Path:
     """An MSD-layout folder (``dataset.json``) listing the first ``count`` real LA cases by id, in place."""
     import common.data as data
 
-    entries = sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[:count]
-    data.write_msd_description(dest / "dataset.json", entries, name="LA subset")
-    return dest
+    return data.msd_subset(la_root, dest, count, name="LA subset")
 
 
 def untrained_weights(name: str, path: Path, inference_config: Path | None = None, key: str | None = "model") -> Path:

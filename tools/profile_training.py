@@ -44,20 +44,11 @@ ROWS: dict[str, tuple[list[str], str, str]] = {
 
 def _subset(kind: str, data_root: Path, dest: Path, count: int) -> Path:
     """A small folder of real cases in the layout the bundle reads (PH2 folders or an MSD dataset.json)."""
-    sys.path.insert(0, str(ROOT))
     import common.data as data
 
     if kind == "dermoscopy":
-        import shutil
-
-        (dest / "images").mkdir(parents=True, exist_ok=True)
-        (dest / "masks").mkdir(exist_ok=True)
-        for entry in data.ph2_datalist(data_root / "dermoscopy" / "ph2")[:count]:
-            shutil.copy(entry["image"], dest / "images")
-            shutil.copy(entry["label"], dest / "masks")
-        return dest
-    entries = sorted(data.msd_datalist(data_root / "la"), key=lambda e: e["id"])[:count]
-    return data.write_msd_description(dest / "dataset.json", entries, name="LA subset").parent
+        return data.ph2_subset(data_root / "dermoscopy" / "ph2", dest, count)
+    return data.msd_subset(data_root / "la", dest, count, name="LA subset")
 
 
 def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warmup: int, iterations: int,

@@ -18,6 +18,8 @@ from .datalists import (
     ph2_datalist,
     uamt_h5_datalist,
     volume_datalist,
+    msd_subset,
+    ph2_subset,
     write_msd_description,
 )
 from .readers import UAMT_LA_SPACING, H5VolumeReader
@@ -52,4 +54,6 @@ __all__ = [
     "volume_transforms",
     "write_datalist",
     "write_msd_description",
+    "ph2_subset",
+    "msd_subset",
 ]

@@ -393,6 +393,28 @@ def write_msd_description(
     return path
 
 
+def ph2_subset(ph2_root: PathLike, dest: PathLike, count: int) -> Path:
+    """A PH2-layout folder (``images/``, ``masks/``) holding copies of the first ``count`` cases.
+
+    For tests and benchmarks that need a few real cases in the layout a bundle reads.
+    """
+    import shutil
+
+    dest = Path(dest)
+    (dest / "images").mkdir(parents=True, exist_ok=True)
+    (dest / "masks").mkdir(exist_ok=True)
+    for entry in ph2_datalist(ph2_root)[:count]:
+        shutil.copy(entry["image"], dest / "images")
+        shutil.copy(entry["label"], dest / "masks")
+    return dest
+
+
+def msd_subset(root_or_json: PathLike, dest: PathLike, count: int, name: str = "subset") -> Path:
+    """A folder whose ``dataset.json`` lists the first ``count`` cases by id of an MSD dataset, in place."""
+    entries = sorted(msd_datalist(root_or_json), key=lambda e: e["id"])[:count]
+    return write_msd_description(Path(dest) / "dataset.json", entries, name=name).parent
+
+
 # ------------------------------------------------------------------------------- volumes (auto)
 def volume_datalist(root: PathLike, **kwargs: Any) -> list[dict[str, str]]:
     """MSD (``dataset.json``) or UA-MT h5 layout, whichever ``root`` has (MSD first).
