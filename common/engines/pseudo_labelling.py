@@ -28,7 +28,8 @@ from common.transforms.save_predictions import SavePredictiond
 
 from .pseudo_label import PSEUDO_LABEL_KEY
 
-__all__ = ["mean_max_probability", "route_by_confidence", "write_pseudo_labels"]
+__all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence", "write_predicted_labels",
+           "write_pseudo_labels"]
 
 MANIFEST = "manifest.json"
 
@@ -74,6 +75,22 @@ def _write_manifest(out_dir: Path, fingerprint: str, records: Sequence[Mapping[s
     os.replace(partial, path)
 
 
+#: ``(1, C, *spatial)`` preprocessed image -> ``(K, *spatial)`` class probabilities of one case.
+CasePredictor = Callable[[torch.Tensor], torch.Tensor]
+
+
+def network_predictor(network: torch.nn.Module, inferer: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor],
+                      device: torch.device | str = "cpu") -> CasePredictor:
+    """Softmax of ``inferer(image, network)``: the :data:`CasePredictor` of a segmentation network."""
+
+    def predict(image: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            logits = inferer(image.to(device), network)
+        return torch.softmax(logits.float(), dim=1)[0].cpu()
+
+    return predict
+
+
 def write_pseudo_labels(
     network: torch.nn.Module,
     entries: Sequence[Mapping[str, Any]],
@@ -84,10 +101,10 @@ def write_pseudo_labels(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Predict, write and describe the pseudo-label of every entry; return one record per entry.
+    """Predict with a network, write and describe the pseudo-label of every entry.
 
     Args:
-        network: maps ``(1, 1, *spatial)`` to class logits (run through ``inferer``).
+        network: maps ``(1, 1, *spatial)`` to class logits (run through ``inferer``, in eval mode).
         entries: datalist entries with an ``image`` path.
         transform: the ``infer`` preprocessing (invertible: its inverse puts the mask on the input grid).
         inferer: e.g. ``SlidingWindowInferer(roi_size=patch)``.
@@ -98,38 +115,51 @@ def write_pseudo_labels(
         ``{"image", "pseudo_label", "confidence"}`` per entry, in the entries' order: the
         ``pseudo_labelled`` datalist of the re-training and SFR+'s routing input.
     """
+    was_training = network.training
+    network.eval()
+    try:
+        return write_predicted_labels(network_predictor(network, inferer, device), entries, transform, out_dir,
+                                      fingerprint, progress)
+    finally:
+        network.train(was_training)
+
+
+def write_predicted_labels(
+    predict: CasePredictor,
+    entries: Sequence[Mapping[str, Any]],
+    transform: Compose,
+    out_dir: str | Path,
+    fingerprint: str,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """:func:`write_pseudo_labels` for any predictor of class probabilities (a network, a fold
+    ensemble, a training-free few-shot teacher): argmax on each input's own grid, confidence,
+    manifest, resume case by case."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     done = _read_manifest(out, fingerprint)
     saver = SavePredictiond(transform, str(out), "nifti", output_postfix="pseudo")  # on each input's own grid
     records: list[dict[str, Any]] = []
-    was_training = network.training
-    network.eval()
     todo = [e for e in entries if str(e["image"]) not in done]
     if progress and todo:
         print(f"pseudo-labelling {len(todo)} unlabelled volumes ({len(entries) - len(todo)} already in {out})", flush=True)
-    try:
-        for index, entry in enumerate(entries):
-            image_path = str(entry["image"])
-            if image_path in done:
-                records.append(done[image_path])
-                continue
-            item = transform({"image": image_path})
-            batch = list_data_collate([item])
-            with torch.inference_mode():
-                logits = inferer(batch["image"].to(device), network)
-            probabilities = torch.softmax(logits.float(), dim=1)[0].cpu()
-            confidence = mean_max_probability(probabilities)
-            pred = MetaTensor(probabilities.argmax(dim=0, keepdim=True).to(torch.uint8),
-                              meta=item["image"].meta, applied_operations=item["image"].applied_operations)
-            saver({"image": item["image"], "pred": pred})
-            record = {"image": image_path, PSEUDO_LABEL_KEY: str(saver.output_path(item["image"].meta["filename_or_obj"])),
-                      "confidence": round(confidence, 6)}
-            records.append(record)
-            done[image_path] = record
-            _write_manifest(out, fingerprint, list(done.values()))
-            if progress:
-                print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}", flush=True)
-    finally:
-        network.train(was_training)
+    for index, entry in enumerate(entries):
+        image_path = str(entry["image"])
+        if image_path in done:
+            records.append(done[image_path])
+            continue
+        item = transform({"image": image_path})
+        batch = list_data_collate([item])
+        probabilities = predict(batch["image"])
+        confidence = mean_max_probability(probabilities)
+        pred = MetaTensor(probabilities.argmax(dim=0, keepdim=True).to(torch.uint8),
+                          meta=item["image"].meta, applied_operations=item["image"].applied_operations)
+        saver({"image": item["image"], "pred": pred})
+        record = {"image": image_path, PSEUDO_LABEL_KEY: str(saver.output_path(item["image"].meta["filename_or_obj"])),
+                  "confidence": round(confidence, 6)}
+        records.append(record)
+        done[image_path] = record
+        _write_manifest(out, fingerprint, list(done.values()))
+        if progress:
+            print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}", flush=True)
     return records

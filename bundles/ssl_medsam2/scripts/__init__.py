@@ -1,0 +1,12 @@
+"""Bundle-local code of the SSL-MedSAM2 bundle (imported by MONAI as the top-level package ``scripts``).
+
+``scripts.tffs`` is the training-free few-shot branch (labelled volumes inserted into unlabelled
+ones as video frames, paper Algorithm 2); ``scripts.fsl`` the iterative K-fold re-training with
+its fold ensemble. What other bundles share lives in ``common``: the propagators
+(``common.teachers.propagation``), the pseudo-label writer (``common.engines.pseudo_labelling``)
+and the K-fold split (``common.data.kfold_splits``).
+"""
+
+from pathlib import Path
+
+BUNDLE_ROOT = str(Path(__file__).resolve().parents[1])

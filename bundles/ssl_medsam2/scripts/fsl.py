@@ -1,0 +1,189 @@
+"""FSL: iterative K-fold re-training on labelled + pseudo-labelled volumes (SSL-MedSAM2, Algorithm 1).
+
+Round ``r`` (``<work_dir>/round<r>/``) splits the unlabelled cases into ``K`` folds
+(:func:`common.data.kfold_splits`, seeded). Fold ``k`` trains a fresh network on the labelled
+cases plus the other folds' unlabelled cases with their current pseudo-labels, and re-predicts
+its held-out fold; the K held-out predictions become the next round's pseudo-labels (so no case
+is ever re-labelled by a network that saw its own pseudo-label). After the last round the K
+fold networks are kept as one :class:`~common.networks.planned_unet.FoldEnsemble`, which
+averages their probabilities at inference (nnU-Net's fold ensemble).
+
+Everything is written once and reused: a finished fold (``fold<k>/model.pt``) is not trained
+again, an interrupted one resumes from its last checkpoint, and held-out predictions are cached
+under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.handlers import LrScheduleHandler
+from monai.inferers import SlidingWindowInferer
+from torch import nn
+
+from common.data import kfold_splits, volume_transforms
+from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
+from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
+from common.engines.progress import TrainingProgressBar
+from common.engines.pseudo_labelling import write_pseudo_labels
+from common.losses import dice_ce_loss
+from common.networks.planned_unet import FoldEnsemble
+from common.teachers.checkpoints import file_sha256
+
+__all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
+
+MODEL_FILE = "model.pt"
+
+
+class FoldTrainingSettings(dict):
+    """One fold's supervised training (a dict, so configs write it as one JSON object).
+
+    Keys: ``num_iterations``, ``batch_size``, ``learning_rate``, ``momentum``, ``weight_decay``,
+    ``checkpoint_interval``, ``sw_batch_size``, ``sw_overlap``. nnU-Net's optimiser: SGD with
+    Nesterov momentum 0.99, lr 0.01 with the poly decay (1 - t/T)^0.9, Dice + CE.
+    """
+
+    DEFAULTS: Mapping[str, Any] = {
+        "num_iterations": 250_000, "batch_size": 2, "learning_rate": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
+        "checkpoint_interval": 250, "sw_batch_size": 1, "sw_overlap": 0.5,
+    }
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        values = {k: v for k, v in dict(values or {}).items() if k != "_comment"}
+        unknown = sorted(set(values) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown fold training settings {unknown}; known: {sorted(self.DEFAULTS)}")
+        super().__init__({**self.DEFAULTS, **values})
+
+
+def train_network(build_network: Callable[[], nn.Module], training_set: Sequence[Mapping[str, Any]], out_dir: Path,
+                  patch_size: Sequence[int], target_spacing: float | None, settings: Mapping[str, Any] | None = None,
+                  seed: int = 0, device: torch.device | str = "cpu") -> Path:
+    """Supervised training of a fresh network on ``training_set`` (image + label); ``out_dir/model.pt``.
+
+    nnU-Net's recipe (:class:`FoldTrainingSettings`) on random patches. Returns at once if the
+    model file exists; resumes from ``out_dir/checkpoints`` after a kill.
+    """
+    out_dir = Path(out_dir)
+    model_file = out_dir / MODEL_FILE
+    if model_file.exists():
+        return model_file
+    if not training_set:
+        raise ValueError(f"nothing to train {out_dir} on: the training set is empty")
+    s = FoldTrainingSettings(settings)
+    device = torch.device(device)
+    network = build_network().to(device)
+    iterations = int(s["num_iterations"])
+    optimizer = torch.optim.SGD(network.parameters(), lr=float(s["learning_rate"]), momentum=float(s["momentum"]),
+                                nesterov=True, weight_decay=float(s["weight_decay"]))
+    scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iterations, power=0.9)
+    dataset = CacheDataset(list(training_set), volume_transforms("labelled", patch_size, target_spacing),
+                           cache_rate=1.0, num_workers=0, progress=False)
+    generator = torch.Generator().manual_seed(int(seed))
+    loader = DataLoader(dataset, batch_size=int(s["batch_size"]), shuffle=True, num_workers=0, generator=generator)
+    epoch_length = max(1, min(iterations, 50))
+    trainer = SemiSupervisedTrainer(
+        device=device, max_epochs=max(1, -(-iterations // epoch_length)), epoch_length=epoch_length,
+        train_data_loader=loader, network=network, optimizer=optimizer,
+        loss_function=dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0),
+        train_handlers=[
+            TrainingCheckpointer(out_dir / "checkpoints", network, optimizer, lr_scheduler=scheduler,
+                                 save_interval=int(s["checkpoint_interval"])),
+            LrScheduleHandler(scheduler, epoch_level=False, print_lr=False),
+            TrainingProgressBar(keys=("loss",)),
+        ],
+    )
+    print(f"training {out_dir.parent.name}/{out_dir.name} on {len(training_set)} volumes, {iterations} iterations "
+          f"-> {model_file}", flush=True)
+    trainer.run()
+    AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
+    return model_file
+
+
+class FoldRetraining:
+    """Algorithm 1's refinement loop over ``rounds`` x ``num_folds`` trainings.
+
+    Args:
+        build_network: ``() -> nn.Module`` a fresh network (the planned DynUNet) per fold.
+        labelled: entries with ``image`` and ``label``.
+        pseudo_labelled: the unlabelled entries with their initial (TFFS) ``pseudo_label``; only
+            ``image`` and ``pseudo_label`` are read.
+        work_dir: folder of the rounds.
+        patch_size, target_spacing: training patches and voxel size.
+        training: :class:`FoldTrainingSettings` values.
+        num_folds, rounds: K (paper: 5) and the number of refinement rounds (paper: 3 for GED4).
+        seed: seed of the fold assignment and the data order.
+    """
+
+    def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
+                 pseudo_labelled: Sequence[Mapping[str, Any]], work_dir: str | Path, patch_size: Sequence[int],
+                 target_spacing: float | None, training: Mapping[str, Any] | None = None, num_folds: int = 5,
+                 rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu") -> None:
+        if rounds < 1:
+            raise ValueError(f"rounds must be >= 1, got {rounds}")
+        if not pseudo_labelled:
+            raise ValueError("FSL re-trains on pseudo-labelled cases: the unlabelled list is empty")
+        if not 2 <= num_folds <= len(pseudo_labelled):
+            raise ValueError(f"num_folds must be between 2 and the number of unlabelled cases "
+                             f"({len(pseudo_labelled)}), got {num_folds}")
+        missing = [e["image"] for e in pseudo_labelled if "pseudo_label" not in e]
+        if missing:
+            raise ValueError(f"unlabelled cases without a pseudo_label (run TFFS first): {missing[:3]}")
+        self.build_network = build_network
+        self.labelled = [{"image": str(e["image"]), "label": str(e["label"])} for e in labelled]
+        self.initial = {str(e["image"]): str(e["pseudo_label"]) for e in pseudo_labelled}
+        self.root = Path(work_dir)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.target_spacing = target_spacing
+        self.settings = FoldTrainingSettings(training)
+        self.num_folds = int(num_folds)
+        self.rounds = int(rounds)
+        self.seed = int(seed)
+        self.device = torch.device(device)
+
+    # ------------------------------------------------------------------ one fold
+    def train_fold(self, training_set: Sequence[Mapping[str, Any]], fold_dir: Path) -> Path:
+        """Train a fresh network on ``training_set``; return its ``model.pt`` (cached)."""
+        return train_network(self.build_network, training_set, fold_dir, self.patch_size, self.target_spacing,
+                             self.settings, self.seed, self.device)
+
+    def load(self, model_file: Path) -> nn.Module:
+        return load_network_weights(self.build_network(), model_file).to(self.device).eval()
+
+    def inferer(self) -> SlidingWindowInferer:
+        return SlidingWindowInferer(roi_size=self.patch_size, sw_batch_size=int(self.settings["sw_batch_size"]),
+                                    overlap=float(self.settings["sw_overlap"]), mode="gaussian")
+
+    # ------------------------------------------------------------------ all rounds
+    def run(self) -> list[Path]:
+        """Every round; the last round's K fold model files."""
+        pseudo = dict(self.initial)
+        unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
+        models: list[Path] = []
+        for r in range(self.rounds):
+            round_dir = self.root / f"round{r}"
+            folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
+            models, updated = [], {}
+            for k, fold in enumerate(folds):
+                training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
+                model_file = self.train_fold(training_set, round_dir / f"fold{k}")
+                models.append(model_file)
+                held_out = [{"image": e["image"]} for e in fold["val"]]
+                records = write_pseudo_labels(self.load(model_file), held_out,
+                                              volume_transforms("infer", target_spacing=self.target_spacing),
+                                              self.inferer(), round_dir / f"fold{k}" / "held_out_pseudo_labels",
+                                              fingerprint=f"{file_sha256(model_file)[:16]}|fold{k}", device=self.device)
+                updated.update({rec["image"]: rec["pseudo_label"] for rec in records})
+            pseudo = updated
+            print(f"round {r}: {len(models)} fold models, {len(pseudo)} pseudo-labels refreshed", flush=True)
+        return models
+
+    def ensemble(self, models: Sequence[Path] | None = None) -> FoldEnsemble:
+        """The fold ensemble of the last round (running every round not run yet)."""
+        files = list(models) if models is not None else self.run()
+        return FoldEnsemble([self.load(f) for f in files]).eval()
+

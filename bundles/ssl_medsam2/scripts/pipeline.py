@@ -1,0 +1,109 @@
+"""The whole SSL-MedSAM2 training (Algorithm 1), as the bundle's ``training`` runs it.
+
+1. **TFFS** (``<output_dir>/tffs``): the frozen propagator pseudo-labels every unlabelled volume
+   from the labelled ones (:mod:`scripts.tffs`), once; cached case by case.
+2. **FSL** (``<output_dir>/fsl``): ``rounds`` of K-fold re-training (:mod:`scripts.fsl`), each
+   round re-predicting every unlabelled case with the fold model that held it out.
+3. The last round's K networks are saved together as one
+   :class:`~common.networks.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
+   model, which averages the folds' probabilities.
+
+``method="suponly"`` is the baseline with the same network and schedule: one network on the
+labelled cases alone (an "ensemble" of one).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
+from common.networks.planned_unet import FoldEnsemble
+
+from .fsl import FoldRetraining, train_network
+from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
+
+__all__ = ["METHODS", "SSLMedSAM2", "ensemble_size"]
+
+METHODS = ("ssl_medsam2", "suponly")
+
+
+def ensemble_size(method: str, num_folds: int) -> int:
+    """Networks in the deployed model: K folds, or 1 for SupOnly."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    return 1 if method == "suponly" else int(num_folds)
+
+
+class SSLMedSAM2:
+    """TFFS, then FSL rounds, then the fold ensemble in ``model_file``.
+
+    Args:
+        datalist: ``{"labelled": [...], "unlabelled": [...]}`` (``prepare_split``); only the
+            ``image`` of unlabelled entries is read.
+        output_dir: run folder (``tffs/``, ``fsl/``, ``suponly/``).
+        model_file: where the deployed ensemble's state dict goes.
+        build_network: ``() -> nn.Module`` one fold network (the planned DynUNet).
+        tffs: the training-free few-shot pseudo-labeller (unused by SupOnly).
+        tffs_fingerprint: identifies the propagator's weights and TFFS settings (cache key).
+        method: ``"ssl_medsam2"`` or ``"suponly"``.
+        num_folds, rounds, training: FSL's K, rounds and per-fold training settings.
+    """
+
+    def __init__(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
+                 model_file: str | Path, build_network: Callable[[], nn.Module], tffs: TrainingFreeFewShot | None,
+                 tffs_fingerprint: str, patch_size: Sequence[int], target_spacing: float | None,
+                 method: str = "ssl_medsam2", num_folds: int = 5, rounds: int = 3,
+                 training: Mapping[str, Any] | None = None, seed: int = 0,
+                 device: torch.device | str = "cpu") -> None:
+        ensemble_size(method, num_folds)  # validates the method
+        self.labelled = list(datalist["labelled"])
+        self.unlabelled = list(datalist.get("unlabelled", []))
+        if not self.labelled:
+            raise ValueError("SSL-MedSAM2 needs labelled volumes (num_labelled >= 1)")
+        if method != "suponly" and tffs is None:
+            raise ValueError("SSL-MedSAM2 needs a TFFS pseudo-labeller (tffs)")
+        self.root = Path(output_dir)
+        self.model_file = Path(model_file)
+        self.build_network = build_network
+        self.tffs = tffs
+        self.tffs_fingerprint = tffs_fingerprint
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.target_spacing = target_spacing
+        self.method = method
+        self.num_folds = int(num_folds)
+        self.rounds = int(rounds)
+        self.training = dict(training or {})
+        self.seed = int(seed)
+        self.device = torch.device(device)
+
+    def pseudo_labels(self) -> list[dict[str, Any]]:
+        """Stage 1: TFFS pseudo-labels of every unlabelled case (cached)."""
+        return write_tffs_pseudo_labels(self.tffs, self.labelled, self.unlabelled, self.root / "tffs",
+                                        self.tffs_fingerprint, self.target_spacing)
+
+    def fold_models(self) -> list[Path]:
+        """Stages 1-2; the files of the networks that make up the deployed model."""
+        if self.method == "suponly":
+            return [train_network(self.build_network, self.labelled, self.root / "suponly", self.patch_size,
+                                  self.target_spacing, self.training, self.seed, self.device)]
+        if not self.unlabelled:
+            raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty "
+                             "(lower num_labelled, or train the SupOnly baseline)")
+        retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
+                                    self.patch_size, self.target_spacing, self.training, self.num_folds,
+                                    self.rounds, self.seed, self.device)
+        return retraining.run()
+
+    def run(self) -> Path:
+        """Train everything not trained yet and write the deployed ensemble to ``model_file``."""
+        files = self.fold_models()
+        ensemble = FoldEnsemble([load_network_weights(self.build_network(), f) for f in files])
+        AtomicDiskSaver(self.model_file.parent, filename=self.model_file.name)(ensemble.state_dict(),
+                                                                              self.model_file.name)
+        print(f"deployed {self.method} model ({len(files)} network(s)) -> {self.model_file}", flush=True)
+        return self.model_file

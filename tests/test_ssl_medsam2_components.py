@@ -1,0 +1,258 @@
+"""SSL-MedSAM2 parts: frame insertion, TFFS averaging and prompts, the two propagators."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
+from common.teachers import build_teacher
+from common.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator
+
+use_bundle("ssl_medsam2")
+from scripts import tffs  # noqa: E402  (the bundle's own scripts package, made importable above)
+
+_bundle_scripts = bundle_fixture("ssl_medsam2")
+
+
+# ---------------------------------------------------------------------------- insertion
+def test_insertion_positions_lie_strictly_between_unlabelled_frames_and_follow_the_seed():
+    positions = tffs.insertion_positions(10, 9, torch.Generator().manual_seed(3))
+    assert sorted(positions) == list(range(1, 10))  # all 9 gaps, each once
+    again = tffs.insertion_positions(10, 4, torch.Generator().manual_seed(3))
+    assert again == tffs.insertion_positions(10, 4, torch.Generator().manual_seed(3))
+    assert len(tffs.insertion_positions(3, 5, torch.Generator().manual_seed(0))) == 5  # with replacement
+    with pytest.raises(ValueError, match="at least 2 slices"):
+        tffs.insertion_positions(1, 1)
+    with pytest.raises(ValueError, match="repeats"):
+        tffs.insertion_positions(5, 0)
+
+
+def test_inserted_frames_sit_at_the_position_and_come_back_out_exactly():
+    unlabelled = torch.arange(7.0).view(7, 1, 1, 1).expand(7, 1, 4, 4)
+    labelled = 100 + torch.arange(3.0).view(3, 1, 1, 1).expand(3, 1, 4, 4)
+    combined = tffs.insert_frames(unlabelled, labelled, 2)
+    assert combined[:, 0, 0, 0].tolist() == [0, 1, 100, 101, 102, 2, 3, 4, 5, 6]
+    assert torch.equal(tffs.remove_inserted(combined, 2, 3), unlabelled)
+    with pytest.raises(ValueError, match="share"):
+        tffs.insert_frames(unlabelled, labelled[:, :, :2], 2)
+
+
+class _SpyPropagator:
+    """Records what TFFS hands the model; returns a different constant for every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[torch.Tensor, dict[int, torch.Tensor]]] = []
+
+    def propagate(self, frames, mask_prompts):
+        self.calls.append((frames.clone(), dict(mask_prompts)))
+        return torch.full((frames.shape[0], *frames.shape[-2:]), 0.1 * len(self.calls))
+
+
+def _volume(depth: int, value_offset: float = 0.0, size: int = 20) -> torch.Tensor:
+    return torch.rand(1, size, size, depth, generator=torch.Generator().manual_seed(depth)) + value_offset
+
+
+def test_tffs_prompts_only_the_labelled_frames_and_averages_over_r_times_m_runs():
+    spy = _SpyPropagator()
+    method = tffs.TrainingFreeFewShot(spy, repeats=3, frame_size=16)
+    unlabelled = _volume(9)
+    support = [(_volume(4, 5.0, size=24), torch.ones(1, 24, 24, 4)), (_volume(6, 7.0), torch.zeros(1, 20, 20, 6))]
+    probability = method.probability(unlabelled, support, torch.Generator().manual_seed(0))
+
+    assert len(spy.calls) == 3 * 2  # R x M
+    unlabelled_frames = method.frames(unlabelled)
+    for frames, prompts in spy.calls:
+        inserted = frames.shape[0] - 9
+        indices = sorted(prompts)
+        position = indices[0]
+        assert indices == list(range(position, position + inserted)), "prompts exactly on the inserted block"
+        assert 1 <= position <= 8
+        # the unlabelled frames reach the model unprompted and unchanged, in order
+        assert torch.equal(tffs.remove_inserted(frames, position, inserted), unlabelled_frames)
+    # the first support volume's masks are all ones, the second's all zeros: the prompts say so
+    assert all(bool(m.all()) for m in spy.calls[0][1].values())
+    assert not any(bool(m.any()) for m in spy.calls[3][1].values())
+    # the mean of the six constants, resized back to the volume's own slices
+    assert probability.shape == (20, 20, 9)
+    assert torch.allclose(probability, torch.full_like(probability, 0.1 * sum(range(1, 7)) / 6), atol=1e-6)
+
+
+def test_tffs_writes_pseudo_labels_without_reading_unlabelled_ground_truth(tmp_path):
+    affine = np.diag([1.25, 1.25, 2.0, 1.0])
+    for name, depth in (("lab", 6), ("unl", 8)):
+        image = np.random.default_rng(depth).random((20, 20, depth)).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, affine), str(tmp_path / f"{name}.nii.gz"))
+    nib.save(nib.Nifti1Image(np.ones((20, 20, 6), np.uint8), affine), str(tmp_path / "lab_gt.nii.gz"))
+
+    class _Half:
+        def propagate(self, frames, mask_prompts):
+            return torch.full((frames.shape[0], *frames.shape[-2:]), 0.75)
+
+    method = tffs.TrainingFreeFewShot(_Half(), repeats=2, frame_size=16)
+    poisoned = {"image": str(tmp_path / "unl.nii.gz"), "label": str(tmp_path / "does_not_exist.nii.gz")}
+    records = tffs.write_tffs_pseudo_labels(method, [{"image": str(tmp_path / "lab.nii.gz"),
+                                                      "label": str(tmp_path / "lab_gt.nii.gz")}],
+                                            [poisoned], tmp_path / "out", fingerprint="f")
+    written = nib.load(records[0]["pseudo_label"])
+    assert written.shape == (20, 20, 8) and np.allclose(written.affine, affine)
+    assert np.asarray(written.dataobj).min() == 1  # 0.75 everywhere -> foreground everywhere
+    assert records[0]["confidence"] == pytest.approx(0.75)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["fingerprint"] == "f" and len(manifest["cases"]) == 1
+
+
+# ---------------------------------------------------------------------------- propagators
+@pytest.fixture(scope="module")
+def litemedsam():
+    return build_teacher("litemedsam", cache={"max_bytes": 1 << 28})
+
+
+def _moving_disc(frames: int = 12, present: range = range(0, 8), size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
+    """A bright disc drifting right over a dark noisy background, absent after ``present``."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, masks = [], []
+    noise = torch.Generator().manual_seed(0)
+    for t in range(frames):
+        disc = ((yy - 48) ** 2 + (xx - 30 - 3 * t) ** 2 <= 14 ** 2) & (t in present)
+        images.append(0.1 * torch.rand(size, size, generator=noise) + 0.8 * disc)
+        masks.append(disc)
+    return torch.stack(images)[:, None], torch.stack(masks).float()
+
+
+def test_box_chain_follows_an_object_frame_to_frame_and_stops_where_it_vanishes(litemedsam):
+    frames, masks = _moving_disc()
+    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {0: masks[0]})
+    assert probabilities.shape == (12, 96, 96)
+    predicted = probabilities > 0.5
+    for t in range(1, 8):
+        dice = 2 * (predicted[t] & (masks[t] > 0)).sum() / (predicted[t].sum() + masks[t].sum())
+        assert dice > 0.8, f"frame {t}: Dice {float(dice):.2f}"
+    assert not predicted[8:].any(), "the chain must stop once the disc is gone"
+    hits = litemedsam.embedding_cache.hits
+    BoxChainPropagator(litemedsam).propagate(frames, {0: masks[0]})
+    assert litemedsam.embedding_cache.hits > hits, "a second run reuses the cached frame embeddings"
+
+
+def test_box_chain_runs_both_ways_and_an_empty_prompt_does_not_stop_it(litemedsam):
+    frames, masks = _moving_disc(frames=10, present=range(0, 10))
+    empty = torch.zeros_like(masks[0])
+    # prompts on 4..6, the last one empty (as a labelled volume's edge slice): frames 0-3 and 7-9 are reached
+    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {4: masks[4], 5: masks[5], 6: empty})
+    predicted = probabilities > 0.5
+    assert predicted[[0, 1, 2, 3, 7, 8, 9]].flatten(1).any(1).all()
+    assert not predicted[6].any(), "a prompted frame keeps its prompt"
+    with pytest.raises(ValueError, match="outside"):
+        BoxChainPropagator(litemedsam).propagate(frames, {10: masks[0]})
+    with pytest.raises(ValueError, match="at least one"):
+        BoxChainPropagator(litemedsam).propagate(frames, {})
+
+
+def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combined_stack():
+    sam2 = build_teacher("sam2.1_hiera_t", random_init=True, image_size=256)
+    method = tffs.TrainingFreeFewShot(VideoMemoryPropagator(sam2), repeats=1, frame_size=64)
+    unlabelled = torch.rand(1, 40, 40, 5, generator=torch.Generator().manual_seed(0))
+    label = torch.zeros(1, 40, 40, 3)
+    label[:, 10:30, 10:30] = 1
+    probability = method.probability(unlabelled, [(torch.rand(1, 40, 40, 3), label)], torch.Generator().manual_seed(0))
+    assert probability.shape == (40, 40, 5)
+    assert torch.isfinite(probability).all() and probability.min() >= 0 and probability.max() <= 1
+    with pytest.raises(ValueError, match="no video memory"):
+        VideoMemoryPropagator(build_teacher("litemedsam"))
+
+
+# ---------------------------------------------------------------------------- FSL re-training
+from common.networks.planned_unet import FoldEnsemble, plan_dynunet  # noqa: E402
+
+fsl = __import__("scripts.fsl", fromlist=["fsl"])
+
+
+def test_planning_follows_nnunet_rules_for_isotropic_and_anisotropic_spacing():
+    iso = plan_dynunet((64, 64, 48), (1.25, 1.25, 1.25))
+    assert iso.strides[0] == (1, 1, 1) and iso.strides[-1] == (2, 2, 1)  # 48 stops at 6 voxels, 64 goes on
+    assert all(k == (3, 3, 3) for k in iso.kernel_size)
+    aniso = plan_dynunet((160, 160, 32), (0.7, 0.7, 3.0))
+    assert aniso.strides[1] == (2, 2, 1) and aniso.kernel_size[0] == (3, 3, 1), "thick slices: pool in-plane first"
+    assert (3, 3, 3) in aniso.kernel_size[2:], "once the spacing evens out, 3D kernels"
+    network = iso.build(filters=[4, 8, 16, 32, 64])
+    assert network(torch.zeros(1, 1, 64, 64, 48)).shape == (1, 2, 64, 64, 48)
+    with pytest.raises(ValueError, match="cannot be halved"):
+        plan_dynunet((60, 64, 48), (1.0, 1.0, 1.0))
+
+
+class _Constant(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.register_buffer("logits", torch.tensor(logits))
+
+    def forward(self, x):
+        return self.logits.view(1, -1, 1, 1, 1).expand(x.shape[0], -1, *x.shape[2:])
+
+
+def test_fold_ensemble_averages_the_folds_probabilities():
+    ensemble = FoldEnsemble([_Constant([0.0, 2.0]), _Constant([1.0, -1.0])])
+    out = ensemble(torch.zeros(1, 1, 2, 2, 2))
+    expected = (torch.softmax(torch.tensor([0.0, 2.0]), 0) + torch.softmax(torch.tensor([1.0, -1.0]), 0)) / 2
+    assert torch.allclose(out.exp()[0, :, 0, 0, 0], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one"):
+        FoldEnsemble([])
+
+
+def _synthetic_cases(folder, count, prefix):
+    """Small volumes with a bright cube and its label; NIfTI with a 2 mm affine."""
+    cases = []
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for i in range(count):
+        rng = np.random.default_rng(i + 100 * len(prefix))
+        label = np.zeros((24, 24, 16), np.uint8)
+        label[6 + i % 4:16 + i % 4, 5:15, 4:12] = 1
+        image = (rng.normal(0, 0.3, label.shape) + 2.0 * label).astype(np.float32)
+        nib.save(nib.Nifti1Image(image, affine), str(folder / f"{prefix}{i}.nii.gz"))
+        nib.save(nib.Nifti1Image(label, affine), str(folder / f"{prefix}{i}_gt.nii.gz"))
+        cases.append({"image": str(folder / f"{prefix}{i}.nii.gz"), "label": str(folder / f"{prefix}{i}_gt.nii.gz")})
+    return cases
+
+
+def test_fsl_holds_each_unlabelled_case_out_once_per_round_and_resumes(tmp_path, monkeypatch):
+    labelled = _synthetic_cases(tmp_path, 2, "lab")
+    unlabelled = _synthetic_cases(tmp_path, 4, "unl")
+    # initial pseudo-labels: the true masks stand in for TFFS output; the 'label' key is dropped
+    pseudo = [{"image": c["image"], "pseudo_label": c["label"]} for c in unlabelled]
+    plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))
+    retraining = fsl.FoldRetraining(lambda: plan.build(filters=[4, 8, 16]), labelled, pseudo, tmp_path / "fsl",
+                                    patch_size=(16, 16, 16), target_spacing=None, num_folds=2, rounds=2,
+                                    training={"num_iterations": 2, "batch_size": 2, "checkpoint_interval": 1})
+    trained: list[tuple[str, list[str]]] = []
+    real_train = retraining.train_fold
+
+    def spy(training_set, fold_dir):
+        if not (fold_dir / "model.pt").exists():  # a call that will train
+            trained.append((f"{fold_dir.parent.name}/{fold_dir.name}", [e["label"] for e in training_set]))
+        return real_train(training_set, fold_dir)
+
+    monkeypatch.setattr(retraining, "train_fold", spy)
+    models = retraining.run()
+    assert [name for name, _ in trained] == ["round0/fold0", "round0/fold1", "round1/fold0", "round1/fold1"]
+    assert len(models) == 2 and all(m.exists() for m in models)
+    round0 = [case for k in (0, 1) for case in json.loads(
+        (tmp_path / "fsl" / "round0" / f"fold{k}" / "held_out_pseudo_labels" / "manifest.json").read_text())["cases"]]
+    assert sorted(r["image"] for r in round0) == sorted(c["image"] for c in unlabelled), "each case re-predicted once"
+    # round 1 trains on round 0's re-predictions, never on the initial pseudo-labels; labelled cases keep their labels
+    round0_files = {r["pseudo_label"] for r in round0}
+    for name, labels in trained[2:]:
+        assert set(labels[:2]) == {c["label"] for c in labelled}
+        assert set(labels[2:]) <= round0_files and len(labels[2:]) == 2
+    for name, labels in trained[:2]:  # a held-out fold's cases are not in its own training set
+        assert len(labels) == 4
+    ensemble = retraining.ensemble(models)
+    assert ensemble(torch.zeros(1, 1, 16, 16, 16)).shape == (1, 2, 16, 16, 16)
+
+    trained.clear()
+    assert retraining.run() == models and trained == [], "a finished run trains nothing again"
+    with pytest.raises(ValueError, match="pseudo_label"):
+        fsl.FoldRetraining(lambda: None, labelled, [{"image": "x"}, {"image": "y"}], tmp_path, (16, 16, 16), None,
+                           num_folds=2)
