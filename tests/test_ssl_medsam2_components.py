@@ -139,15 +139,16 @@ def test_box_chain_follows_an_object_frame_to_frame_and_stops_where_it_vanishes(
 
 
 def test_box_chain_runs_both_ways_and_an_empty_prompt_does_not_stop_it(litemedsam):
-    frames, masks = _moving_disc(frames=10, present=range(0, 10))
+    frames, masks = _moving_disc()  # the frames of the test above: their embeddings are cached
     empty = torch.zeros_like(masks[0])
-    # prompts on 4..6, the last one empty (as a labelled volume's edge slice): frames 0-3 and 7-9 are reached
-    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {4: masks[4], 5: masks[5], 6: empty})
+    # prompts on 3..5, the last one empty (as a labelled volume's edge slice): frames 0-2 and 6-7 are reached
+    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {3: masks[3], 4: masks[4], 5: empty})
     predicted = probabilities > 0.5
-    assert predicted[[0, 1, 2, 3, 7, 8, 9]].flatten(1).any(1).all()
-    assert not predicted[6].any(), "a prompted frame keeps its prompt"
+    assert predicted[[0, 1, 2, 6, 7]].flatten(1).any(1).all()
+    assert not predicted[5].any(), "a prompted frame keeps its prompt"
+    assert not predicted[9:].any()
     with pytest.raises(ValueError, match="outside"):
-        BoxChainPropagator(litemedsam).propagate(frames, {10: masks[0]})
+        BoxChainPropagator(litemedsam).propagate(frames, {12: masks[0]})
     with pytest.raises(ValueError, match="at least one"):
         BoxChainPropagator(litemedsam).propagate(frames, {})
 
@@ -256,3 +257,19 @@ def test_fsl_holds_each_unlabelled_case_out_once_per_round_and_resumes(tmp_path,
     with pytest.raises(ValueError, match="pseudo_label"):
         fsl.FoldRetraining(lambda: None, labelled, [{"image": "x"}, {"image": "y"}], tmp_path, (16, 16, 16), None,
                            num_folds=2)
+
+
+def test_suponly_deploys_one_network_trained_on_the_labelled_cases_alone(tmp_path):
+    pipeline = __import__("scripts.pipeline", fromlist=["pipeline"])
+    labelled = _synthetic_cases(tmp_path, 2, "lab")
+    plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))
+    run = pipeline.SSLMedSAM2({"labelled": labelled, "unlabelled": [{"image": "never_read.nii.gz"}]}, tmp_path / "run",
+                              tmp_path / "model.pt", lambda: plan.build(filters=[4, 8, 16]), None, "",
+                              (16, 16, 16), None, method="suponly", training={"num_iterations": 2, "batch_size": 2})
+    assert run.run().exists() and len(run.deployed.models) == 1
+    assert not (tmp_path / "run" / "tffs").exists() and not (tmp_path / "run" / "fsl").exists()
+    assert pipeline.ensemble_size("ssl_medsam2", 5) == 5
+    with pytest.raises(ValueError, match="method"):
+        pipeline.ensemble_size("mean_teacher", 5)
+    with pytest.raises(ValueError, match="TFFS"):
+        pipeline.SSLMedSAM2({"labelled": labelled}, tmp_path, tmp_path / "m.pt", lambda: None, None, "", (16,) * 3, None)

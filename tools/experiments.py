@@ -18,10 +18,12 @@ import sys
 import samkd_experiments
 import semisam_experiments
 import sfr_experiments
+import ssl_medsam2_experiments
 import uamt_experiments
 from experiment_runner import main
 
-EXPERIMENTS = {module.SPEC.bundle: module for module in (uamt_experiments, samkd_experiments, semisam_experiments, sfr_experiments)}
+EXPERIMENTS = {module.SPEC.bundle: module for module in (uamt_experiments, samkd_experiments, semisam_experiments, sfr_experiments,
+                                                     ssl_medsam2_experiments)}
 
 if __name__ == "__main__":
     if len(sys.argv) < 2 or sys.argv[1] not in EXPERIMENTS:

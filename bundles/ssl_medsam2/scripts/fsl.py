@@ -15,6 +15,8 @@ under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``).
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,19 @@ from common.teachers.checkpoints import file_sha256
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 
 MODEL_FILE = "model.pt"
+HELD_OUT = "held_out_pseudo_labels"
+DONE = "fold_done"
+
+
+def wait_for(files: Sequence[Path], poll_seconds: float = 10.0) -> None:
+    """Block until every file exists (written by other processes of a multi-process run)."""
+    announced = False
+    while not all(Path(f).exists() for f in files):
+        if not announced:
+            missing = [str(f) for f in files if not Path(f).exists()]
+            print(f"waiting for other processes to finish {len(missing)} fold(s): {missing[0]} ...", flush=True)
+            announced = True
+        time.sleep(poll_seconds)
 
 
 class FoldTrainingSettings(dict):
@@ -117,12 +132,18 @@ class FoldRetraining:
         training: :class:`FoldTrainingSettings` values.
         num_folds, rounds: K (paper: 5) and the number of refinement rounds (paper: 3 for GED4).
         seed: seed of the fold assignment and the data order.
+        rank, world_size: with several processes (``multi_gpu_train.json``), process ``rank`` trains
+            and re-predicts the folds ``k`` with ``k % world_size == rank`` (nnU-Net's "one fold per
+            GPU") and waits for the others' files before the next round.
     """
 
     def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
                  pseudo_labelled: Sequence[Mapping[str, Any]], work_dir: str | Path, patch_size: Sequence[int],
                  target_spacing: float | None, training: Mapping[str, Any] | None = None, num_folds: int = 5,
-                 rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu") -> None:
+                 rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
+                 world_size: int = 1) -> None:
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if rounds < 1:
             raise ValueError(f"rounds must be >= 1, got {rounds}")
         if not pseudo_labelled:
@@ -144,6 +165,7 @@ class FoldRetraining:
         self.rounds = int(rounds)
         self.seed = int(seed)
         self.device = torch.device(device)
+        self.rank, self.world_size = int(rank), int(world_size)
 
     # ------------------------------------------------------------------ one fold
     def train_fold(self, training_set: Sequence[Mapping[str, Any]], fold_dir: Path) -> Path:
@@ -167,18 +189,23 @@ class FoldRetraining:
         for r in range(self.rounds):
             round_dir = self.root / f"round{r}"
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            models, updated = [], {}
             for k, fold in enumerate(folds):
+                if k % self.world_size != self.rank:
+                    continue
                 training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
                 model_file = self.train_fold(training_set, round_dir / f"fold{k}")
-                models.append(model_file)
                 held_out = [{"image": e["image"]} for e in fold["val"]]
-                records = write_pseudo_labels(self.load(model_file), held_out,
-                                              volume_transforms("infer", target_spacing=self.target_spacing),
-                                              self.inferer(), round_dir / f"fold{k}" / "held_out_pseudo_labels",
-                                              fingerprint=f"{file_sha256(model_file)[:16]}|fold{k}", device=self.device)
-                updated.update({rec["image"]: rec["pseudo_label"] for rec in records})
-            pseudo = updated
+                write_pseudo_labels(self.load(model_file), held_out,
+                                    volume_transforms("infer", target_spacing=self.target_spacing), self.inferer(),
+                                    round_dir / f"fold{k}" / HELD_OUT, fingerprint=f"{file_sha256(model_file)[:16]}|fold{k}",
+                                    device=self.device)
+                (round_dir / f"fold{k}" / DONE).write_text("done\n")
+            wait_for([round_dir / f"fold{k}" / DONE for k in range(self.num_folds)])
+            models = [round_dir / f"fold{k}" / MODEL_FILE for k in range(self.num_folds)]
+            pseudo = {}
+            for k in range(self.num_folds):
+                manifest = json.loads((round_dir / f"fold{k}" / HELD_OUT / "manifest.json").read_text())
+                pseudo.update({rec["image"]: rec["pseudo_label"] for rec in manifest["cases"]})
             print(f"round {r}: {len(models)} fold models, {len(pseudo)} pseudo-labels refreshed", flush=True)
         return models
 

@@ -6,7 +6,9 @@
    round re-predicting every unlabelled case with the fold model that held it out.
 3. The last round's K networks are saved together as one
    :class:`~common.networks.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
-   model, which averages the folds' probabilities.
+   model, which averages the folds' probabilities. :attr:`SSLMedSAM2.deployed` is that ensemble
+   as a module from the start (untrained until :meth:`~SSLMedSAM2.run` loads the weights), so an
+   evaluation engine can be built before training without reading a file.
 
 ``method="suponly"`` is the baseline with the same network and schedule: one network on the
 labelled cases alone (an "ensemble" of one).
@@ -24,12 +26,13 @@ from torch import nn
 from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
 from common.networks.planned_unet import FoldEnsemble
 
-from .fsl import FoldRetraining, train_network
+from .fsl import FoldRetraining, train_network, wait_for
 from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
 
 __all__ = ["METHODS", "SSLMedSAM2", "ensemble_size"]
 
 METHODS = ("ssl_medsam2", "suponly")
+TFFS_DONE = "tffs_done"
 
 
 def ensemble_size(method: str, num_folds: int) -> int:
@@ -52,6 +55,9 @@ class SSLMedSAM2:
         tffs_fingerprint: identifies the propagator's weights and TFFS settings (cache key).
         method: ``"ssl_medsam2"`` or ``"suponly"``.
         num_folds, rounds, training: FSL's K, rounds and per-fold training settings.
+        rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
+            pseudo-labels and the deployed file, the folds are shared out (:class:`FoldRetraining`);
+            the processes coordinate through the files they write, no process group is needed.
     """
 
     def __init__(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
@@ -59,7 +65,7 @@ class SSLMedSAM2:
                  tffs_fingerprint: str, patch_size: Sequence[int], target_spacing: float | None,
                  method: str = "ssl_medsam2", num_folds: int = 5, rounds: int = 3,
                  training: Mapping[str, Any] | None = None, seed: int = 0,
-                 device: torch.device | str = "cpu") -> None:
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
         ensemble_size(method, num_folds)  # validates the method
         self.labelled = list(datalist["labelled"])
         self.unlabelled = list(datalist.get("unlabelled", []))
@@ -80,15 +86,25 @@ class SSLMedSAM2:
         self.training = dict(training or {})
         self.seed = int(seed)
         self.device = torch.device(device)
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.deployed = FoldEnsemble([build_network() for _ in range(ensemble_size(method, num_folds))])
 
     def pseudo_labels(self) -> list[dict[str, Any]]:
-        """Stage 1: TFFS pseudo-labels of every unlabelled case (cached)."""
-        return write_tffs_pseudo_labels(self.tffs, self.labelled, self.unlabelled, self.root / "tffs",
-                                        self.tffs_fingerprint, self.target_spacing)
+        """Stage 1: TFFS pseudo-labels of every unlabelled case (cached; process 0 writes them)."""
+        marker = self.root / "tffs" / TFFS_DONE
+        if self.rank != 0:
+            wait_for([marker])
+        records = write_tffs_pseudo_labels(self.tffs, self.labelled, self.unlabelled, self.root / "tffs",
+                                           self.tffs_fingerprint, self.target_spacing)
+        if self.rank == 0:
+            marker.write_text("done\n")
+        return records
 
     def fold_models(self) -> list[Path]:
         """Stages 1-2; the files of the networks that make up the deployed model."""
         if self.method == "suponly":
+            if self.rank != 0:
+                raise ValueError("SupOnly trains one network: run it as a single process")
             return [train_network(self.build_network, self.labelled, self.root / "suponly", self.patch_size,
                                   self.target_spacing, self.training, self.seed, self.device)]
         if not self.unlabelled:
@@ -96,14 +112,16 @@ class SSLMedSAM2:
                              "(lower num_labelled, or train the SupOnly baseline)")
         retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
                                     self.patch_size, self.target_spacing, self.training, self.num_folds,
-                                    self.rounds, self.seed, self.device)
+                                    self.rounds, self.seed, self.device, self.rank, self.world_size)
         return retraining.run()
 
     def run(self) -> Path:
         """Train everything not trained yet and write the deployed ensemble to ``model_file``."""
         files = self.fold_models()
         ensemble = FoldEnsemble([load_network_weights(self.build_network(), f) for f in files])
-        AtomicDiskSaver(self.model_file.parent, filename=self.model_file.name)(ensemble.state_dict(),
-                                                                              self.model_file.name)
+        if self.rank == 0:
+            AtomicDiskSaver(self.model_file.parent, filename=self.model_file.name)(ensemble.state_dict(),
+                                                                                  self.model_file.name)
+        self.deployed.load_state_dict(ensemble.state_dict())
         print(f"deployed {self.method} model ({len(files)} network(s)) -> {self.model_file}", flush=True)
         return self.model_file

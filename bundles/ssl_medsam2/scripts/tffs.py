@@ -249,15 +249,22 @@ class TFFSNetwork(nn.Module):
     """TFFS as the network of an evaluation engine (the "TFFS pseudo-labels alone" row).
 
     ``(1, C, X, Y, Z)`` whole volume (use a ``SimpleInferer``) -> ``(1, 2, X, Y, Z)`` log-probabilities.
+    The labelled support volumes are read on the first call, so building the object is free.
     """
 
-    def __init__(self, tffs: TrainingFreeFewShot, labelled: Sequence[Mapping[str, Any]],
+    def __init__(self, tffs: TrainingFreeFewShot | None, labelled: Sequence[Mapping[str, Any]],
                  target_spacing: float | None) -> None:
         super().__init__()
         self.tffs = tffs
-        self._predict = tffs.predictor(load_support(labelled, target_spacing))
+        self.labelled = [dict(e) for e in labelled]
+        self.target_spacing = target_spacing
+        self._predict: CasePredictor | None = None
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.tffs is None:
+            raise ValueError("no TFFS pseudo-labeller is configured (method 'suponly' has none)")
         if image.shape[0] != 1:
             raise ValueError(f"TFFS segments one volume at a time (batch size 1), got a batch of {image.shape[0]}")
+        if self._predict is None:
+            self._predict = self.tffs.predictor(load_support(self.labelled, self.target_spacing))
         return torch.log(self._predict(image).clamp_min(1e-8))[None]
