@@ -1,13 +1,11 @@
 """The SSL-MedSAM2 bundle end to end on real LA volumes: TFFS pseudo-labels, one FSL round of two
-folds, the deployed fold ensemble scored, TFFS scored alone, evaluate and infer a NIfTI."""
+folds, the deployed fold ensemble scored, TFFS scored alone, evaluate.json on the trained model."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import nibabel as nib
-import numpy as np
 
 from bundle_testing import bundle_fixture, la_subset, run_bundle  # same directory, on sys.path under pytest
 
@@ -15,14 +13,14 @@ ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ssl_medsam2"
 _active = bundle_fixture("ssl_medsam2")
 
-# coarse LA (2.5 mm: about 51 x 36 x 22 voxels), tiny schedule: minutes on 2 cores
-FAST = ["--target_spacing", "2.5", "--patch_size", "[32,32,16]", "--filters", "[4,8,16,32]",
+# coarse LA (4 mm: about 32 x 22 x 14 voxels; LiteMedSAM encodes each slice in ~1.5 s on 2 cores), tiny schedule
+FAST = ["--target_spacing", "4.0", "--patch_size", "[32,32,16]", "--network_patch_size", "[32,32,16]", "--filters", "[4,8,16,32]",
         "--tffs#repeats", "1", "--tffs#frame_size", "64", "--fsl#num_folds", "2", "--fsl#rounds", "1",
         "--fsl#training#num_iterations", "3", "--fsl#training#checkpoint_interval", "2",
         "--fsl#training#sw_batch_size", "1", "--fsl#training#sw_overlap", "0.25"]
 
 
-def test_bundle_trains_scores_tffs_alone_evaluates_and_infers_a_nifti(la_root, tmp_path):
+def test_bundle_trains_scores_tffs_alone_and_evaluates(la_root, tmp_path):
     subset = la_subset(la_root, tmp_path / "la", 4)
     run = tmp_path / "run"
     common_args = ["--dataset_dir", str(subset), "--num_labelled", "1", "--num_val", "1", *FAST]
@@ -43,17 +41,11 @@ def test_bundle_trains_scores_tffs_alone_evaluates_and_infers_a_nifti(la_root, t
     run_bundle(BUNDLE, "training", ["train.json"], "--output_dir", str(alone), "--model_dir", str(alone),
                "--tffs#alone", "True", *common_args)
     assert not (alone / "model.pt").exists(), "scoring TFFS alone trains nothing"
-    scored = json.loads((alone / "validation_metrics.json").read_text())  # at 2.5 mm and R = 1 the value means little
+    scored = json.loads((alone / "validation_metrics.json").read_text())  # at 4 mm and R = 1 the value means little
     assert scored["num_cases"] == 1 and 0.0 <= scored["summary"]["dice"]["mean"] <= 1.0
 
-    # evaluate the deployed ensemble; infer a NIfTI onto its own grid
+    # evaluate the deployed ensemble (the harness writes its test masks this way)
     run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"),
                "--output_dir", str(run / "eval"), "--dataset_dir", str(subset), *FAST)
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 4
-    volume = Path(split["validation"][0]["image"])
-    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
-               "--output_dir", str(run / "pred"), *FAST)
-    written = nib.load(str(next((run / "pred").glob("*_seg.nii.gz"))))
-    original = nib.load(str(volume))
-    assert written.shape == original.shape and np.allclose(written.affine, original.affine, atol=1e-4)
-    assert set(np.unique(np.asarray(written.dataobj))) <= {0, 1}
+    # inference.json runs on a real LA volume in tests/test_model_zoo.py (packaged, in a fresh folder)

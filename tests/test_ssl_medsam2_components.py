@@ -126,7 +126,7 @@ def _moving_disc(frames: int = 12, present: range = range(0, 8), size: int = 96)
 
 def test_box_chain_follows_an_object_frame_to_frame_and_stops_where_it_vanishes(litemedsam):
     frames, masks = _moving_disc()
-    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {0: masks[0]})
+    probabilities = BoxChainPropagator(litemedsam, min_score=0.8).propagate(frames, {0: masks[0]})
     assert probabilities.shape == (12, 96, 96)
     predicted = probabilities > 0.5
     for t in range(1, 8):
@@ -134,7 +134,7 @@ def test_box_chain_follows_an_object_frame_to_frame_and_stops_where_it_vanishes(
         assert dice > 0.8, f"frame {t}: Dice {float(dice):.2f}"
     assert not predicted[8:].any(), "the chain must stop once the disc is gone"
     hits = litemedsam.embedding_cache.hits
-    BoxChainPropagator(litemedsam).propagate(frames, {0: masks[0]})
+    BoxChainPropagator(litemedsam, min_score=0.8).propagate(frames, {0: masks[0]})
     assert litemedsam.embedding_cache.hits > hits, "a second run reuses the cached frame embeddings"
 
 
@@ -142,7 +142,7 @@ def test_box_chain_runs_both_ways_and_an_empty_prompt_does_not_stop_it(litemedsa
     frames, masks = _moving_disc()  # the frames of the test above: their embeddings are cached
     empty = torch.zeros_like(masks[0])
     # prompts on 3..5, the last one empty (as a labelled volume's edge slice): frames 0-2 and 6-7 are reached
-    probabilities = BoxChainPropagator(litemedsam).propagate(frames, {3: masks[3], 4: masks[4], 5: empty})
+    probabilities = BoxChainPropagator(litemedsam, min_score=0.8).propagate(frames, {3: masks[3], 4: masks[4], 5: empty})
     predicted = probabilities > 0.5
     assert predicted[[0, 1, 2, 6, 7]].flatten(1).any(1).all()
     assert not predicted[5].any(), "a prompted frame keeps its prompt"

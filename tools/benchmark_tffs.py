@@ -54,10 +54,11 @@ def main() -> None:
     volumes = [transform(e) for e in targets]
     litemedsam = build_teacher("litemedsam", cache={"max_bytes": 2 << 30})
     settings = [
-        ("LiteMedSAM box chain, depth-matched seed (default)", BoxChainPropagator(litemedsam), "depth_matched"),
+        ("LiteMedSAM box chain, depth-matched seed, stop at predicted IoU < 0.8",
+         BoxChainPropagator(litemedsam, min_score=0.8), "depth_matched"),
         ("LiteMedSAM box chain, whole labelled block inserted", BoxChainPropagator(litemedsam), "all"),
-        ("LiteMedSAM box chain, depth-matched, no IoU stop", BoxChainPropagator(litemedsam, min_score=None),
-         "depth_matched"),
+        ("LiteMedSAM box chain, depth-matched seed, stop where the mask vanishes (default)",
+         BoxChainPropagator(litemedsam), "depth_matched"),
     ]
     if args.sam2:
         sam2 = build_teacher("sam2.1_hiera_t", random_init=True, image_size=args.sam2_size)

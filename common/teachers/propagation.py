@@ -102,10 +102,11 @@ class BoxChainPropagator:
             Attach an embedding cache: the same unlabelled frames are decoded for every insertion.
         box_margin: pixels added on each side of the previous mask's box, so the object may grow.
         min_area: the chain stops below this many foreground pixels.
-        min_score: the chain stops when the predicted IoU falls below it (None: never). LiteMedSAM
-            scores 0.85-0.93 while it tracks the left atrium in LA slices and 0.65-0.85 past its
-            ends, and drops from 0.96 to 0.76 when a synthetic object vanishes: 0.8 stops most
-            runs off the organ without cutting tracked ones short.
+        min_score: also stop when the predicted IoU falls below it (None: never, the default).
+            LiteMedSAM's score drops from 0.96 to 0.76 when a synthetic object vanishes, but on LA
+            slices it reads 0.85-0.93 while tracking and 0.65-0.89 past the atrium's ends, and a
+            stop at 0.8 cut tracked chains short: TFFS pseudo-label Dice 36.6 with it, 54.7
+            without (``tools/benchmark_tffs.py``, 3 LA volumes).
         use_mask_prompt: also pass the previous frame's logits as a mask prompt (box + mask). Off
             by default: on a real LA volume seeded from its own middle slice, LiteMedSAM's chain
             reached Dice 0.80 with boxes alone and 0.70 with box + mask, and ran 20x slower.
@@ -113,7 +114,7 @@ class BoxChainPropagator:
     """
 
     def __init__(self, segmenter: PromptableSegmenter, box_margin: float = 4.0, min_area: int = 16,
-                 min_score: float | None = 0.8, use_mask_prompt: bool = False, prompt_logit: float = 8.0) -> None:
+                 min_score: float | None = None, use_mask_prompt: bool = False, prompt_logit: float = 8.0) -> None:
         if segmenter.spatial_dims != 2:
             raise ValueError(f"frame-to-frame propagation needs a 2D model, got {segmenter.name} "
                              f"({segmenter.spatial_dims}D)")
