@@ -273,3 +273,34 @@ def test_suponly_deploys_one_network_trained_on_the_labelled_cases_alone(tmp_pat
         pipeline.ensemble_size("mean_teacher", 5)
     with pytest.raises(ValueError, match="TFFS"):
         pipeline.SSLMedSAM2({"labelled": labelled}, tmp_path, tmp_path / "m.pt", lambda: None, None, "", (16,) * 3, None)
+
+
+def test_two_processes_share_the_folds_and_both_end_with_every_fold(tmp_path, monkeypatch):
+    """``multi_gpu_train.json``: process r trains folds k % 2 == r, waits for the other's files, then goes on."""
+    import threading
+
+    monkeypatch.setattr(fsl.time, "sleep", lambda _: None)  # poll without waiting
+    labelled = _synthetic_cases(tmp_path, 1, "lab")
+    pseudo = [{"image": c["image"], "pseudo_label": c["label"]} for c in _synthetic_cases(tmp_path, 4, "unl")]
+    plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))
+    trained: dict[int, list[str]] = {0: [], 1: []}
+    results: dict[int, list] = {}
+
+    def process(rank: int) -> None:
+        retraining = fsl.FoldRetraining(lambda: plan.build(filters=[4, 8, 16]), labelled, pseudo, tmp_path / "fsl",
+                                        (16, 16, 16), None, {"num_iterations": 1, "batch_size": 2}, num_folds=2,
+                                        rounds=2, rank=rank, world_size=2)
+        real = retraining.train_fold
+        retraining.train_fold = lambda s, d: trained[rank].append(f"{d.parent.name}/{d.name}") or real(s, d)
+        results[rank] = retraining.run()
+
+    threads = [threading.Thread(target=process, args=(r,)) for r in (1, 0)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert trained == {0: ["round0/fold0", "round1/fold0"], 1: ["round0/fold1", "round1/fold1"]}
+    assert results[0] == results[1] and len(results[0]) == 2 and all(p.exists() for p in results[0])
+    with pytest.raises(ValueError, match="rank"):
+        fsl.FoldRetraining(lambda: None, labelled, pseudo, tmp_path, (16, 16, 16), None, num_folds=2, rank=2,
+                           world_size=2)
