@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["refuse_string_switches"]
+__all__ = ["SettingsDict", "refuse_string_switches"]
 
 _BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off"}
 
@@ -29,3 +29,21 @@ def refuse_string_switches(section: Mapping[str, Any], name: str) -> None:
             f"On the command line write --{name}#{key} {value.strip().lower() in {'true', 'yes', 'on'}} "
             "(capitalised: Python Fire parses only True/False as booleans)."
         )
+
+
+class SettingsDict(dict):
+    """A config section of named settings with defaults: unknown keys are refused by name.
+
+    Subclasses set :attr:`DEFAULTS` and :attr:`WHAT` (the section's name in messages). A plain
+    dict, so configs write the section as one JSON object; ``_comment`` keys are dropped.
+    """
+
+    DEFAULTS: Mapping[str, Any] = {}
+    WHAT = "settings"
+
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        values = {k: v for k, v in dict(values or {}).items() if k != "_comment"}
+        unknown = sorted(set(values) - set(self.DEFAULTS))
+        if unknown:
+            raise ValueError(f"unknown {self.WHAT} {unknown}; known: {sorted(self.DEFAULTS)}")
+        super().__init__({**self.DEFAULTS, **values})

@@ -33,6 +33,7 @@ import torch
 from monai.data import CacheDataset, DataLoader
 from monai.inferers import SlidingWindowInferer
 
+from common.config_checks import SettingsDict
 from common.data import volume_transforms
 from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
 from common.engines.progress import TrainingProgressBar
@@ -48,24 +49,18 @@ TUNED_FILE = "sam_tuned.pt"
 DONE_FILE = "stages_done.json"
 
 
-class FineTuneSettings(dict):
+class FineTuneSettings(SettingsDict):
     """The fine-tuning module's settings (a dict, so configs write them as one JSON object).
 
     Keys: ``num_iterations``, ``batch_size``, ``learning_rate``, ``weight_decay``, ``lora_rank``,
     ``dice_weight``, ``ce_weight``, ``checkpoint_interval``, ``sw_batch_size``, ``sw_overlap``.
     """
 
+    WHAT = "fine-tuning settings"
     DEFAULTS: Mapping[str, Any] = {
         "num_iterations": 1000, "batch_size": 2, "learning_rate": 0.001, "weight_decay": 0.1, "lora_rank": 4,
         "dice_weight": 0.8, "ce_weight": 0.2, "checkpoint_interval": 100, "sw_batch_size": 1, "sw_overlap": 0.25,
     }
-
-    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
-        values = dict(values or {})
-        unknown = sorted(set(values) - set(self.DEFAULTS) - {"_comment"})
-        if unknown:
-            raise ValueError(f"unknown fine-tuning settings {unknown}; known: {sorted(self.DEFAULTS)}")
-        super().__init__({**self.DEFAULTS, **{k: v for k, v in values.items() if k != "_comment"}})
 
 
 class SFRStages:

@@ -27,6 +27,7 @@ from monai.handlers import LrScheduleHandler
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
+from common.config_checks import SettingsDict
 from common.data import kfold_splits, volume_transforms
 from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
 from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
@@ -54,7 +55,7 @@ def wait_for(files: Sequence[Path], poll_seconds: float = 10.0) -> None:
         time.sleep(poll_seconds)
 
 
-class FoldTrainingSettings(dict):
+class FoldTrainingSettings(SettingsDict):
     """One fold's supervised training (a dict, so configs write it as one JSON object).
 
     Keys: ``num_iterations``, ``batch_size``, ``learning_rate``, ``momentum``, ``weight_decay``,
@@ -62,17 +63,11 @@ class FoldTrainingSettings(dict):
     Nesterov momentum 0.99, lr 0.01 with the poly decay (1 - t/T)^0.9, Dice + CE.
     """
 
+    WHAT = "fold training settings"
     DEFAULTS: Mapping[str, Any] = {
         "num_iterations": 250_000, "batch_size": 2, "learning_rate": 0.01, "momentum": 0.99, "weight_decay": 3e-5,
         "checkpoint_interval": 250, "sw_batch_size": 1, "sw_overlap": 0.5,
     }
-
-    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
-        values = {k: v for k, v in dict(values or {}).items() if k != "_comment"}
-        unknown = sorted(set(values) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"unknown fold training settings {unknown}; known: {sorted(self.DEFAULTS)}")
-        super().__init__({**self.DEFAULTS, **values})
 
 
 def train_network(build_network: Callable[[], nn.Module], training_set: Sequence[Mapping[str, Any]], out_dir: Path,
