@@ -151,15 +151,23 @@ class TrainingFreeFewShot:
 
         ``support``: the labelled ``(image (C, X', Y', Z'), label (1, X', Y', Z'))`` pairs (``M``).
         """
+        return self._probability(volume, self.prepare_support(support), generator)
+
+    def prepare_support(self, support: Sequence[tuple[torch.Tensor, torch.Tensor]]
+                        ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The support volumes as ``(frames, masks)``: computed once, shared by every unlabelled case."""
         if not support:
             raise ValueError("TFFS needs at least one labelled volume in its support set")
+        return [(self.frames(image), self.masks(label)) for image, label in support]
+
+    def _probability(self, volume: torch.Tensor, prepared: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     generator: torch.Generator | None) -> torch.Tensor:
         volume = torch.as_tensor(volume)
         unlabelled = self.frames(volume)
         total = torch.zeros(unlabelled.shape[0], self.frame_size, self.frame_size)
         runs = 0
         count = unlabelled.shape[0]
-        for image, label in support:
-            labelled, masks = self.frames(image), self.masks(label)
+        for labelled, masks in prepared:
             allowed = None
             if self.support_frames == "depth_matched":
                 allowed = [p for p in range(1, count)
@@ -184,10 +192,12 @@ class TrainingFreeFewShot:
     def predictor(self, support: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> CasePredictor:
         """A :data:`~common.engines.pseudo_labelling.CasePredictor`: ``(1, C, X, Y, Z)`` -> ``(2, X, Y, Z)``."""
 
+        prepared = self.prepare_support(support)
+
         def predict(image: torch.Tensor) -> torch.Tensor:
             name = Path(str(getattr(image, "meta", {}).get("filename_or_obj", ["case"])[0])).name
-            foreground = self.probability(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0],
-                                          support, self.generator_for(name))
+            foreground = self._probability(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0],
+                                           prepared, self.generator_for(name))
             return torch.stack([1 - foreground, foreground])
 
         return predict
