@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -71,10 +72,11 @@ def bundle_fixture(name: str):
 
 
 def run_bundle(
-    bundle: Path, command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run", threads: int = 2
+    bundle: Path, command: str, configs: list[str], *args: str, cwd: Path = ROOT, verb: str = "run", threads: int | None = None
 ) -> subprocess.CompletedProcess:
     """``python -m monai.bundle <verb> <command>`` on ``bundle``'s ``configs`` merged in order; fails the test on error."""
     config = "[" + ",".join(f"'{bundle / 'configs' / c}'" for c in configs) + "]"
+    threads = threads or torch.get_num_threads()  # the test process's share of the cores (see conftest)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     result = subprocess.run(
         [sys.executable, "-m", "monai.bundle", verb, command, "--config_file", config, *args],

@@ -10,13 +10,23 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Tests must be quick and reproducible on a 2-core machine. Under pytest-xdist (``-n 2``, as CI
+# runs) each worker gets an equal share of the cores: two workers both spinning two OpenMP threads
+# on two cores run several times slower than one. Set before torch loads, and inherited by the
+# bundle subprocesses the tests start.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+TEST_THREADS = max(1, min(2, os.cpu_count() or 1) // _WORKERS)
+if _WORKERS > 1:
+    os.environ["OMP_NUM_THREADS"] = str(TEST_THREADS)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402  (after the thread settings above)
+
+torch.set_num_threads(TEST_THREADS)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("SAM_SSL_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
-
-# Tests must be quick and reproducible on a 2-core machine.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 def _require(path: Path) -> Path:
