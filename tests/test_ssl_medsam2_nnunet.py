@@ -1,0 +1,109 @@
+"""SSL-MedSAM2's nnU-Net backend: a raw dataset nnU-Net accepts, and Algorithm 1 run through nnunetv2 itself."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from bundle_testing import bundle_fixture, la_subset, use_bundle  # same directory, on sys.path under pytest
+
+pytest.importorskip("nnunetv2", reason="the nnU-Net backend needs nnunetv2 (the project's 'nnunet' extra)")
+use_bundle("ssl_medsam2")
+from scripts import nnunet_backend  # noqa: E402  (the bundle's own scripts package, made importable above)
+
+_bundle_scripts = bundle_fixture("ssl_medsam2")
+
+
+def _soft_pseudo_label(label_file, out_file):
+    """A probability-valued pseudo-label on the label's grid (what a propagator may leave behind)."""
+    label = nib.load(str(label_file))
+    soft = (np.asarray(label.dataobj) > 0).astype(np.float32) * 0.9 + 0.05
+    nib.save(nib.Nifti1Image(soft, label.affine), str(out_file))
+    return out_file
+
+
+def test_raw_dataset_passes_nnunets_own_integrity_check(la_root, tmp_path):
+    subset = la_subset(la_root, tmp_path / "la", 3)
+    entries = json.loads((subset / "dataset.json").read_text())["training"]
+    cases = [{"image": str(subset / e["image"]), "label": str(subset / e["label"])} for e in entries]
+    cases[2]["label"] = str(_soft_pseudo_label(cases[2]["label"], tmp_path / "pseudo.nii.gz"))
+    dataset = tmp_path / "nnUNet_raw" / "Dataset501_SSLMedSAM2"
+
+    names = nnunet_backend.write_raw_dataset(cases, dataset)
+
+    nnunet_backend.verify_raw_dataset(dataset)  # raises on anything nnU-Net would refuse
+    assert sorted(p.name for p in (dataset / "imagesTr").iterdir()) == sorted(f"{n}_0000.nii.gz" for n in names)
+    meta = json.loads((dataset / "dataset.json").read_text())
+    assert meta["numTraining"] == 3 and meta["labels"] == {"background": 0, "foreground": 1}
+    written = nib.load(str(dataset / "labelsTr" / f"{list(names)[2]}.nii.gz"))
+    assert set(np.unique(np.asarray(written.dataobj)).tolist()) == {0, 1}  # the soft map thresholded at 0.5
+    np.testing.assert_allclose(written.affine, nib.load(cases[2]["image"]).affine, atol=1e-4)
+
+
+def test_a_label_off_its_image_grid_or_a_bad_folder_name_is_refused(tmp_path):
+    image = tmp_path / "case_a.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.float32), np.eye(4)), str(image))
+    label = tmp_path / "case_a_label.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 5), np.uint8), np.eye(4)), str(label))
+    with pytest.raises(ValueError, match="voxel grid"):
+        nnunet_backend.write_raw_dataset([{"image": image, "label": label}], tmp_path / "Dataset001_X")
+    with pytest.raises(ValueError, match="DatasetXXX_Name"):
+        nnunet_backend.write_raw_dataset([{"image": image, "label": label}], tmp_path / "raw")
+    with pytest.raises(ValueError, match="same nnU-Net case name"):
+        nnunet_backend.case_identifiers(["a/case.nii.gz", "b/case.nii.gz"])
+
+
+def _synthetic_cases(folder, count, shape=(40, 40, 24)):
+    """Volumes with a bright ball at a case-dependent place; the ball is the label."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    cases = []
+    for i in range(count):
+        centre = np.array(shape) / 2 + rng.integers(-4, 5, size=3)
+        ball = (np.linalg.norm(grid - centre, axis=-1) < 7).astype(np.uint8)
+        image = ball * 2.0 + rng.normal(0, 0.3, shape)
+        affine = np.diag([1.25, 1.25, 1.25, 1.0])
+        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(folder / f"case_{i:02d}.nii.gz"))
+        nib.save(nib.Nifti1Image(ball, affine), str(folder / f"case_{i:02d}_label.nii.gz"))
+        cases.append({"image": str(folder / f"case_{i:02d}.nii.gz"), "label": str(folder / f"case_{i:02d}_label.nii.gz")})
+    return cases
+
+
+@pytest.mark.slow
+def test_nnunet_rounds_hold_each_case_out_once_reuse_the_plans_and_ensemble_the_folds(tmp_path):
+    cases = _synthetic_cases(tmp_path / "data", 6)
+    labelled = cases[:2]
+    # the initial pseudo-labels (TFFS's role) are the true balls here; no ground truth is read for them otherwise
+    unlabelled = [{"image": c["image"], "pseudo_label": c["label"]} for c in cases[2:]]
+    fsl = nnunet_backend.NnUNetFoldRetraining(labelled, unlabelled, tmp_path / "fsl", num_folds=2, rounds=2, epochs=1,
+                                              iterations_per_epoch=2, use_mirroring=False, seed=0)
+
+    model_dir = fsl.run()
+
+    assert model_dir == fsl.model_dir(1)
+    for r in range(2):
+        splits = json.loads((fsl.round_dir(r) / "nnUNet_preprocessed" / fsl.dataset_name / "splits_final.json").read_text())
+        held_out = sorted(name for split in splits for name in split["val"])
+        assert held_out == ["case_02", "case_03", "case_04", "case_05"]  # every unlabelled case once per round
+        assert all({"case_00", "case_01"} <= set(split["train"]) and not set(split["val"]) & set(split["train"])
+                   for split in splits)
+        for k in range(2):
+            assert (fsl.model_dir(r) / f"fold_{k}" / "checkpoint_final.pth").is_file()
+    plans = [json.loads((fsl.round_dir(r) / "nnUNet_preprocessed" / fsl.dataset_name / "nnUNetPlans.json").read_text())
+             for r in range(2)]
+    assert plans[0] == plans[1]  # round 1 re-trains the very same network on refreshed labels
+    round1_labels = sorted(p.name for p in (fsl.round_dir(0)).glob("held_out_fold*/*.nii.gz"))
+    assert round1_labels == [f"case_{i:02d}.nii.gz" for i in range(2, 6)]
+
+    outputs = fsl.predict([cases[0]["image"]], tmp_path / "pred")
+    prediction = nib.load(str(outputs[0]))
+    assert prediction.shape == (40, 40, 24)
+    assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1}
+
+    mtimes = {p: p.stat().st_mtime for p in fsl.root.rglob("checkpoint_final.pth")}
+    fsl.run()  # everything is on disk: nothing trains again
+    assert {p: p.stat().st_mtime for p in fsl.root.rglob("checkpoint_final.pth")} == mtimes
