@@ -1,11 +1,12 @@
 """The SSL-MedSAM2 bundle end to end on real LA volumes: TFFS pseudo-labels, one FSL round of two
-folds, the deployed fold ensemble scored, TFFS scored alone, evaluate.json on the trained model."""
+folds, the deployed fold ensemble scored, TFFS scored alone, the same rounds through the real
+nnU-Net, evaluate.json on the trained model."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
-
 
 from bundle_testing import bundle_fixture, la_subset, run_bundle  # same directory, on sys.path under pytest
 
@@ -43,6 +44,19 @@ def test_bundle_trains_scores_tffs_alone_and_evaluates(la_root, tmp_path):
     assert not (alone / "model.pt").exists(), "scoring TFFS alone trains nothing"
     scored = json.loads((alone / "validation_metrics.json").read_text())  # at 4 mm and R = 1 the value means little
     assert scored["num_cases"] == 1 and 0.0 <= scored["summary"]["dice"]["mean"] <= 1.0
+
+    # the same FSL round through the real nnU-Net, from the same TFFS pseudo-labels (shared work_dir)
+    if importlib.util.find_spec("nnunetv2") is not None:  # the 'nnunet' extra
+        nn_run = tmp_path / "nnunet"
+        result = run_bundle(BUNDLE, "training", ["train.json"], "--output_dir", str(nn_run), "--model_dir", str(nn_run),
+                            "--work_dir", str(run), "--fsl#backend", "nnunetv2", "--fsl#nnunet#epochs", "1",
+                            "--fsl#nnunet#iterations_per_epoch", "2", "--fsl#nnunet#use_mirroring", "False",
+                            "--fsl#nnunet#spacing", "4.0", *common_args)
+        assert "deployed nnU-Net fold ensemble" in result.stdout
+        assert len(list((run / "nnunet_fsl" / "round0").glob("held_out_fold*/*.nii.gz"))) == 2  # each case once
+        scored = json.loads((nn_run / "validation_metrics.json").read_text())  # nnU-Net's own prediction files
+        assert scored["num_cases"] == 1 and 0.0 <= scored["summary"]["dice"]["mean"] <= 1.0
+        assert len(list((run / "nnunet_predictions").glob("*.nii.gz"))) == 1
 
     # evaluate the deployed ensemble (the harness writes its test masks this way)
     run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"),

@@ -26,10 +26,11 @@ averages the K networks (nnU-Net's fold ensemble), :meth:`NnUNetFoldRetraining.p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
+from torch import nn
 
-from common.data import kfold_splits
+from common.config_checks import SettingsDict
+from common.data import kfold_splits, volume_transforms
 
 from .fsl import wait_for
 
-__all__ = ["NnUNetFoldRetraining", "case_identifiers", "nnunet_paths", "write_raw_dataset"]
+__all__ = ["NnUNetFoldRetraining", "NnUNetPredictions", "NnUNetSettings", "case_identifiers", "nnunet_paths",
+           "write_raw_dataset"]
 
 CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
@@ -52,11 +56,9 @@ DONE = "fold_done"
 
 
 def _require_nnunetv2() -> None:
-    try:
-        import nnunetv2  # noqa: F401
-    except ImportError as error:
+    if importlib.util.find_spec("nnunetv2") is None:
         raise ImportError("the nnU-Net backend needs the nnunetv2 package: pip install 'nnunetv2>=2.6,<2.9' "
-                          "(or the project's 'nnunet' extra)") from error
+                          "(or the project's 'nnunet' extra)")
 
 
 @contextmanager
@@ -181,6 +183,8 @@ class NnUNetFoldRetraining:
         dataset_id: the nnU-Net dataset number used inside ``work_dir``.
         channel_name: the image modality as nnU-Net's ``dataset.json`` names it ("MRI", "CT").
         use_mirroring: test-time mirroring when re-predicting (nnU-Net's default; 8x the cost in 3D).
+        spacing: voxel size (mm, one value or three) nnU-Net trains at; None lets its planner choose
+            (the median spacing of the data, as the paper ran it).
         seed: seed of the fold assignment.
         device: where nnU-Net trains and predicts.
         rank, world_size: process ``rank`` trains the folds ``k`` with ``k % world_size == rank``.
@@ -189,7 +193,7 @@ class NnUNetFoldRetraining:
     def __init__(self, labelled: Sequence[Mapping[str, Any]], pseudo_labelled: Sequence[Mapping[str, Any]],
                  work_dir: str | Path, num_folds: int = 5, rounds: int = 3, epochs: int = 1000,
                  iterations_per_epoch: int = 250, dataset_id: int = 501, channel_name: str = "MRI",
-                 use_mirroring: bool = True, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
+                 use_mirroring: bool = True, spacing: float | Sequence[float] | None = None, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
                  world_size: int = 1) -> None:
         _require_nnunetv2()
         if not labelled:
@@ -213,6 +217,9 @@ class NnUNetFoldRetraining:
         self.dataset_id = int(dataset_id)
         self.channel_name = channel_name
         self.use_mirroring = bool(use_mirroring)
+        if spacing is not None:
+            spacing = [float(spacing)] * 3 if np.isscalar(spacing) else [float(v) for v in spacing]
+        self.spacing = spacing
         self.seed = int(seed)
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
@@ -249,7 +256,7 @@ class NnUNetFoldRetraining:
             if r == 0:
                 extract_fingerprints([self.dataset_id], num_processes=1, check_dataset_integrity=False,
                                      show_progress_bar=False)
-                plan_experiments([self.dataset_id])
+                plan_experiments([self.dataset_id], overwrite_target_spacing=self.spacing)
             else:  # the same plans every round: same network, patch and spacing
                 first = self.round_dir(0) / "nnUNet_preprocessed" / self.dataset_name
                 preprocessed.mkdir(parents=True, exist_ok=True)
@@ -328,7 +335,7 @@ class NnUNetFoldRetraining:
         return self.model_dir(self.rounds - 1)
 
     def predict(self, images: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
-        """Segment ``images`` with the last round's fold ensemble (run :meth:`run` first)."""
+        """Segment ``images`` with the last round's fold ensemble (run :meth:`run` first); files already there are kept."""
         r = self.rounds - 1
         missing = [k for k in range(self.num_folds) if not (self.model_dir(r) / f"fold_{k}" / "checkpoint_final.pth").exists()]
         if missing:
@@ -336,8 +343,59 @@ class NnUNetFoldRetraining:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         names = case_identifiers(images)
-        with self._paths(r):
-            self.predictor(r, range(self.num_folds)).predict_from_files_sequential(
-                [[str(i)] for i in images], [str(out_dir / n) for n in names], save_probabilities=False,
-                overwrite=True)
+        todo = [(str(i), n) for i, n in zip(images, names) if not (out_dir / f"{n}{FILE_ENDING}").exists()]
+        if todo:
+            with self._paths(r):
+                self.predictor(r, range(self.num_folds)).predict_from_files_sequential(
+                    [[i] for i, _ in todo], [str(out_dir / n) for _, n in todo], save_probabilities=False,
+                    overwrite=True)
         return [out_dir / f"{n}{FILE_ENDING}" for n in names]
+
+
+class NnUNetSettings(SettingsDict):
+    """The nnU-Net backend's settings (``fsl#nnunet`` in the configs; nnU-Net's own defaults).
+
+    Keys: ``epochs``, ``iterations_per_epoch`` (1000 x 250), ``use_mirroring`` (test-time mirroring,
+    True), ``channel_name`` (the modality, "MRI"; "CT" selects nnU-Net's CT normalisation),
+    ``dataset_id`` (the number of the nnU-Net dataset inside the work folder, 501), ``spacing``
+    (mm; None: nnU-Net's planner picks the data's median spacing).
+    """
+
+    WHAT = "nnU-Net backend settings"
+    DEFAULTS: Mapping[str, Any] = {
+        "epochs": 1000, "iterations_per_epoch": 250, "use_mirroring": True, "channel_name": "MRI", "dataset_id": 501,
+        "spacing": None,
+    }
+
+
+class NnUNetPredictions(nn.Module):
+    """nnU-Net's own predictions, scored through the bundle's evaluator as if they came from a network.
+
+    ``forward`` takes the evaluator's whole preprocessed volume (batch of 1; use a ``SimpleInferer``),
+    finds the file it was read from (its ``filename_or_obj``), has nnU-Net segment that file with its
+    own preprocessing (``predict(images, out_dir) -> files``; written once into ``out_dir``) and
+    returns the prediction as two-channel scores on the evaluator's grid: the prediction is loaded
+    through the same ``volume_transforms('eval')`` as the label, so it is resampled exactly alike.
+    """
+
+    def __init__(self, predict: Callable[[Sequence[str], Path], list[Path]], out_dir: str | Path,
+                 target_spacing: float | None) -> None:
+        super().__init__()
+        self.predict = predict
+        self.out_dir = Path(out_dir)
+        self.transform = volume_transforms("eval", target_spacing=target_spacing)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[0] != 1:
+            raise ValueError(f"nnU-Net predictions are looked up one volume at a time, got a batch of {image.shape[0]}")
+        source = getattr(image, "meta", {}).get("filename_or_obj")
+        if isinstance(source, (list, tuple)):
+            source = source[0]
+        if not source:
+            raise ValueError("the input volume carries no filename_or_obj: nnU-Net predicts files, not tensors")
+        (prediction,) = self.predict([str(source)], self.out_dir)
+        mask = self.transform({"image": str(source), "label": str(prediction)})["label"].as_tensor()
+        if tuple(mask.shape[1:]) != tuple(image.shape[2:]):
+            raise ValueError(f"nnU-Net's prediction of {source} lands on a {tuple(mask.shape[1:])} grid, the evaluator's "
+                             f"volume is {tuple(image.shape[2:])}")
+        return torch.cat([1.0 - mask, mask])[None].to(image.device)

@@ -12,6 +12,11 @@
 
 ``method="suponly"`` is the baseline with the same network and schedule: one network on the
 labelled cases alone (an "ensemble" of one).
+
+``backend="nnunetv2"`` runs stage 2 through the real nnU-Net instead
+(:mod:`scripts.nnunet_backend`, ``<output_dir>/nnunet_fsl``): the deployed model is then nnU-Net's
+results folder of the last round, and :attr:`SSLMedSAM2.deployed` scores nnU-Net's own
+predictions (``<output_dir>/nnunet_predictions``) through the bundle's evaluator.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
 from common.networks.planned_unet import FoldEnsemble
 
 from .fsl import FoldRetraining, train_network, wait_for
+from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings
 from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
 
-__all__ = ["METHODS", "SSLMedSAM2", "ensemble_size"]
+__all__ = ["BACKENDS", "METHODS", "SSLMedSAM2", "ensemble_size", "evaluation_inferer"]
 
 METHODS = ("ssl_medsam2", "suponly")
+BACKENDS = ("monai", "nnunetv2")
 TFFS_DONE = "tffs_done"
 
 
@@ -40,6 +47,18 @@ def ensemble_size(method: str, num_folds: int) -> int:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     return 1 if method == "suponly" else int(num_folds)
+
+
+def evaluation_inferer(backend: str, patch_size: Sequence[int], sw_batch_size: int, overlap: float):
+    """The evaluator's inferer: sliding windows over the fold ensemble, whole volumes for nnU-Net's files."""
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+    if backend not in BACKENDS:
+        raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "nnunetv2":
+        return SimpleInferer()
+    return SlidingWindowInferer(roi_size=list(patch_size), sw_batch_size=int(sw_batch_size), overlap=float(overlap),
+                                mode="gaussian")
 
 
 class SSLMedSAM2:
@@ -55,6 +74,8 @@ class SSLMedSAM2:
         tffs_fingerprint: identifies the propagator's weights and TFFS settings (cache key).
         method: ``"ssl_medsam2"`` or ``"suponly"``.
         num_folds, rounds, training: FSL's K, rounds and per-fold training settings.
+        backend: ``"monai"`` (the planned DynUNet through the ignite engine) or ``"nnunetv2"``.
+        nnunet: :class:`~scripts.nnunet_backend.NnUNetSettings` of the nnU-Net backend.
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
             pseudo-labels and the deployed file, the folds are shared out (:class:`FoldRetraining`);
             the processes coordinate through the files they write, no process group is needed.
@@ -65,8 +86,13 @@ class SSLMedSAM2:
                  tffs_fingerprint: str, patch_size: Sequence[int], target_spacing: float | None,
                  method: str = "ssl_medsam2", num_folds: int = 5, rounds: int = 3,
                  training: Mapping[str, Any] | None = None, seed: int = 0,
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, backend: str = "monai",
+                 nnunet: Mapping[str, Any] | None = None) -> None:
         ensemble_size(method, num_folds)  # validates the method
+        if backend not in BACKENDS:
+            raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "nnunetv2" and method == "suponly":
+            raise ValueError("the SupOnly baseline trains the in-bundle network: use fsl#backend 'monai'")
         self.labelled = list(datalist["labelled"])
         self.unlabelled = list(datalist.get("unlabelled", []))
         if not self.labelled:
@@ -87,7 +113,14 @@ class SSLMedSAM2:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.deployed = FoldEnsemble([build_network() for _ in range(ensemble_size(method, num_folds))])
+        self.backend = backend
+        self.nnunet_settings = NnUNetSettings(nnunet)
+        self._nnunet: NnUNetFoldRetraining | None = None
+        if backend == "nnunetv2":
+            self.deployed: nn.Module = NnUNetPredictions(self._nnunet_predict, self.root / "nnunet_predictions",
+                                                         target_spacing)
+        else:
+            self.deployed = FoldEnsemble([build_network() for _ in range(ensemble_size(method, num_folds))])
 
     def pseudo_labels(self) -> list[dict[str, Any]]:
         """Stage 1: TFFS pseudo-labels of every unlabelled case (cached; process 0 writes them)."""
@@ -115,8 +148,34 @@ class SSLMedSAM2:
                                     self.rounds, self.seed, self.device, self.rank, self.world_size)
         return retraining.run()
 
+    def nnunet_retraining(self) -> NnUNetFoldRetraining:
+        """Stage 2 through nnU-Net (stage 1 first); built once."""
+        if self._nnunet is None:
+            if not self.unlabelled:
+                raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty")
+            s = self.nnunet_settings
+            self._nnunet = NnUNetFoldRetraining(
+                self.labelled, self.pseudo_labels(), self.root / "nnunet_fsl", self.num_folds, self.rounds,
+                epochs=int(s["epochs"]), iterations_per_epoch=int(s["iterations_per_epoch"]),
+                dataset_id=int(s["dataset_id"]), channel_name=str(s["channel_name"]),
+                use_mirroring=bool(s["use_mirroring"]), spacing=s["spacing"], seed=self.seed, device=self.device, rank=self.rank,
+                world_size=self.world_size)
+        return self._nnunet
+
+    def _nnunet_predict(self, images: Sequence[str], out_dir: Path) -> list[Path]:
+        return self.nnunet_retraining().predict(images, out_dir)
+
     def run(self) -> Path:
-        """Train everything not trained yet and write the deployed ensemble to ``model_file``."""
+        """Train everything not trained yet and write the deployed ensemble to ``model_file``.
+
+        With the nnU-Net backend nothing is written to ``model_file``: the deployed model is
+        nnU-Net's results folder, which is returned.
+        """
+        if self.backend == "nnunetv2":
+            results = self.nnunet_retraining().run()
+            print(f"deployed nnU-Net fold ensemble: {results} (nnUNetv2_predict with nnUNet_results="
+                  f"{results.parents[1]})", flush=True)
+            return results
         files = self.fold_models()
         ensemble = FoldEnsemble([load_network_weights(self.build_network(), f) for f in files])
         if self.rank == 0:
