@@ -260,3 +260,45 @@ def test_prepare_split_on_real_layouts(ph2_root: Path, la_root: Path, tmp_path: 
     assert len(la_split["labelled"]) == 8 and all("label" not in e for e in la_split["unlabelled"])
     with pytest.raises(ValueError, match="unknown layout 'nifti'"):
         prepare_split(la_root, tmp_path / "x.json", num_labelled=1, layout="nifti")
+
+
+def test_patient_folders_with_few_masks_become_an_msd_description(tmp_path: Path) -> None:
+    """A CARE-LiSeg-like release: a folder per patient, GED4 scans, a liver mask for some of them."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.data import describe_volume_folder, prepare_split, volume_transforms
+
+    affine = np.diag([1.5, 1.5, 3.0, 1.0])
+    for i in range(4):
+        folder = tmp_path / f"Vendor_A/patient{i:02d}"
+        folder.mkdir(parents=True)
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).normal(size=(12, 10, 6)).astype(np.float32), affine),
+                 str(folder / "GED4.nii.gz"))
+        if i < 2:
+            mask = np.zeros((12, 10, 6), np.uint8)
+            mask[3:8, 3:7, 1:5] = 1
+            nib.save(nib.Nifti1Image(mask, affine), str(folder / "GED4_mask.nii.gz"))
+
+    path = describe_volume_folder(tmp_path, "**/GED4*.nii.gz", "GED4_mask.nii.gz")
+
+    cases = json.loads(path.read_text())["training"]
+    assert [c["image"] for c in cases] == [f"Vendor_A/patient{i:02d}/GED4.nii.gz" for i in range(4)]  # masks not images
+    assert cases[0]["id"] == "Vendor_A_patient00_GED4"  # the file names repeat across patients
+    assert sum("label" in c for c in cases) == 2
+    split = prepare_split(tmp_path, tmp_path / "split.json", num_labelled=1, num_val=1)
+    assert len(split["labelled"]) == 1 and len(split["validation"]) == 1
+    assert sorted(Path(e["image"]).parent.name for e in split["unlabelled"]) == ["patient02", "patient03"]
+    label = volume_transforms("eval")(split["labelled"][0])["label"]
+    assert set(label.unique().tolist()) == {0.0, 1.0} and int(label.sum()) == 5 * 4 * 4
+    # an MSD-liver-style mask (liver 1, tumour 2) is refused by name, not silently merged
+    mask_file = Path(split["labelled"][0]["label"])
+    mask = nib.load(str(mask_file))
+    values = np.asarray(mask.dataobj).copy()
+    values[4:6, 4:6, 2:4] = 2
+    nib.save(nib.Nifti1Image(values, mask.affine), str(mask_file))
+    with pytest.raises(RuntimeError) as info:  # MONAI's Compose wraps the transform's own error
+        volume_transforms("eval")(split["labelled"][0])
+    assert "GED4_mask.nii.gz has values [0.0, 1.0, 2.0], not a binary mask" in str(info.value.__cause__)
+    with pytest.raises(FileNotFoundError, match="no image matches"):
+        describe_volume_folder(tmp_path, "**/T2.nii.gz", "mask.nii.gz")

@@ -52,8 +52,10 @@ def test_a_label_off_its_image_grid_or_a_bad_folder_name_is_refused(tmp_path):
         nnunet_backend.write_raw_dataset([{"image": image, "label": label}], tmp_path / "Dataset001_X")
     with pytest.raises(ValueError, match="DatasetXXX_Name"):
         nnunet_backend.write_raw_dataset([{"image": image, "label": label}], tmp_path / "raw")
+    assert nnunet_backend.case_identifiers(["p1/GED4.nii.gz", "p2/GED4.nii.gz", "p2/T1.nii.gz"]) == [
+        "p1_GED4", "p2_GED4", "T1"]  # one folder per patient
     with pytest.raises(ValueError, match="same nnU-Net case name"):
-        nnunet_backend.case_identifiers(["a/case.nii.gz", "b/case.nii.gz"])
+        nnunet_backend.case_identifiers(["a/x/case.nii.gz", "b/x/case.nii.gz"])
 
 
 def _synthetic_cases(folder, count, shape=(40, 40, 24)):

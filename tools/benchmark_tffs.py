@@ -3,18 +3,24 @@ r"""TFFS on real LA volumes: seconds per unlabelled volume and pseudo-label qual
 Support = the first ``--labelled`` cases by id, unlabelled = the next ``--unlabelled`` ones (their
 labels are read only here, to score the pseudo-labels). Every setting runs on the same cases in
 one process, one after the other, sharing LiteMedSAM's embedding cache: the first setting's time
-includes encoding every slice once, the later LiteMedSAM settings' times are decoding only. ``--sam2`` adds a random-init SAM2.1-t (speed only: random weights
-cannot propagate anything meaningful).
+includes encoding every slice once, the later LiteMedSAM settings' times are decoding only.
+``--settings`` picks which run; ``sam2`` is a random-init SAM2.1-t with memory attention (speed
+only: random weights cannot propagate anything meaningful). ``--fold_iterations N`` also times N
+iterations of one FSL fold's training (the CPU preset's planned DynUNet on the same cases) and
+prints the cost of one FSL round at the preset's schedule.
 
-Example (the figures in bundles/ssl_medsam2/docs/README.md):
+Examples (the figures in bundles/ssl_medsam2/docs/README.md):
 
     OMP_NUM_THREADS=2 python tools/benchmark_tffs.py --data ../shared/data/la --labelled 2 --unlabelled 3 --repeats 2
+    OMP_NUM_THREADS=2 python tools/benchmark_tffs.py --data ../shared/data/la --labelled 2 --unlabelled 1 --repeats 1 \
+        --settings default sam2 --fold_iterations 20
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,7 +33,11 @@ sys.path.insert(0, str(ROOT / "bundles" / "ssl_medsam2"))
 from common.data import msd_datalist, volume_transforms  # noqa: E402
 from common.teachers import build_teacher  # noqa: E402
 from common.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
+from common.networks.planned_unet import plan_dynunet  # noqa: E402
+from scripts.fsl import train_network  # noqa: E402
 from scripts.tffs import TrainingFreeFewShot, load_support  # noqa: E402
+
+SETTINGS = ("iou_stop", "whole_block", "default", "sam2")
 
 
 def dice(prediction: torch.Tensor, target: torch.Tensor) -> float:
@@ -43,9 +53,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="insertions per labelled volume R")
     parser.add_argument("--spacing", type=float, default=1.25, help="voxel size in mm (the CPU preset's)")
     parser.add_argument("--frame_size", type=int, default=256)
-    parser.add_argument("--sam2", action="store_true", help="also time a random-init SAM2.1-t with memory attention")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=["iou_stop", "whole_block", "default"],
+                        help="propagator settings to run, in this order (sam2: random-init SAM2.1-t, speed only)")
+    parser.add_argument("--sam2", action="store_true", help="same as adding 'sam2' to --settings")
     parser.add_argument("--sam2_size", type=int, default=512, help="SAM2 input size (MedSAM2: 512)")
+    parser.add_argument("--fold_iterations", type=int, default=0,
+                        help="also time this many iterations of one FSL fold's training (0: skip)")
+    parser.add_argument("--patch_size", type=int, nargs=3, default=[64, 64, 48], help="FSL patch (the CPU preset's)")
+    parser.add_argument("--filters", type=int, nargs="+", default=[16, 32, 64, 128, 256], help="DynUNet filters")
+    parser.add_argument("--preset_iterations", type=int, default=200, help="iterations per fold of the preset")
+    parser.add_argument("--folds", type=int, default=5, help="folds per round (K)")
     args = parser.parse_args()
+    if args.sam2 and "sam2" not in args.settings:
+        args.settings.append("sam2")
 
     cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
     support = load_support(cases[: args.labelled], args.spacing)
@@ -53,17 +73,18 @@ def main() -> None:
     transform = volume_transforms("eval", target_spacing=args.spacing)
     volumes = [transform(e) for e in targets]
     litemedsam = build_teacher("litemedsam", cache={"max_bytes": 2 << 30})
-    settings = [
-        ("LiteMedSAM box chain, depth-matched seed, stop at predicted IoU < 0.8",
-         BoxChainPropagator(litemedsam, min_score=0.8), "depth_matched"),
-        ("LiteMedSAM box chain, whole labelled block inserted", BoxChainPropagator(litemedsam), "all"),
-        ("LiteMedSAM box chain, depth-matched seed, stop where the mask vanishes (default)",
-         BoxChainPropagator(litemedsam), "depth_matched"),
-    ]
-    if args.sam2:
-        sam2 = build_teacher("sam2.1_hiera_t", random_init=True, image_size=args.sam2_size)
-        settings.append((f"SAM2.1-t random init at {args.sam2_size}, memory attention (speed only)",
-                         VideoMemoryPropagator(sam2), "all"))
+    catalogue = {
+        "iou_stop": lambda: ("LiteMedSAM box chain, depth-matched seed, stop at predicted IoU < 0.8",
+                             BoxChainPropagator(litemedsam, min_score=0.8), "depth_matched"),
+        "whole_block": lambda: ("LiteMedSAM box chain, whole labelled block inserted", BoxChainPropagator(litemedsam),
+                                "all"),
+        "default": lambda: ("LiteMedSAM box chain, depth-matched seed, stop where the mask vanishes (default)",
+                            BoxChainPropagator(litemedsam), "depth_matched"),
+        "sam2": lambda: (f"SAM2.1-t random init at {args.sam2_size}, memory attention (speed only)",
+                         VideoMemoryPropagator(build_teacher("sam2.1_hiera_t", random_init=True,
+                                                             image_size=args.sam2_size)), "all"),
+    }
+    settings = [catalogue[name]() for name in args.settings]
     print(f"# TFFS on {len(volumes)} LA volumes at {args.spacing} mm, M = {args.labelled}, R = {args.repeats}, "
           f"frames {args.frame_size} px, {torch.get_num_threads()} threads")
     print(f"# {' '.join(sys.argv)}")
@@ -80,6 +101,25 @@ def main() -> None:
         seconds = (time.perf_counter() - start) / len(volumes)
         print(f"| {name} | {seconds:.1f} | {', '.join(f'{100 * s:.1f}' for s in scores)} | "
               f"{100 * sum(scores) / len(scores):.1f} |", flush=True)
+    if args.fold_iterations > 0:
+        time_fold_training(cases[: args.labelled + args.unlabelled], args)
+
+
+def time_fold_training(cases: list[dict], args: argparse.Namespace) -> None:
+    """Seconds per iteration of one FSL fold (fresh planned DynUNet, nnU-Net recipe) and one round's cost."""
+    plan = plan_dynunet(args.patch_size, [args.spacing] * 3)
+    training_set = [{"image": e["image"], "label": e["label"]} for e in cases]
+    with tempfile.TemporaryDirectory() as folder:
+        start = time.perf_counter()
+        train_network(lambda: plan.build(filters=args.filters), training_set, Path(folder) / "fold",
+                      args.patch_size, args.spacing, {"num_iterations": args.fold_iterations,
+                                                      "checkpoint_interval": args.fold_iterations})
+        seconds = (time.perf_counter() - start) / args.fold_iterations
+    round_hours = seconds * args.preset_iterations * args.folds / 3600
+    print(f"\n# FSL fold training: {seconds:.2f} s / iteration (patch {args.patch_size}, filters {args.filters}, "
+          f"{len(training_set)} volumes cached, {args.fold_iterations} iterations incl. data loading)")
+    print(f"# one FSL round at {args.preset_iterations} iterations x {args.folds} folds: {round_hours:.2f} h "
+          f"(plus re-predicting the held-out volumes)")
 
 
 if __name__ == "__main__":

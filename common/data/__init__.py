@@ -21,6 +21,7 @@ from .datalists import (
     msd_subset,
     ph2_subset,
     write_msd_description,
+    describe_volume_folder,
 )
 from .readers import UAMT_LA_SPACING, H5VolumeReader
 from .splits import kfold_splits, load_datalist, prepare_split, split_labelled, write_datalist
@@ -54,6 +55,7 @@ __all__ = [
     "volume_transforms",
     "write_datalist",
     "write_msd_description",
+    "describe_volume_folder",
     "ph2_subset",
     "msd_subset",
 ]

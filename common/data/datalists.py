@@ -37,6 +37,7 @@ __all__ = [
     "uamt_h5_datalist",
     "msd_datalist",
     "write_msd_description",
+    "describe_volume_folder",
     "volume_datalist",
     "nifti_datalist",
     "UnknownLayoutError",
@@ -350,7 +351,8 @@ def _msd_path(base: Path, value: Any, json_path: Path) -> Path:
 def msd_datalist(root_or_json: PathLike, section: str = "training") -> list[dict[str, str]]:
     """Entries of one section of an MSD ``dataset.json``, paths resolved against the json's folder.
 
-    Entries may be dicts (``{"image": ..., "label": ...}``) or, as in MSD ``"test"``, bare paths.
+    Entries may be dicts (``{"image": ..., "label": ...}``, optionally an ``"id"``; else the image's
+    file name is the case id) or, as in MSD ``"test"``, bare paths.
     Every listed file must exist: a missing one is reported now rather than mid-training.
     """
     path = _absolute(root_or_json)
@@ -367,7 +369,8 @@ def msd_datalist(root_or_json: PathLike, section: str = "training") -> list[dict
         label = (
             _msd_path(base, item["label"], json_path) if isinstance(item, dict) and item.get("label") else None
         )
-        datalist.append(_entry(image, label, _strip_suffixes(image.name)))
+        case_id = str(item["id"]) if isinstance(item, dict) and item.get("id") else _strip_suffixes(image.name)
+        datalist.append(_entry(image, label, case_id))
     return _nonempty(datalist, base, f"entries in section '{section}' of {json_path}")
 
 
@@ -376,8 +379,10 @@ def write_msd_description(
 ) -> Path:
     """Write an MSD ``dataset.json`` listing ``entries`` (``image`` and ``label`` paths) under "training".
 
-    ``labels`` defaults to background/foreground; extra ``fields`` (``description``, ``modality``,
-    ...) are written as given. Returns the file, which :func:`msd_datalist` reads back.
+    An entry without a ``label`` is listed with its image only (an unannotated scan: the splits put
+    it in the unlabelled pool); an ``id`` is kept. ``labels`` defaults to background/foreground; extra ``fields``
+    (``description``, ``modality``, ...) are written as given. Returns the file, which
+    :func:`msd_datalist` reads back.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -387,10 +392,41 @@ def write_msd_description(
         "tensorImageSize": "3D",
         "labels": labels or {"0": "background", "1": "foreground"},
         "numTraining": len(entries),
-        "training": [{"image": e["image"], "label": e["label"]} for e in entries],
+        "training": [{k: e[k] for k in ("id", "image", "label") if e.get(k)} for e in entries],
     }
     path.write_text(json.dumps(description, indent=2) + "\n")
     return path
+
+
+def describe_volume_folder(root: PathLike, image_glob: str, label_name: str, name: str | None = None,
+                           **fields: Any) -> Path:
+    """Write ``<root>/dataset.json`` for volumes kept in any folder layout (e.g. one folder per patient).
+
+    Every file matching ``image_glob`` (relative to ``root``, ``**`` allowed) is an image; its label
+    is ``label_name`` resolved against the image's folder, with ``{stem}`` replaced by the image's
+    name without extension (``"{stem}_mask.nii.gz"``, ``"mask.nii.gz"``, ``"../labels/{stem}.nii.gz"``).
+    Images whose label file does not exist are listed unannotated (the unlabelled pool), as
+    challenge releases with few annotations (CARE-LiSeg's GED4 scans) ship them. The label files
+    themselves are never matched as images. Paths are stored relative to ``root``, and each case's
+    id is its relative path (``Vendor_A_patient01_GED4``), since per-patient files share names.
+    """
+    root = _absolute(root)
+    labels_seen: set[Path] = set()
+    pairs: list[tuple[Path, Path | None]] = []
+    for image in sorted(root.glob(image_glob)):
+        if not image.is_file():
+            continue
+        label = (image.parent / label_name.format(stem=_strip_suffixes(image.name))).resolve()
+        pairs.append((image.resolve(), label if label.is_file() else None))
+        if label.is_file():
+            labels_seen.add(label)
+    pairs = [(image, label) for image, label in pairs if image not in labels_seen]
+    if not pairs:
+        raise FileNotFoundError(f"no image matches {image_glob!r} under {root}")
+    entries = [{"id": re.sub(r"[^A-Za-z0-9_-]", "_", _strip_suffixes(os.path.relpath(image, root))),
+                "image": os.path.relpath(image, root), "label": os.path.relpath(label, root) if label else None}
+               for image, label in pairs]
+    return write_msd_description(root / _MSD_JSON, entries, name or root.name, **fields)
 
 
 def ph2_subset(ph2_root: PathLike, dest: PathLike, count: int) -> Path:

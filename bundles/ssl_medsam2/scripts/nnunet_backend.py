@@ -91,16 +91,21 @@ def nnunet_paths(root: str | Path, data_augmentation_processes: int | None = Non
 def case_identifiers(images: Sequence[str | Path]) -> list[str]:
     """nnU-Net case names from image file names (extension dropped, unsafe characters replaced).
 
-    Raises ``ValueError`` when two images would share a name.
+    Files that share a name (one folder per patient, each with ``GED4.nii.gz``) are told apart by
+    their parent folder. Raises ``ValueError`` when two images would still share a name.
     """
-    names = []
-    for image in images:
-        stem = Path(image).name
+    def stem(path: Path) -> str:
+        name = path.name
         for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".h5"):
-            if stem.endswith(suffix):
-                stem = stem[: -len(suffix)]
-                break
-        names.append(re.sub(r"[^A-Za-z0-9_-]", "_", stem))
+            if name.endswith(suffix):
+                return name[: -len(suffix)]
+        return name
+
+    paths = [Path(image) for image in images]
+    names = [stem(p) for p in paths]
+    if len(set(names)) < len(names):
+        names = [f"{p.parent.name}_{n}" if names.count(n) > 1 else n for p, n in zip(paths, names)]
+    names = [re.sub(r"[^A-Za-z0-9_-]", "_", n) for n in names]
     clashes = sorted({n for n in names if names.count(n) > 1})
     if clashes:
         raise ValueError(f"several images map to the same nnU-Net case name(s) {clashes[:3]}: rename them")
