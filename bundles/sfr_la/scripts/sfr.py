@@ -30,13 +30,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader
 from monai.inferers import SlidingWindowInferer
 
 from common.config_checks import SettingsDict
 from common.data import volume_transforms
-from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
-from common.engines.progress import TrainingProgressBar
+from common.engines.patch_training import train_on_volume_patches
 from common.engines.pseudo_labelling import route_by_confidence, write_pseudo_labels
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM
@@ -134,29 +132,14 @@ class SFRStages:
                             simplified_tile=self.simplified_tile).to(self.device)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=float(s["learning_rate"]), weight_decay=float(s["weight_decay"]))
-        dataset = CacheDataset(list(training_set), volume_transforms("labelled", self.patch_size, self.target_spacing),
-                               cache_rate=1.0, num_workers=0, progress=False)
-        generator = torch.Generator().manual_seed(self.seed)
-        loader = DataLoader(dataset, batch_size=int(s["batch_size"]), shuffle=True, num_workers=0, generator=generator)
         iterations = int(s["num_iterations"])
-        epoch_length = max(1, min(iterations, 50))
-        trainer = SemiSupervisedTrainer(
-            device=self.device,
-            max_epochs=max(1, -(-iterations // epoch_length)),
-            epoch_length=epoch_length,
-            train_data_loader=loader,
-            network=model,
-            optimizer=optimizer,
-            loss_function=dice_ce_loss(lambda_dice=float(s["dice_weight"]), lambda_ce=float(s["ce_weight"])),
-            train_handlers=[
-                TrainingCheckpointer(round_dir / "finetune" / "checkpoints", model, optimizer,
-                                     save_interval=int(s["checkpoint_interval"])),
-                TrainingProgressBar(keys=("loss",)),
-            ],
-        )
         print(f"fine-tuning {model.teacher.name} with LoRA rank {s['lora_rank']} on {len(training_set)} stitched "
               f"volumes, {iterations} iterations -> {tuned}", flush=True)
-        trainer.run()
+        train_on_volume_patches(model, optimizer, dice_ce_loss(lambda_dice=float(s["dice_weight"]),
+                                                                lambda_ce=float(s["ce_weight"])),
+                                training_set, self.patch_size, self.target_spacing, iterations, int(s["batch_size"]),
+                                round_dir / "finetune" / "checkpoints", int(s["checkpoint_interval"]), self.seed,
+                                self.device)
         return model.save_tuned(tuned)
 
     def load_tuned(self, tuned: Path) -> StitchedSAM:

@@ -22,16 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader
-from monai.handlers import LrScheduleHandler
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
 from common.config_checks import SettingsDict
 from common.data import kfold_splits, volume_transforms
-from common.engines import SemiSupervisedTrainer, TrainingCheckpointer
 from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
-from common.engines.progress import TrainingProgressBar
+from common.engines.patch_training import train_on_volume_patches
 from common.engines.pseudo_labelling import write_pseudo_labels
 from common.losses import dice_ce_loss
 from common.networks.planned_unet import FoldEnsemble
@@ -85,31 +82,16 @@ def train_network(build_network: Callable[[], nn.Module], training_set: Sequence
     if not training_set:
         raise ValueError(f"nothing to train {out_dir} on: the training set is empty")
     s = FoldTrainingSettings(settings)
-    device = torch.device(device)
     network = build_network().to(device)
     iterations = int(s["num_iterations"])
     optimizer = torch.optim.SGD(network.parameters(), lr=float(s["learning_rate"]), momentum=float(s["momentum"]),
                                 nesterov=True, weight_decay=float(s["weight_decay"]))
     scheduler = torch.optim.lr_scheduler.PolynomialLR(optimizer, total_iters=iterations, power=0.9)
-    dataset = CacheDataset(list(training_set), volume_transforms("labelled", patch_size, target_spacing),
-                           cache_rate=1.0, num_workers=0, progress=False)
-    generator = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(dataset, batch_size=int(s["batch_size"]), shuffle=True, num_workers=0, generator=generator)
-    epoch_length = max(1, min(iterations, 50))
-    trainer = SemiSupervisedTrainer(
-        device=device, max_epochs=max(1, -(-iterations // epoch_length)), epoch_length=epoch_length,
-        train_data_loader=loader, network=network, optimizer=optimizer,
-        loss_function=dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0),
-        train_handlers=[
-            TrainingCheckpointer(out_dir / "checkpoints", network, optimizer, lr_scheduler=scheduler,
-                                 save_interval=int(s["checkpoint_interval"])),
-            LrScheduleHandler(scheduler, epoch_level=False, print_lr=False),
-            TrainingProgressBar(keys=("loss",)),
-        ],
-    )
     print(f"training {out_dir.parent.name}/{out_dir.name} on {len(training_set)} volumes, {iterations} iterations "
           f"-> {model_file}", flush=True)
-    trainer.run()
+    train_on_volume_patches(network, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), training_set,
+                            patch_size, target_spacing, iterations, int(s["batch_size"]), out_dir / "checkpoints",
+                            int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler)
     AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
     return model_file
 
