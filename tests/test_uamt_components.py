@@ -12,7 +12,7 @@ from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.
 BUNDLE = use_bundle("uamt_skin")
 _bundle_scripts = bundle_fixture("uamt_skin")
 
-from scripts.network import DualHeadDeepLabV3  # noqa: E402
+from scripts.network import DeployedWeights, DualHeadDeepLabV3, build_student  # noqa: E402
 from scripts.uncertainty import mixture_entropy, patch_uncertainty, uncertainty_guided_mix  # noqa: E402
 
 
@@ -38,6 +38,29 @@ def test_bad_output_stride_and_missing_backbone_file(tmp_path):
         DualHeadDeepLabV3(output_stride=4)
     with pytest.raises(FileNotFoundError, match="backbone_weights"):
         DualHeadDeepLabV3(backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_tinyvit_student_starts_from_litemedsam_trains_its_encoder_and_deploys_without_the_aux_head():
+    from common.teachers import build_teacher
+
+    sam = build_teacher("litemedsam")
+    net = build_student("litemedsam_tinyvit", aux_head=True)
+    reference = sam.image_encoder.state_dict()
+    assert all(torch.equal(v, reference[k]) for k, v in net.encoder.state_dict().items())  # pretrained start
+    x = torch.rand(2, 3, 96, 128)  # not square: the padded-input geometry is undone
+    main, aux = net.train()(x, return_aux=True)
+    assert main.shape == (2, 2, 96, 128) and aux.shape == (2, 2, 96, 128)
+    (main.logsumexp(1).mean() + aux.logsumexp(1).mean()).backward()
+    assert net.encoder.patch_embed.seq[0].c.weight.grad is not None  # the encoder is fine-tuned
+    assert sam.image_encoder.patch_embed.seq[0].c.weight.grad is None  # the teacher's own copy is untouched
+    deployed = build_student("litemedsam_tinyvit", aux_head=False).eval()
+    deployed.load_state_dict(DeployedWeights(net).state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(deployed(x), net.eval()(x), atol=1e-5)
+    with pytest.raises(ValueError, match="student must be one of"):
+        build_student("resnet18")
+    with pytest.raises(ValueError, match="LiteMedSAM's own weights"):
+        build_student("litemedsam_tinyvit", backbone_weights="imagenet.pth")
 
 
 def test_mixture_entropy_bounds():

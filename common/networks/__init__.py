@@ -4,6 +4,7 @@ from .deploy import export_torchscript, fold_batch_norm
 from .dual_head import DualTaskHead, DualTaskOutputs
 from .mobilenet_unet import MobileNetDualTaskUNet
 from .pretrained import load_backbone_state_dict
+from .sam_encoder import SAMEncoderDecoder, SAMEncoderSegNet
 from .stitched_sam import StitchedSAM, set_class_tokens
 from .unet2d import UNet2D
 from .vit_dual_task import ViTDualTaskNet
@@ -13,6 +14,8 @@ __all__ = [
     "DualTaskHead",
     "DualTaskOutputs",
     "MobileNetDualTaskUNet",
+    "SAMEncoderDecoder",
+    "SAMEncoderSegNet",
     "StitchedSAM",
     "UNet2D",
     "ViTDualTaskNet",

@@ -93,3 +93,28 @@ class DeployedWeights:
 
     def load_state_dict(self, state_dict: dict[str, torch.Tensor], strict: bool = True) -> object:
         return self.network.load_state_dict(state_dict, strict=strict and not self.network.has_aux_head)
+
+
+#: Student networks by name: the paper's DeepLabv3-ResNet50 (from scratch, or from ImageNet weights
+#: a user supplies) and LiteMedSAM's TinyViT encoder with a light decoder (pretrained on medical
+#: images, shipped with its weights: the warm start available offline).
+STUDENTS = ("deeplabv3_resnet50", "litemedsam_tinyvit")
+
+
+def build_student(name: str = "deeplabv3_resnet50", num_classes: int = 2, output_stride: int = 8,
+                  aux_head: bool = True, backbone_weights: str | None = None) -> nn.Module:
+    """The student network ``name`` with the main + auxiliary head interface UAMT trains.
+
+    ``output_stride`` and ``backbone_weights`` apply to the DeepLabv3 student only.
+    """
+    if name == "deeplabv3_resnet50":
+        return DualHeadDeepLabV3(num_classes, output_stride, aux_head, backbone_weights)
+    if name == "litemedsam_tinyvit":
+        if backbone_weights:
+            raise ValueError("backbone_weights is for the ResNet-50 student; the TinyViT student starts from "
+                             "LiteMedSAM's own weights")
+        from common.networks import SAMEncoderSegNet
+        from common.teachers import build_teacher
+
+        return SAMEncoderSegNet(build_teacher("litemedsam"), num_classes=num_classes, aux_head=aux_head)
+    raise ValueError(f"student must be one of {STUDENTS}, got {name!r}")
