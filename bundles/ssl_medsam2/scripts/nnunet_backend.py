@@ -198,8 +198,8 @@ class NnUNetFoldRetraining:
     def __init__(self, labelled: Sequence[Mapping[str, Any]], pseudo_labelled: Sequence[Mapping[str, Any]],
                  work_dir: str | Path, num_folds: int = 5, rounds: int = 3, epochs: int = 1000,
                  iterations_per_epoch: int = 250, dataset_id: int = 501, channel_name: str = "MRI",
-                 use_mirroring: bool = True, spacing: float | Sequence[float] | None = None, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
-                 world_size: int = 1) -> None:
+                 use_mirroring: bool = True, spacing: float | Sequence[float] | None = None, seed: int = 0,
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
         _require_nnunetv2()
         if not labelled:
             raise ValueError("nnU-Net FSL needs labelled cases")

@@ -158,8 +158,8 @@ class SSLMedSAM2:
                 self.labelled, self.pseudo_labels(), self.root / "nnunet_fsl", self.num_folds, self.rounds,
                 epochs=int(s["epochs"]), iterations_per_epoch=int(s["iterations_per_epoch"]),
                 dataset_id=int(s["dataset_id"]), channel_name=str(s["channel_name"]),
-                use_mirroring=bool(s["use_mirroring"]), spacing=s["spacing"], seed=self.seed, device=self.device, rank=self.rank,
-                world_size=self.world_size)
+                use_mirroring=bool(s["use_mirroring"]), spacing=s["spacing"], seed=self.seed, device=self.device,
+                rank=self.rank, world_size=self.world_size)
         return self._nnunet
 
     def _nnunet_predict(self, images: Sequence[str], out_dir: Path) -> list[Path]:
