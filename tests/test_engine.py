@@ -484,3 +484,16 @@ def test_an_empty_unlabelled_stream_is_refused_before_training():
     with pytest.raises(ValueError, match="unlabelled stream has no images.*num_labelled"):
         MeanTeacherTrainer("cpu", 1, _batches(2, 0), network, optimizer, dice_ce_loss(),
                            unlabeled_data_loader=[], consistency_weight=1.0)
+
+
+def test_patch_training_refuses_an_empty_training_set_and_a_zero_schedule(tmp_path):
+    from common.engines.patch_training import train_on_volume_patches
+
+    net = torch.nn.Conv3d(1, 2, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="training set is empty"):
+        train_on_volume_patches(net, optimizer, torch.nn.CrossEntropyLoss(), [], (8, 8, 8), None, 2, 1,
+                                tmp_path / "ckpt", 1)
+    with pytest.raises(ValueError, match="num_iterations must be >= 1"):
+        train_on_volume_patches(net, optimizer, torch.nn.CrossEntropyLoss(), [{"image": "a", "label": "b"}],
+                                (8, 8, 8), None, 0, 1, tmp_path / "ckpt", 1)
