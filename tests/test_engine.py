@@ -497,3 +497,28 @@ def test_patch_training_refuses_an_empty_training_set_and_a_zero_schedule(tmp_pa
     with pytest.raises(ValueError, match="num_iterations must be >= 1"):
         train_on_volume_patches(net, optimizer, torch.nn.CrossEntropyLoss(), [{"image": "a", "label": "b"}],
                                 (8, 8, 8), None, 0, 1, tmp_path / "ckpt", 1)
+
+
+def test_patch_training_batches_entries_from_different_sources_together(tmp_path):
+    """A labelled case (with an ``id``) and a pseudo-labelled one (with a ``confidence``) share a batch (SFR+ round 2)."""
+    import nibabel as nib
+    import numpy as np
+
+    from common.engines.patch_training import train_on_volume_patches
+    from common.losses import dice_ce_loss
+
+    entries = []
+    for i, extra in enumerate(({"id": "case0"}, {"confidence": 0.99})):
+        image, label = tmp_path / f"v{i}.nii.gz", tmp_path / f"v{i}_label.nii.gz"
+        nib.save(nib.Nifti1Image(np.random.default_rng(i).normal(size=(12, 12, 8)).astype(np.float32), np.eye(4)),
+                 str(image))
+        mask = np.zeros((12, 12, 8), np.uint8)
+        mask[3:9, 3:9, 2:6] = 1
+        nib.save(nib.Nifti1Image(mask, np.eye(4)), str(label))
+        entries.append({"image": str(image), "label": str(label), **extra})
+    net = torch.nn.Conv3d(1, 2, 3, padding=1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    before = net.weight.detach().clone()
+    train_on_volume_patches(net, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), entries, (8, 8, 8), None,
+                            2, 2, tmp_path / "ckpt", 2)
+    assert not torch.equal(before, net.weight)

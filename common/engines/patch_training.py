@@ -38,7 +38,7 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
                             lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> nn.Module:
     """Train ``model`` for ``num_iterations`` on random ``patch_size`` patches of ``training_set``.
 
-    ``training_set`` entries carry ``image`` and ``label``; they are read with
+    ``training_set`` entries carry ``image`` and ``label`` (other keys are ignored); they are read with
     ``volume_transforms("labelled")`` (resampled to ``target_spacing``, flips and rotations) and
     cached. Checkpoints (model, optimiser, scheduler, engine) go to ``checkpoint_dir`` every
     ``checkpoint_interval`` iterations; a killed run resumes from the latest one. Returns ``model``.
@@ -48,7 +48,10 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
     iterations = int(num_iterations)
     if iterations < 1:
         raise ValueError(f"num_iterations must be >= 1, got {num_iterations}")
-    dataset = CacheDataset(list(training_set), volume_transforms("labelled", patch_size, target_spacing),
+    # only image and label go in: entries from different sources (labelled cases with an ``id``,
+    # pseudo-labelled ones with a ``confidence``) must collate into one batch
+    cases = [{"image": str(e["image"]), "label": str(e["label"])} for e in training_set]
+    dataset = CacheDataset(cases, volume_transforms("labelled", patch_size, target_spacing),
                            cache_rate=1.0, num_workers=0, progress=False)
     generator = torch.Generator().manual_seed(int(seed))
     loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, num_workers=0, generator=generator)
