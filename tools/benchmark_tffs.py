@@ -94,9 +94,10 @@ def main() -> None:
         tffs = TrainingFreeFewShot(propagator, repeats=args.repeats, frame_size=args.frame_size,
                                    support_frames=support_frames)
         scores, start = [], time.perf_counter()
+        prepared = tffs.prepare_support(support)  # once per run, as the bundle does
         for entry, item in zip(targets, volumes):
-            probability = tffs.probability(item["image"].as_tensor(), support,
-                                           tffs.generator_for(Path(entry["image"]).name))
+            probability = tffs.probability_from(item["image"].as_tensor(), prepared,
+                                                tffs.generator_for(Path(entry["image"]).name))
             scores.append(dice(probability > 0.5, item["label"][0].as_tensor() > 0.5))
         seconds = (time.perf_counter() - start) / len(volumes)
         print(f"| {name} | {seconds:.1f} | {', '.join(f'{100 * s:.1f}' for s in scores)} | "

@@ -228,8 +228,9 @@ class NnUNetFoldRetraining:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
-        self.names = dict(zip((e["image"] for e in self.labelled + [{"image": i} for i in sorted(self.initial)]),
-                              case_identifiers([e["image"] for e in self.labelled] + sorted(self.initial))))
+        images = [e["image"] for e in self.labelled] + sorted(self.initial)
+        self.names = dict(zip(images, case_identifiers(images)))
+        self._ensemble = None  # the last round's fold-ensemble predictor, loaded once for every prediction
 
     # ------------------------------------------------------------------ folders
     def round_dir(self, r: int) -> Path:
@@ -303,13 +304,17 @@ class NnUNetFoldRetraining:
                                                        checkpoint_name="checkpoint_final.pth")
         return predictor
 
+    def held_out_files(self, r: int, k: int, images: Sequence[str]) -> dict[str, Path]:
+        """Where fold ``k`` of round ``r`` writes its held-out ``images``' predictions: ``{image: file}``."""
+        out_dir = self.round_dir(r) / f"held_out_fold{k}"
+        return {image: out_dir / f"{self.names[image]}{FILE_ENDING}" for image in images}
+
     def predict_held_out(self, r: int, k: int, images: Sequence[str]) -> dict[str, str]:
         """Fold ``k``'s predictions of its held-out ``images`` (written once): ``{image: label file}``."""
-        out_dir = self.round_dir(r) / f"held_out_fold{k}"
-        targets = {image: out_dir / f"{self.names[image]}{FILE_ENDING}" for image in images}
+        targets = self.held_out_files(r, k, images)
         todo = [image for image, target in targets.items() if not target.exists()]
         if todo:
-            out_dir.mkdir(parents=True, exist_ok=True)
+            next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
             with self._paths(r):
                 self.predictor(r, (k,)).predict_from_files_sequential(
                     [[image] for image in todo], [str(targets[i])[: -len(FILE_ENDING)] for i in todo],
@@ -333,9 +338,8 @@ class NnUNetFoldRetraining:
                 self.predict_held_out(r, k, [e["image"] for e in fold["val"]])
                 (self.round_dir(r) / f"fold{k}_{DONE}").write_text("done\n")
             wait_for([self.round_dir(r) / f"fold{k}_{DONE}" for k in range(self.num_folds)])
-            pseudo = {}
-            for k, fold in enumerate(folds):
-                pseudo.update(self.predict_held_out(r, k, [e["image"] for e in fold["val"]]))
+            pseudo = {image: str(file) for k, fold in enumerate(folds)
+                      for image, file in self.held_out_files(r, k, [e["image"] for e in fold["val"]]).items()}
             print(f"nnU-Net round {r}: {self.num_folds} folds trained, {len(pseudo)} pseudo-labels refreshed", flush=True)
         return self.model_dir(self.rounds - 1)
 
@@ -350,8 +354,10 @@ class NnUNetFoldRetraining:
         names = case_identifiers(images)
         todo = [(str(i), n) for i, n in zip(images, names) if not (out_dir / f"{n}{FILE_ENDING}").exists()]
         if todo:
+            if self._ensemble is None:
+                self._ensemble = self.predictor(r, range(self.num_folds))
             with self._paths(r):
-                self.predictor(r, range(self.num_folds)).predict_from_files_sequential(
+                self._ensemble.predict_from_files_sequential(
                     [[i] for i, _ in todo], [str(out_dir / n) for _, n in todo], save_probabilities=False,
                     overwrite=True)
         return [out_dir / f"{n}{FILE_ENDING}" for n in names]

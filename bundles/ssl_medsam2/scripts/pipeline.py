@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
 from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
@@ -51,8 +52,6 @@ def ensemble_size(method: str, num_folds: int) -> int:
 
 def evaluation_inferer(backend: str, patch_size: Sequence[int], sw_batch_size: int, overlap: float):
     """The evaluator's inferer: sliding windows over the fold ensemble, whole volumes for nnU-Net's files."""
-    from monai.inferers import SimpleInferer, SlidingWindowInferer
-
     if backend not in BACKENDS:
         raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "nnunetv2":

@@ -151,7 +151,7 @@ class TrainingFreeFewShot:
 
         ``support``: the labelled ``(image (C, X', Y', Z'), label (1, X', Y', Z'))`` pairs (``M``).
         """
-        return self._probability(volume, self.prepare_support(support), generator)
+        return self.probability_from(volume, self.prepare_support(support), generator)
 
     def prepare_support(self, support: Sequence[tuple[torch.Tensor, torch.Tensor]]
                         ) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -160,8 +160,9 @@ class TrainingFreeFewShot:
             raise ValueError("TFFS needs at least one labelled volume in its support set")
         return [(self.frames(image), self.masks(label)) for image, label in support]
 
-    def _probability(self, volume: torch.Tensor, prepared: Sequence[tuple[torch.Tensor, torch.Tensor]],
-                     generator: torch.Generator | None) -> torch.Tensor:
+    def probability_from(self, volume: torch.Tensor, prepared: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                         generator: torch.Generator | None) -> torch.Tensor:
+        """:meth:`probability` with the support already prepared (:meth:`prepare_support`), for many volumes."""
         volume = torch.as_tensor(volume)
         unlabelled = self.frames(volume)
         total = torch.zeros(unlabelled.shape[0], self.frame_size, self.frame_size)
@@ -196,8 +197,8 @@ class TrainingFreeFewShot:
 
         def predict(image: torch.Tensor) -> torch.Tensor:
             name = Path(str(getattr(image, "meta", {}).get("filename_or_obj", ["case"])[0])).name
-            foreground = self._probability(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0],
-                                           prepared, self.generator_for(name))
+            foreground = self.probability_from(image[0].as_tensor() if hasattr(image, "as_tensor") else image[0],
+                                               prepared, self.generator_for(name))
             return torch.stack([1 - foreground, foreground])
 
         return predict

@@ -113,6 +113,7 @@ def build_student(name: str = "deeplabv3_resnet50", num_classes: int = 2, output
         if backbone_weights:
             raise ValueError("backbone_weights is for the ResNet-50 student; the TinyViT student starts from "
                              "LiteMedSAM's own weights")
+        # imported here: the teacher layer (segment-anything, LiteMedSAM) loads only for this student
         from common.networks import SAMEncoderSegNet
         from common.teachers import build_teacher
 
