@@ -149,3 +149,19 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(tmp_pa
     assert command[command.index("--checkpoint") + 1] == str(run / "model.pt")
     assert command[command.index("--prediction_dir") + 1] == str(run / "test_predictions" / "masks")
     assert command[command.index("--output_postfix") + 1] == "segmentation"  # ISIC naming
+
+
+def test_a_folder_of_another_comparison_is_refused_not_reused(tmp_path, monkeypatch):
+    """A 1-labelled comparison must not report the 4-labelled runs it finds under the same seed names."""
+    run = tmp_path / "seed0" / "new"
+    run.mkdir(parents=True)
+    (run / "validation_metrics.json").write_text(json.dumps({"cases": _records([0.5, 0.7])}))
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    base_args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path), "--variants", "new"]
+    main(SPEC, base_args + ["--num_labelled", "8"])
+    assert json.loads((tmp_path / "comparison.json").read_text())["num_labelled"] == 8
+    with pytest.raises(SystemExit, match="num_labelled: 8 there, 1 now.*own --out folder"):
+        main(SPEC, base_args + ["--num_labelled", "1"])
+    with pytest.raises(SystemExit, match="preset"):
+        main(SPEC, base_args + ["--num_labelled", "8", "--preset", "", "--report_only"])
+    assert "| Method | 60.00 |" in main(SPEC, base_args + ["--num_labelled", "8", "--report_only"])

@@ -8,7 +8,8 @@ evaluating its final model on the test set (the trainer's validation set, used o
 model selection happens on it) and writes ``validation_metrics.json`` with per-case metrics.
 
 Runs go to ``<out>/seed<k>/<variant>``. A run whose metrics file exists is not trained again (pass
-``--retrain`` to force it), and a killed run resumes from its last checkpoint, so re-running the
+``--retrain`` to force it; ``<out>/comparison.json`` records the data, split sizes, preset and
+overrides, and a comparison with other settings is refused the folder), and a killed run resumes from its last checkpoint, so re-running the
 same command finishes an interrupted comparison. Each command is printed before it runs, so any
 row can be reproduced on its own. The report (``<out>/results.md``, with every per-case value in
 ``<out>/results.json``) gives per-seed means, mean and sd over seeds, and paired Wilcoxon tests of
@@ -275,10 +276,6 @@ def comparison_report(spec: BundleExperiment, results: Results, names: Sequence[
 def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
     """The runs' data arguments and a sentence describing the split."""
     if spec.data == "dermoscopy":
-        if not args.train_dir or not args.test_dir:
-            raise SystemExit(
-                f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir (labelled test folder)."
-            )
         run_args = ["--dataset_dir", str(Path(args.train_dir).resolve()),
                     "--val_dataset_dir", str(Path(args.test_dir).resolve())]
         notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
@@ -300,6 +297,39 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
         cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
         run_args += [f"--{spec.sam_cache_key}", str(cache)]
     return run_args, notes
+
+
+SETTINGS_FILE = "comparison.json"
+
+
+def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides."""
+    if spec.data == "dermoscopy":
+        data = {"train_dir": str(Path(args.train_dir).resolve()), "test_dir": str(Path(args.test_dir).resolve())}
+    else:
+        data = {"data": str(Path(args.data).resolve()), "pool": args.pool, "test": args.test}
+    return {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
+            "overrides": list(args.overrides)}
+
+
+def check_comparison_folder(out: Path, settings: Mapping[str, Any], record: bool = True) -> None:
+    """Refuse to mix runs of different settings in one ``--out`` folder; record the settings of a new one.
+
+    A finished run is reused by its folder name alone (``seed<k>/<variant>``), so without this check
+    a 1-labelled comparison pointed at a 4-labelled folder would silently report the 4-labelled runs.
+    A folder made before settings were recorded adopts the current ones.
+    """
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+        if differing:
+            details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
+            raise SystemExit(f"{out} holds a comparison with other settings ({details}). Its finished runs would be "
+                             "reused as if they were this one's: give this comparison its own --out folder.")
+    elif record:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(settings), indent=1) + "\n")
 
 
 def load_results(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
@@ -349,6 +379,10 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     """Parse the command line, run the comparison, write and print the report."""
     args = parser_for(spec, description).parse_args(argv)
     out = Path(args.out).resolve()
+    if spec.data == "dermoscopy" and (not args.train_dir or not args.test_dir):
+        raise SystemExit(f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir (labelled test folder).")
+    settings = comparison_settings(spec, args)
+    check_comparison_folder(out, settings, record=not args.report_only)
     run_args, split = _data_arguments(spec, args, out)
     run_args += list(args.overrides)
     earlier = load_results(args.earlier_results) if args.earlier_results else None
@@ -377,7 +411,7 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(report)
     (out / "results.json").write_text(json.dumps(
-        {"bundle": spec.bundle, "method": spec.method, "seeds": list(args.seeds),
+        {"bundle": spec.bundle, "method": spec.method, "seeds": list(args.seeds), "settings": settings,
          "variants": {n: spec.variants[n].label for n in args.variants},
          "cases": {n: {str(s): results[n][s] for s in args.seeds} for n in args.variants}}, indent=1))
     print("\n" + report)
