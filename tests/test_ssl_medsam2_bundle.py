@@ -24,7 +24,8 @@ FAST = ["--target_spacing", "4.0", "--patch_size", "[32,32,16]", "--network_patc
 def test_bundle_trains_scores_tffs_alone_and_evaluates(la_root, tmp_path):
     subset = la_subset(la_root, tmp_path / "la", 4)
     run = tmp_path / "run"
-    common_args = ["--dataset_dir", str(subset), "--num_labelled", "1", "--num_val", "1", *FAST]
+    cache = tmp_path / "frame_embeddings"
+    common_args = ["--dataset_dir", str(subset), "--num_labelled", "1", "--num_val", "1", "--tffs#cache_dir", str(cache), *FAST]
     result = run_bundle(BUNDLE, "training", ["train.json"], "--output_dir", str(run), "--model_dir", str(run),
                         *common_args)
     assert "deployed ssl_medsam2 model (2 network(s))" in result.stdout
@@ -34,6 +35,8 @@ def test_bundle_trains_scores_tffs_alone_and_evaluates(la_root, tmp_path):
     assert sorted(c["image"] for c in tffs_manifest["cases"]) == sorted(e["image"] for e in split["unlabelled"])
     for fold in (0, 1):
         assert (run / "fsl" / "round0" / f"fold{fold}" / "model.pt").exists()
+    # each unlabelled frame encoded once, kept on disk for the other seeds and variants (~18 slices per volume)
+    assert 20 <= len(list(cache.glob("*/*.pt"))) <= 2 * 20
     metrics = json.loads((run / "validation_metrics.json").read_text())
     assert metrics["num_cases"] == 1 and 0.0 <= metrics["summary"]["dice"]["mean"] <= 1.0
 

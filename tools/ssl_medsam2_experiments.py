@@ -32,6 +32,7 @@ SPEC = BundleExperiment(
     tested_metrics=("dice", "hd95"),
     distance_unit="mm",
     seed_shared_key="work_dir",
+    sam_cache_key="tffs#cache_dir",
     notes="TFFS and the FSL rounds are shared by the runs of a seed (TFFS + 1 round is the full run's first round).",
 )
 
