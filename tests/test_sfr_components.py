@@ -331,3 +331,41 @@ def test_pseudo_label_quality_tool_scores_against_held_back_labels(tmp_path):
         {"fingerprint": "x", "cases": [{"image": image, "pseudo_label": pseudo, "confidence": 0.9}]}))
     rows = pseudo_label_quality.score(tmp_path / "pl", tmp_path)
     assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(2 / 3) and rows[0]["confidence"] == 0.9
+
+
+def test_sfr_plus_stops_when_no_case_is_routed_back(tmp_path, monkeypatch):
+    """No pseudo-label reaches tau: the next round would repeat this one's fine-tuning, so it does not run."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundles" / "sfr_la"))
+    from scripts.sfr import SFRStages
+
+    def run_with_confidences(confidences: list[float], root: Path) -> tuple[SFRStages, list[list[str]]]:
+        stages = SFRStages(lambda: None, [{"image": "l.nii.gz", "label": "l_seg.nii.gz"}],
+                           [{"image": f"u{i}.nii.gz"} for i in range(len(confidences))], root, (16, 16, 8), None,
+                           rounds=3)
+        tuned_on: list[list[str]] = []
+
+        def finetune(round_dir: Path, training_set):
+            tuned_on.append([e["image"] for e in training_set])
+            round_dir.mkdir(parents=True)
+            return round_dir / "finetune" / "sam_tuned.pt"
+
+        monkeypatch.setattr(stages, "finetune", finetune)
+        monkeypatch.setattr(stages, "pseudo_label", lambda round_dir, tuned: [
+            {"image": f"u{i}.nii.gz", "pseudo_label": f"{round_dir.name}_u{i}.nii.gz", "confidence": c}
+            for i, c in enumerate(confidences)])
+        monkeypatch.setattr(stages, "load_tuned", lambda tuned: tuned)
+        return stages, tuned_on
+
+    stages, tuned_on = run_with_confidences([0.9, 0.95], tmp_path / "none")
+    entries = stages.run()
+    assert tuned_on == [["l.nii.gz"]], "a second round on the same volumes would repeat the first"
+    assert [e["pseudo_label"] for e in entries] == ["round0_u0.nii.gz", "round0_u1.nii.gz"]
+    assert stages.final_model() == tmp_path / "none" / "round0" / "finetune" / "sam_tuned.pt"
+
+    stages, tuned_on = run_with_confidences([0.99, 0.95], tmp_path / "one")
+    entries = stages.run()
+    assert tuned_on == [["l.nii.gz"], ["l.nii.gz", "u0.nii.gz"], ["l.nii.gz", "u0.nii.gz"]]
+    assert entries[0]["pseudo_label"] == "round2_u0.nii.gz"
+    assert stages.final_model() == tmp_path / "one" / "round2" / "finetune" / "sam_tuned.pt"

@@ -13,7 +13,8 @@ path of its pseudo-label. Per round ``r`` (``<work_dir>/round<r>/``, by default 
    own grid, with SFR eq. 8's voxel-average confidence in ``manifest.json``. Cached per round.
 3. **SFR+ routing** (rounds after the first): cases with confidence ``>= threshold`` (0.985)
    join the next round's fine-tuning set, their pseudo-label standing in for a label; the others
-   stay with the re-training. ``rounds=1`` is plain SFR.
+   stay with the re-training. ``rounds=1`` is plain SFR. When no case reaches the threshold the
+   rounds stop there: the next one would fine-tune on the same volumes with the same seed.
 
 The re-training takes the last round's pseudo-labels (``retrain_on="all"`` unlabelled cases, or
 only the last routing's ``"uncertain"`` ones). Only ``image`` paths of unlabelled entries are
@@ -119,6 +120,7 @@ class SFRStages:
         self.device = torch.device(device)
         self.seed = int(seed)
         self._entries: list[dict[str, Any]] | None = None  # run() once per process
+        self._final_round = self.rounds - 1  # earlier when SFR+ routes no case back (set by run())
 
     # ------------------------------------------------------------------ stage 1
     def finetune(self, round_dir: Path, training_set: Sequence[Mapping[str, Any]]) -> Path:
@@ -160,9 +162,12 @@ class SFRStages:
                                    round_dir / "pseudo_labels", fingerprint, device=self.device)
 
     def final_model(self) -> StitchedSAM:
-        """The last round's fine-tuned SAM (running every stage that has not run yet)."""
+        """The last round's fine-tuned SAM (running every stage that has not run yet).
+
+        The last round is ``rounds - 1`` unless SFR+ stopped early (no case reached the threshold).
+        """
         self.run()
-        return self.load_tuned(self.root / f"round{self.rounds - 1}" / "finetune" / TUNED_FILE)
+        return self.load_tuned(self.root / f"round{self._final_round}" / "finetune" / TUNED_FILE)
 
     # ------------------------------------------------------------------ all rounds
     def _settings_key(self) -> dict[str, Any]:
@@ -208,7 +213,14 @@ class SFRStages:
             routing = {"confident": [c["image"] for c in confident], "uncertain": [c["image"] for c in uncertain]}
             (round_dir / "routing.json").write_text(json.dumps({"threshold": self.threshold, **routing}, indent=1))
             print(f"round {r}: {len(confident)} confident (>= {self.threshold}), {len(uncertain)} uncertain", flush=True)
+            self._final_round = r
             if r + 1 < self.rounds:
+                if not confident:
+                    # the next round would fine-tune on the same labelled volumes with the same seed: it
+                    # would repeat this one (an hour on a CPU) for nothing; SFR+ is SFR here
+                    print(f"round {r}: no case reached the threshold, so round {r + 1} would repeat this round: "
+                          f"SFR+ stops after round {r}", flush=True)
+                    break
                 training_set = list(self.labelled) + [{"image": c["image"], "label": c["pseudo_label"]} for c in confident]
         if self.retrain_on == "uncertain" and self.rounds > 1:
             keep = set(routing["uncertain"])
