@@ -8,9 +8,9 @@ evaluating its final model on the test set (the trainer's validation set, used o
 model selection happens on it) and writes ``validation_metrics.json`` with per-case metrics.
 
 Runs go to ``<out>/seed<k>/<variant>``. A run whose metrics file exists is not trained again (pass
-``--retrain`` to force it; ``<out>/comparison.json`` records the data, split sizes, preset and
-overrides, and a comparison with other settings is refused the folder), and a killed run resumes from its last checkpoint, so re-running the
-same command finishes an interrupted comparison. Each command is printed before it runs, so any
+``--retrain`` to force it), and a killed run resumes from its last checkpoint, so re-running the
+same command finishes an interrupted comparison; ``<out>/comparison.json`` records the data, split
+sizes, preset and overrides, and a comparison with other settings is refused the folder. Each command is printed before it runs, so any
 row can be reproduced on its own. The report (``<out>/results.md``, with every per-case value in
 ``<out>/results.json``) gives per-seed means, mean and sd over seeds, and paired Wilcoxon tests of
 the method against every other variant, over seeds and over test cases
