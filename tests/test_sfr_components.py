@@ -335,9 +335,9 @@ def test_pseudo_label_quality_tool_scores_against_held_back_labels(tmp_path):
 
 def test_sfr_plus_stops_when_no_case_is_routed_back(tmp_path, monkeypatch):
     """No pseudo-label reaches tau: the next round would repeat this one's fine-tuning, so it does not run."""
-    import sys
+    from bundle_testing import use_bundle  # same directory, on sys.path under pytest
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bundles" / "sfr_la"))
+    use_bundle("sfr_la")  # another bundle's `scripts` package may be loaded in this worker
     from scripts.sfr import SFRStages
 
     def run_with_confidences(confidences: list[float], root: Path) -> tuple[SFRStages, list[list[str]]]:
