@@ -159,7 +159,8 @@ def test_a_folder_of_another_comparison_is_refused_not_reused(tmp_path, monkeypa
     monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("nothing should be trained"))
     base_args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path), "--variants", "new"]
     main(SPEC, base_args + ["--num_labelled", "8"])
-    assert json.loads((tmp_path / "comparison.json").read_text())["num_labelled"] == 8
+    recorded = json.loads((tmp_path / "comparison.json").read_text())
+    assert recorded["num_labelled"] == 8 and not Path(recorded["train_dir"]).is_absolute()  # no machine paths
     with pytest.raises(SystemExit, match="num_labelled: 8 there, 1 now.*own --out folder"):
         main(SPEC, base_args + ["--num_labelled", "1"])
     with pytest.raises(SystemExit, match="preset"):

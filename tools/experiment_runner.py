@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import statistics
@@ -302,12 +303,21 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
 SETTINGS_FILE = "comparison.json"
 
 
+PATH_SETTINGS = ("train_dir", "test_dir", "data")
+
+
+def _project_relative(path: str | Path) -> str:
+    """``path`` relative to the project root, so a recorded comparison (and a results file copied into
+    the docs) names no machine's folders."""
+    return os.path.relpath(Path(path).resolve(), ROOT)
+
+
 def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dict[str, Any]:
     """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides."""
     if spec.data == "dermoscopy":
-        data = {"train_dir": str(Path(args.train_dir).resolve()), "test_dir": str(Path(args.test_dir).resolve())}
+        data = {"train_dir": _project_relative(args.train_dir), "test_dir": _project_relative(args.test_dir)}
     else:
-        data = {"data": str(Path(args.data).resolve()), "pool": args.pool, "test": args.test}
+        data = {"data": _project_relative(args.data), "pool": args.pool, "test": args.test}
     return {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
             "overrides": list(args.overrides)}
 
@@ -322,7 +332,13 @@ def check_comparison_folder(out: Path, settings: Mapping[str, Any], record: bool
     path = out / SETTINGS_FILE
     if path.is_file():
         recorded = json.loads(path.read_text())
-        differing = {k: (recorded.get(k), v) for k, v in settings.items() if recorded.get(k) != v}
+
+        def same(key: str, old: Any, new: Any) -> bool:  # a folder is the same however it was written
+            if key in PATH_SETTINGS and old is not None:
+                return (ROOT / old).resolve() == (ROOT / new).resolve()
+            return old == new
+
+        differing = {k: (recorded.get(k), v) for k, v in settings.items() if not same(k, recorded.get(k), v)}
         if differing:
             details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
             raise SystemExit(f"{out} holds a comparison with other settings ({details}). Its finished runs would be "
