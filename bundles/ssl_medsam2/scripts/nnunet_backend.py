@@ -314,7 +314,7 @@ class NnUNetFoldRetraining:
         targets = self.held_out_files(r, k, images)
         todo = [image for image, target in targets.items() if not target.exists()]
         if todo:
-            next(iter(targets.values())).parent.mkdir(parents=True, exist_ok=True)
+            targets[todo[0]].parent.mkdir(parents=True, exist_ok=True)
             with self._paths(r):
                 self.predictor(r, (k,)).predict_from_files_sequential(
                     [[image] for image in todo], [str(targets[i])[: -len(FILE_ENDING)] for i in todo],
