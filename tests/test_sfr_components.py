@@ -17,7 +17,8 @@ from common.engines import (
     SelfTrainingTrainer,
     build_consistency_trainer,
 )
-from common.engines.pseudo_labelling import mean_max_probability, route_by_confidence, write_pseudo_labels
+from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence, write_predicted_labels,
+                                             write_pseudo_labels)
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM, VNet, set_class_tokens
 from common.teachers import build_teacher
@@ -231,7 +232,8 @@ def test_pseudo_labels_are_written_on_the_input_grid_and_never_read_the_label(tm
     transform = data.volume_transforms("infer")
     records = write_pseudo_labels(_Threshold(), [poisoned], transform, SlidingWindowInferer((16, 16, 8)),
                                   tmp_path / "pl", fingerprint="a", progress=False)
-    assert len(records) == 1 and set(records[0]) == {"image", "pseudo_label", "confidence"}
+    assert len(records) == 1 and set(records[0]) == {"image", "pseudo_label", "confidence", "foreground_fraction"}
+    assert 0.3 < records[0]["foreground_fraction"] < 0.7  # about half the voxels are above the mean
     written = nib.load(records[0]["pseudo_label"])
     assert written.shape == image.shape
     np.testing.assert_allclose(written.affine, affine, atol=1e-5)
@@ -244,6 +246,19 @@ def test_pseudo_labels_are_written_on_the_input_grid_and_never_read_the_label(tm
     assert again == records and Path(records[0]["pseudo_label"]).stat().st_mtime_ns == mtime
     manifest = json.loads((tmp_path / "pl" / "manifest.json").read_text())
     assert manifest["fingerprint"] == "a" and manifest["cases"] == records
+
+
+def test_an_empty_pseudo_label_is_named_in_a_warning(tmp_path):
+    path = _write_volume(tmp_path / "in" / "case_empty.nii.gz", np.random.default_rng(1).normal(size=(12, 10, 6)).astype(np.float32))
+
+    def background_only(image: torch.Tensor) -> torch.Tensor:  # a teacher that lost the structure
+        return torch.stack([torch.ones(image.shape[2:]), torch.zeros(image.shape[2:])])
+
+    with pytest.warns(UserWarning, match=r"1 of 1 pseudo-labels .* are empty \(case_empty.nii.gz\)"):
+        records = write_predicted_labels(background_only, [{"image": path}], data.volume_transforms("infer"),
+                                         tmp_path / "pl", fingerprint="empty", progress=False)
+    assert records[0]["foreground_fraction"] == 0.0
+    assert not np.asarray(nib.load(records[0]["pseudo_label"]).dataobj).any()
 
 
 def test_confidence_and_sfr_plus_routing():

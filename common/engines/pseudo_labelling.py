@@ -4,7 +4,9 @@ A frozen (fine-tuned) teacher is too slow to run inside every training iteration
 for a case does not change while the student trains, so :func:`write_pseudo_labels` predicts each
 unlabelled volume once, writes the argmax as NIfTI **on the input's own grid and affine** (the
 preprocessing is inverted), and records in ``manifest.json`` the case's voxel-average confidence
-(SFR eq. 8, :func:`mean_max_probability`). The manifest carries a fingerprint of the teacher and
+(SFR eq. 8, :func:`mean_max_probability`) and foreground fraction. Empty pseudo-labels get a
+warning: a teacher that lost the structure teaches background, and a re-training on such cases
+can collapse to empty predictions (SSL-MedSAM2's docs show it on LA). The manifest carries a fingerprint of the teacher and
 settings: a second call with the same fingerprint reuses the files (a killed run resumes case by
 case); a different fingerprint starts afresh.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -152,14 +155,28 @@ def write_predicted_labels(
         batch = list_data_collate([item])
         probabilities = predict(batch["image"])
         confidence = mean_max_probability(probabilities)
-        pred = MetaTensor(probabilities.argmax(dim=0, keepdim=True).to(torch.uint8),
-                          meta=item["image"].meta, applied_operations=item["image"].applied_operations)
+        classes = probabilities.argmax(dim=0, keepdim=True).to(torch.uint8)
+        foreground = float((classes > 0).float().mean())
+        pred = MetaTensor(classes, meta=item["image"].meta, applied_operations=item["image"].applied_operations)
         saver({"image": item["image"], "pred": pred})
         record = {"image": image_path, PSEUDO_LABEL_KEY: str(saver.output_path(item["image"].meta["filename_or_obj"])),
-                  "confidence": round(confidence, 6)}
+                  "confidence": round(confidence, 6), "foreground_fraction": round(foreground, 6)}
         records.append(record)
         done[image_path] = record
         _write_manifest(out, fingerprint, list(done.values()))
         if progress:
-            print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}", flush=True)
+            print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}, "
+                  f"foreground {100 * foreground:.2f}% of voxels", flush=True)
+    _warn_if_empty(records, out)
     return records
+
+
+def _warn_if_empty(records: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """Name the empty pseudo-labels: silent, they would only show as a collapsed student."""
+    empty = [Path(str(r["image"])).name for r in records if r.get("foreground_fraction") == 0.0]
+    if empty:
+        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
+        warnings.warn(f"{len(empty)} of {len(records)} pseudo-labels in {out} are empty ({shown}): the teacher found "
+                      "no foreground there, and training on them teaches background. If every volume contains the "
+                      "structure, check the teacher and its prompts; tools/pseudo_label_quality.py scores the "
+                      "pseudo-labels against labels kept aside.", stacklevel=3)
