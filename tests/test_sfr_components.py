@@ -249,7 +249,8 @@ def test_pseudo_labels_are_written_on_the_input_grid_and_never_read_the_label(tm
 
 
 def test_an_empty_pseudo_label_is_named_in_a_warning(tmp_path):
-    path = _write_volume(tmp_path / "in" / "case_empty.nii.gz", np.random.default_rng(1).normal(size=(12, 10, 6)).astype(np.float32))
+    image = np.random.default_rng(1).normal(size=(12, 10, 6)).astype(np.float32)
+    path = _write_volume(tmp_path / "in" / "case_empty.nii.gz", image)
 
     def background_only(image: torch.Tensor) -> torch.Tensor:  # a teacher that lost the structure
         return torch.stack([torch.ones(image.shape[2:]), torch.zeros(image.shape[2:])])

@@ -6,9 +6,9 @@ unlabelled volume once, writes the argmax as NIfTI **on the input's own grid and
 preprocessing is inverted), and records in ``manifest.json`` the case's voxel-average confidence
 (SFR eq. 8, :func:`mean_max_probability`) and foreground fraction. Empty pseudo-labels get a
 warning: a teacher that lost the structure teaches background, and a re-training on such cases
-can collapse to empty predictions (SSL-MedSAM2's docs show it on LA). The manifest carries a fingerprint of the teacher and
-settings: a second call with the same fingerprint reuses the files (a killed run resumes case by
-case); a different fingerprint starts afresh.
+can collapse to empty predictions (SSL-MedSAM2's docs show it on LA). The manifest carries a
+fingerprint of the teacher and settings: a second call with the same fingerprint reuses the files
+(a killed run resumes case by case); a different fingerprint starts afresh.
 
 The entries handed in are read with the ``infer`` transforms, which load the ``image`` key only:
 a ``label`` an entry might carry is never opened (tests prove it with a poisoned label path).
