@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -17,8 +18,8 @@ from common.engines import (
     SelfTrainingTrainer,
     build_consistency_trainer,
 )
-from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence, write_predicted_labels,
-                                             write_pseudo_labels)
+from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence, warn_if_empty_label_files,
+                                             write_predicted_labels, write_pseudo_labels)
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM, VNet, set_class_tokens
 from common.teachers import build_teacher
@@ -260,6 +261,19 @@ def test_an_empty_pseudo_label_is_named_in_a_warning(tmp_path):
                                          tmp_path / "pl", fingerprint="empty", progress=False)
     assert records[0]["foreground_fraction"] == 0.0
     assert not np.asarray(nib.load(records[0]["pseudo_label"]).dataobj).any()
+
+
+def test_label_files_written_elsewhere_get_the_same_warning(tmp_path):
+    # nnU-Net's predictor writes the nnU-Net backend's pseudo-labels: the check reads the files
+    full = np.zeros((8, 8, 4), np.uint8)
+    full[2:5, 2:5, 1:3] = 1
+    labels = {"a/case_full.nii.gz": _write_volume(tmp_path / "full.nii.gz", full),
+              "a/case_void.nii.gz": _write_volume(tmp_path / "void.nii.gz", np.zeros_like(full))}
+    with pytest.warns(UserWarning, match=r"1 of 2 pseudo-labels in round0 are empty \(case_void.nii.gz\)"):
+        assert warn_if_empty_label_files(labels, "round0") == ["a/case_void.nii.gz"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert warn_if_empty_label_files({"a/case_full.nii.gz": labels["a/case_full.nii.gz"]}, "round0") == []
 
 
 def test_confidence_and_sfr_plus_routing():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import warnings
 
 import nibabel as nib
 import numpy as np
@@ -84,9 +86,18 @@ def test_nnunet_rounds_hold_each_case_out_once_reuse_the_plans_and_ensemble_the_
     fsl = nnunet_backend.NnUNetFoldRetraining(labelled, unlabelled, tmp_path / "fsl", num_folds=2, rounds=2, epochs=1,
                                               iterations_per_epoch=2, use_mirroring=False, seed=0)
 
-    model_dir = fsl.run()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model_dir = fsl.run()
 
     assert model_dir == fsl.model_dir(1)
+    # nnU-Net's predictor writes the held-out pseudo-labels: the empty ones are named, as for every other writer
+    for r in range(2):
+        empty = [p.name for p in sorted(fsl.round_dir(r).glob("held_out_fold*/*.nii.gz"))
+                 if not np.asarray(nib.load(str(p)).dataobj).any()]
+        named = [str(w.message) for w in caught if f"in {fsl.round_dir(r)} are empty" in str(w.message)]
+        assert len(named) == (1 if empty else 0)
+        assert all(name in named[0] for name in empty[:5])
     for r in range(2):
         splits = json.loads((fsl.round_dir(r) / "nnUNet_preprocessed" / fsl.dataset_name / "splits_final.json").read_text())
         held_out = sorted(name for split in splits for name in split["val"])
@@ -107,5 +118,11 @@ def test_nnunet_rounds_hold_each_case_out_once_reuse_the_plans_and_ensemble_the_
     assert set(np.unique(np.asarray(prediction.dataobj)).tolist()) <= {0, 1}
 
     mtimes = {p: p.stat().st_mtime for p in fsl.root.rglob("checkpoint_final.pth")}
-    fsl.run()  # everything is on disk: nothing trains again
+    # a fold that lost the structure on a case: the rerun reads nnU-Net's files and names it
+    lost = sorted(fsl.round_dir(1).glob("held_out_fold*/*.nii.gz"))[0]
+    written = nib.load(str(lost))
+    nib.save(nib.Nifti1Image(np.zeros(written.shape, np.uint8), written.affine), str(lost))
+    named = rf"pseudo-labels in {re.escape(str(fsl.round_dir(1)))} are empty \(.*{re.escape(lost.name)}"
+    with pytest.warns(UserWarning, match=named):
+        fsl.run()  # everything is on disk: nothing trains again
     assert {p: p.stat().st_mtime for p in fsl.root.rglob("checkpoint_final.pth")} == mtimes

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose
@@ -31,7 +32,8 @@ from common.transforms.save_predictions import SavePredictiond
 
 from .pseudo_label import PSEUDO_LABEL_KEY
 
-__all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence", "write_predicted_labels",
+__all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence",
+           "warn_about_empty_pseudo_labels", "warn_if_empty_label_files", "write_predicted_labels",
            "write_pseudo_labels"]
 
 MANIFEST = "manifest.json"
@@ -173,10 +175,35 @@ def write_predicted_labels(
 
 def _warn_if_empty(records: Sequence[Mapping[str, Any]], out: Path) -> None:
     """Name the empty pseudo-labels: silent, they would only show as a collapsed student."""
-    empty = [Path(str(r["image"])).name for r in records if r.get("foreground_fraction") == 0.0]
-    if empty:
-        shown = ", ".join(empty[:5]) + (", ..." if len(empty) > 5 else "")
-        warnings.warn(f"{len(empty)} of {len(records)} pseudo-labels in {out} are empty ({shown}): the teacher found "
-                      "no foreground there, and training on them teaches background. If every volume contains the "
-                      "structure, check the teacher and its prompts; tools/pseudo_label_quality.py scores the "
-                      "pseudo-labels against labels kept aside.", stacklevel=3)
+    empty = [str(r["image"]) for r in records if r.get("foreground_fraction") == 0.0]
+    warn_about_empty_pseudo_labels(empty, len(records), out, stacklevel=4)
+
+
+def warn_if_empty_label_files(labels: Mapping[str, str | Path], where: str | Path) -> list[str]:
+    """Warn, naming them, about label files with no foreground voxel; returns their images.
+
+    For pseudo-labels written by code other than :func:`write_predicted_labels` (nnU-Net's own
+    predictor writes the SSL-MedSAM2 nnU-Net backend's held-out predictions), so every writer gets
+    the same warning. ``labels`` maps each image to its written label file.
+    """
+    import nibabel as nib  # the files are NIfTI; loading lazily keeps this module light to import
+
+    empty = []
+    for image, label in labels.items():
+        data = np.asanyarray(nib.load(str(label)).dataobj)
+        if not np.any(data > 0):
+            empty.append(str(image))
+    warn_about_empty_pseudo_labels(empty, len(labels), where, stacklevel=3)
+    return empty
+
+
+def warn_about_empty_pseudo_labels(empty: Sequence[str], total: int, where: str | Path, stacklevel: int = 2) -> None:
+    """The one wording of the empty-pseudo-label warning (``empty``: the images whose label is empty)."""
+    if not empty:
+        return
+    names = [Path(image).name for image in empty]
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    warnings.warn(f"{len(names)} of {total} pseudo-labels in {where} are empty ({shown}): the teacher found "
+                  "no foreground there, and training on them teaches background. If every volume contains the "
+                  "structure, check the teacher and its prompts; tools/pseudo_label_quality.py scores the "
+                  "pseudo-labels against labels kept aside.", stacklevel=stacklevel)

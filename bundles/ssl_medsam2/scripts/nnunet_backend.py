@@ -42,6 +42,7 @@ from torch import nn
 
 from common.config_checks import SettingsDict
 from common.data import kfold_splits, volume_transforms
+from common.engines.pseudo_labelling import warn_if_empty_label_files
 
 from .fsl import wait_for
 
@@ -341,6 +342,8 @@ class NnUNetFoldRetraining:
             pseudo = {image: str(file) for k, fold in enumerate(folds)
                       for image, file in self.held_out_files(r, k, [e["image"] for e in fold["val"]]).items()}
             print(f"nnU-Net round {r}: {self.num_folds} folds trained, {len(pseudo)} pseudo-labels refreshed", flush=True)
+            if self.rank == 0:
+                warn_if_empty_label_files(pseudo, self.round_dir(r))
         return self.model_dir(self.rounds - 1)
 
     def predict(self, images: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
