@@ -21,6 +21,7 @@ from common.engines import (
     SAMAssistedConsistency,
     UncertaintyAwareMeanTeacherTrainer,
     build_consistency_trainer,
+    sam_weight_ramp,
 )
 from common.losses import dice_ce_loss
 from common.metrics import VOLUME_METRICS, case_metrics
@@ -114,6 +115,17 @@ def test_ramps_are_the_papers_formulas():
     weight_c, weight_s = parser.get_parsed_content("consistency_weight"), parser.get_parsed_content("sam_weight")
     assert weight_c(3000) == pytest.approx(0.1 * math.exp(-2.5)) and weight_s(3000) == pytest.approx(0.1 * math.exp(-2.5))
     assert weight_c(6000) == pytest.approx(0.1) and weight_s(0) == pytest.approx(0.1)
+
+
+def test_the_reliability_gated_variant_ramps_the_sam_weight_up_and_floors_the_prompts():
+    parser = ConfigParser()
+    parser.read_config([str(TRAIN_JSON), str(TRAIN_JSON.parent / "baselines" / "mean_teacher_semisam_reliable.json")])
+    weight_s = parser.get_parsed_content("sam_weight")
+    assert isinstance(weight_s, ExponentialRampUp)
+    assert weight_s(0) == pytest.approx(0.1 * math.exp(-5)) and weight_s(6000) == pytest.approx(0.1)
+    assert parser["sam#min_certain_fraction"] == 0.5 and parser["sam#enabled"]
+    with pytest.raises(ValueError, match="unknown SAM weight schedule 'ramp_sideways'.*ramp_down"):
+        sam_weight_ramp("ramp_sideways", 0.1, 100)
 
 
 # ---------------------------------------------------------------- geometry

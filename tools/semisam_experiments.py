@@ -23,8 +23,8 @@ SPEC = BundleExperiment(
         "mean_teacher": Variant("MT", ["configs/baselines/mean_teacher.json"]),
         "mean_teacher_semisam": Variant("MT + SemiSAM", ["configs/baselines/mean_teacher_semisam.json"]),
         "mean_teacher_semisam_reliable": Variant(
-            "MT + SemiSAM, reliability floor 0.5", ["configs/baselines/mean_teacher_semisam.json"],
-            ["--sam#min_certain_fraction", "0.5"],
+            "MT + SemiSAM, reliability-gated (floor 0.5, lambda_s ramps up)",
+            ["configs/baselines/mean_teacher_semisam_reliable.json"],
         ),
         "uamt": Variant("UA-MT", ["configs/baselines/uamt.json"]),
         "uamt_semisam": Variant("UA-MT + SemiSAM", ["configs/baselines/uamt_semisam.json"]),

@@ -31,7 +31,7 @@ from .ramps import (
     ramp_progress,
 )
 from .pseudo_label import PSEUDO_LABEL_KEY, PseudoLabelSupervision, SelfTrainingTrainer
-from .sam_assisted import SAMAssistedConsistency
+from .sam_assisted import SAM_WEIGHT_SCHEDULES, SAMAssistedConsistency, sam_weight_ramp
 from .semi_supervised import SemiSupervisedTrainer
 
 __all__ = [
@@ -46,6 +46,8 @@ __all__ = [
     "build_consistency_trainer",
     "predictive_entropy",
     "SAMAssistedConsistency",
+    "SAM_WEIGHT_SCHEDULES",
+    "sam_weight_ramp",
     "PSEUDO_LABEL_KEY",
     "PseudoLabelSupervision",
     "SelfTrainingTrainer",

@@ -49,9 +49,15 @@ hard case, the student's foreground is mostly uncertain and the box or points dr
 small certain part mislocate the object; SAM then answers a wrong question with a confident
 mask, which the ramp-down weights most heavily at exactly that time.
 
-``min_weight`` skips the whole branch (no teacher passes, no SAM) once the ramp-down weight has
-fallen below it: late in training the term contributes nothing measurable but would still cost
-SAM passes.
+``min_weight`` skips the whole branch (no teacher passes, no SAM) while the weight is below it:
+where the term contributes nothing measurable it would still cost SAM passes.
+
+Weight schedule (:func:`sam_weight_ramp`): ``"ramp_down"`` is eq. 3 as printed (SAM trusted most
+at the start); ``"ramp_up"`` gives the SAM target the mean-teacher consistency's own ramp,
+``lambda_s = 0.1 exp(-5 (1 - t / t_max))``, so it weighs most when the student whose prediction
+prompts SAM has become reliable. With the reliability floor, SAM's influence then follows the
+student's reliability both per slice (which slices are prompted) and over training (how much the
+answer counts).
 """
 
 from __future__ import annotations
@@ -69,11 +75,22 @@ from ..teachers.base import PromptableSegmenter
 from ..teachers.preprocessing import PAD_LOGIT
 from ..teachers.prompts import binary_entropy, point_prompts, prompts_from_probability
 from ..teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
-from .ramps import Constant
+from .ramps import Constant, ExponentialRampDown, ExponentialRampUp, Ramp
 
-__all__ = ["SAMAssistedConsistency"]
+__all__ = ["SAM_WEIGHT_SCHEDULES", "SAMAssistedConsistency", "sam_weight_ramp"]
 
 PROMPT_KINDS = ("box", "points", "box+points")
+
+SAM_WEIGHT_SCHEDULES: dict[str, type[Ramp]] = {"ramp_down": ExponentialRampDown, "ramp_up": ExponentialRampUp}
+
+
+def sam_weight_ramp(schedule: str, max_value: float, length: int) -> Ramp:
+    """``lambda_s`` over ``length`` iterations: ``"ramp_down"`` (SemiSAM eq. 3 as printed) or ``"ramp_up"``
+    (the mean-teacher ramp, so SAM's answer counts most once the student that prompts it is reliable)."""
+    if schedule not in SAM_WEIGHT_SCHEDULES:
+        raise ValueError(f"unknown SAM weight schedule {schedule!r}; choose one of {sorted(SAM_WEIGHT_SCHEDULES)} "
+                         "('ramp_down' is the paper's eq. 3)")
+    return SAM_WEIGHT_SCHEDULES[schedule](max_value, length)
 
 
 class SAMAssistedConsistency:
