@@ -11,10 +11,10 @@ Runs go to ``<out>/seed<k>/<variant>``. A run whose metrics file exists is not t
 ``--retrain`` to force it), and a killed run resumes from its last checkpoint, so re-running the
 same command finishes an interrupted comparison; ``<out>/comparison.json`` records the data, split
 sizes, preset and overrides, and a comparison with other settings is refused the folder. Each
-command is printed before it runs, so any row can be reproduced on its own. The report (``<out>/results.md``, with every per-case value in
-``<out>/results.json``) gives per-seed means, mean and sd over seeds, and paired Wilcoxon tests of
-the method against every other variant, over seeds and over test cases
-(:mod:`common.metrics.comparison` says what each pairing answers). A finished run keeps its
+command is printed before it runs, so any row can be reproduced on its own. The report
+(``<out>/results.md``, with every per-case value in ``<out>/results.json``) gives per-seed means,
+mean and sd over seeds, and paired Wilcoxon tests of the method against every other variant,
+over seeds and over test cases (:mod:`common.metrics.comparison` says what each pairing answers). A finished run keeps its
 ``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
 ``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
 bundle's ``evaluate.json``, for scoring with outside metric code.

@@ -117,8 +117,8 @@ def write_pseudo_labels(
         fingerprint: identifies the teacher and the settings; cached files are reused only under it.
 
     Returns:
-        ``{"image", "pseudo_label", "confidence"}`` per entry, in the entries' order: the
-        ``pseudo_labelled`` datalist of the re-training and SFR+'s routing input.
+        ``{"image", "pseudo_label", "confidence", "foreground_fraction"}`` per entry, in the
+        entries' order: the ``pseudo_labelled`` datalist of the re-training and SFR+'s routing input.
     """
     was_training = network.training
     network.eval()
@@ -169,14 +169,10 @@ def write_predicted_labels(
         if progress:
             print(f"  [{index + 1}/{len(entries)}] {Path(image_path).name}: confidence {confidence:.4f}, "
                   f"foreground {100 * foreground:.2f}% of voxels", flush=True)
-    _warn_if_empty(records, out)
-    return records
-
-
-def _warn_if_empty(records: Sequence[Mapping[str, Any]], out: Path) -> None:
-    """Name the empty pseudo-labels: silent, they would only show as a collapsed student."""
+    # named, not silent: empty pseudo-labels would only show later as a collapsed student
     empty = [str(r["image"]) for r in records if r.get("foreground_fraction") == 0.0]
-    warn_about_empty_pseudo_labels(empty, len(records), out, stacklevel=4)
+    warn_about_empty_pseudo_labels(empty, len(records), out, stacklevel=3)
+    return records
 
 
 def warn_if_empty_label_files(labels: Mapping[str, str | Path], where: str | Path) -> list[str]:
