@@ -115,6 +115,39 @@ def test_runs_recorded_in_an_earlier_results_file_are_not_trained_again(tmp_path
     assert "| Method | 60.00 |" in report
 
 
+def _finished_comparison(out: Path, seed: int, extra: list[str] | None = None) -> Path:
+    for name, values in (("base", [0.4 + 0.1 * seed, 0.6]), ("new", [0.5 + 0.1 * seed, 0.7])):
+        run = out / f"seed{seed}" / name
+        run.mkdir(parents=True)
+        (run / "validation_metrics.json").write_text(json.dumps({"cases": _records(values)}))
+    main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", str(seed), "--out", str(out), *(extra or [])])
+    return out / "results.json"
+
+
+def test_a_comparison_finished_in_pieces_joins_its_earlier_results_files(tmp_path, monkeypatch):
+    first, second = _finished_comparison(tmp_path / "a", 0), _finished_comparison(tmp_path / "b", 1)
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "1", "--out", str(tmp_path / "all")]
+    report = main(SPEC, args + ["--report_only", "--earlier_results", str(first), str(second)])
+    assert "| Baseline | 50.00 | 55.00 |" in report
+    assert set(json.loads((tmp_path / "all" / "results.json").read_text())["cases"]["new"]) == {"0", "1"}
+
+
+def test_earlier_results_of_another_comparison_or_that_disagree_are_refused(tmp_path):
+    other = _finished_comparison(tmp_path / "other", 0, ["--num_labelled", "4"])
+    args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path / "all"), "--report_only"]
+    with pytest.raises(SystemExit, match="other settings .*num_labelled: 4 there, 8 now"):
+        main(SPEC, args + ["--earlier_results", str(other)])
+    first = _finished_comparison(tmp_path / "a", 0)
+    changed = json.loads(first.read_text())
+    changed["cases"]["base"]["0"][0]["dice"] = 0.9
+    (tmp_path / "changed.json").write_text(json.dumps(changed))
+    with pytest.raises(SystemExit, match="base seed 0 differs between"):
+        main(SPEC, args + ["--earlier_results", str(first), str(tmp_path / "changed.json")])
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(SPEC, args + ["--earlier_results", str(tmp_path / "missing.json")])
+
+
 def test_report_only_names_the_runs_that_are_missing(tmp_path):
     with pytest.raises(SystemExit, match="no finished run for Baseline|no finished run for base seed 0"):
         main(SPEC, ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path),

@@ -17,7 +17,9 @@ mean and sd over seeds, and paired Wilcoxon tests of the method against every ot
 over seeds and over test cases (:mod:`common.metrics.comparison` says what each pairing answers). A finished run keeps its
 ``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
 ``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
-bundle's ``evaluate.json``, for scoring with outside metric code.
+bundle's ``evaluate.json``, for scoring with outside metric code. A comparison longer than one
+sitting is finished in pieces: ``--earlier_results`` takes the ``results.json`` of each piece
+(checked to be the same comparison) and reuses their runs.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ __all__ = [
     "Variant",
     "bundle_config_arg",
     "comparison_report",
+    "load_earlier_results",
     "load_results",
     "main",
     "paired_table",
@@ -331,16 +334,8 @@ def check_comparison_folder(out: Path, settings: Mapping[str, Any], record: bool
     """
     path = out / SETTINGS_FILE
     if path.is_file():
-        recorded = json.loads(path.read_text())
-
-        def same(key: str, old: Any, new: Any) -> bool:  # a folder is the same however it was written
-            if key in PATH_SETTINGS and old is not None:
-                return (ROOT / old).resolve() == (ROOT / new).resolve()
-            return old == new
-
-        differing = {k: (recorded.get(k), v) for k, v in settings.items() if not same(k, recorded.get(k), v)}
-        if differing:
-            details = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
+        details = _differing_settings(json.loads(path.read_text()), settings)
+        if details:
             raise SystemExit(f"{out} holds a comparison with other settings ({details}). Its finished runs would be "
                              "reused as if they were this one's: give this comparison its own --out folder.")
     elif record:
@@ -348,11 +343,55 @@ def check_comparison_folder(out: Path, settings: Mapping[str, Any], record: bool
         path.write_text(json.dumps(dict(settings), indent=1) + "\n")
 
 
+def _differing_settings(recorded: Mapping[str, Any], settings: Mapping[str, Any]) -> str:
+    """The settings in which a recorded comparison differs from ``settings``, as text ('' when the same).
+
+    Data folders compare resolved, so a comparison is the same however its paths were written.
+    """
+    def same(key: str, old: Any, new: Any) -> bool:
+        if key in PATH_SETTINGS and old is not None:
+            return (ROOT / old).resolve() == (ROOT / new).resolve()
+        return old == new
+
+    differing = {k: (recorded.get(k), v) for k, v in settings.items() if not same(k, recorded.get(k), v)}
+    return "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
+
+
 def load_results(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """The per-case records of a ``results.json`` written by :func:`main`: ``{variant: {seed: records}}``."""
     stored = json.loads(Path(path).read_text())
     cases = stored["cases"]
     return {name: {int(seed): records for seed, records in by_seed.items()} for name, by_seed in cases.items()}
+
+
+def load_earlier_results(
+    paths: Sequence[str | Path], settings: Mapping[str, Any]
+) -> dict[str, dict[int, list[dict[str, Any]]]]:
+    """Merge the records of earlier ``results.json`` files, each checked to be this comparison's.
+
+    A comparison too long for one sitting is finished piecewise (a seed or a variant at a time) and
+    its pieces joined here, so each file must have been made with the same data, split, preset and
+    overrides (``settings``): records of another comparison would otherwise enter the tables as this
+    one's. Two files holding the same variant and seed must agree case for case.
+    """
+    merged: dict[str, dict[int, list[dict[str, Any]]]] = {}
+    origin: dict[tuple[str, int], Path] = {}
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise SystemExit(f"--earlier_results: {path} does not exist.")
+        recorded = json.loads(path.read_text()).get("settings")
+        details = _differing_settings(recorded, settings) if recorded is not None else ""
+        if details:
+            raise SystemExit(f"--earlier_results: {path} is a comparison with other settings ({details}); "
+                             "its records are not this comparison's.")
+        for name, by_seed in load_results(path).items():
+            for seed, records in by_seed.items():
+                if (name, seed) in origin and merged[name][seed] != records:
+                    raise SystemExit(f"--earlier_results: {name} seed {seed} differs between {origin[name, seed]} "
+                                     f"and {path}; keep one of them.")
+                merged.setdefault(name, {})[seed] = records
+                origin.setdefault((name, seed), path)
+    return merged
 
 
 def parser_for(spec: BundleExperiment, description: str | None = None) -> argparse.ArgumentParser:
@@ -383,8 +422,9 @@ def parser_for(spec: BundleExperiment, description: str | None = None) -> argpar
                              "(<run>/test_predictions/masks: PNG in ISIC naming, NIfTI with the input affine)")
     parser.add_argument("--keep_checkpoints", action="store_true",
                         help="keep the training checkpoints of finished runs (default: removed, model.pt stays)")
-    parser.add_argument("--earlier_results", default=None,
-                        help="results.json of an earlier comparison with the same settings: its runs are reused")
+    parser.add_argument("--earlier_results", nargs="+", default=None,
+                        help="results.json files of earlier runs of this comparison (same settings, checked): "
+                             "their runs are reused, so a comparison can be finished a seed or a variant at a time")
     parser.add_argument("--report_only", action="store_true",
                         help="tabulate the finished runs without training (every variant x seed must exist)")
     parser.add_argument("overrides", nargs="*", help="extra --key value pairs passed to every run (after --)")
@@ -401,7 +441,7 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     check_comparison_folder(out, settings, record=not args.report_only)
     run_args, split = _data_arguments(spec, args, out)
     run_args += list(args.overrides)
-    earlier = load_results(args.earlier_results) if args.earlier_results else None
+    earlier = load_earlier_results(args.earlier_results, settings) if args.earlier_results else None
     if args.report_only:
         missing = [f"{name} seed {s}" for name in args.variants for s in args.seeds
                    if not (out / f"seed{s}" / name / "validation_metrics.json").is_file()
