@@ -131,6 +131,12 @@ def test_a_comparison_finished_in_pieces_joins_its_earlier_results_files(tmp_pat
     report = main(SPEC, args + ["--report_only", "--earlier_results", str(first), str(second)])
     assert "| Baseline | 50.00 | 55.00 |" in report
     assert set(json.loads((tmp_path / "all" / "results.json").read_text())["cases"]["new"]) == {"0", "1"}
+    # a report over part of them still keeps every record it was given, for the next piece
+    seed1 = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "1", "--out", str(tmp_path / "all")]
+    main(SPEC, seed1 + ["--report_only", "--variants", "new", "--earlier_results", str(first), str(second)])
+    stored = json.loads((tmp_path / "all" / "results.json").read_text())
+    assert stored["seeds"] == [1]
+    assert {name: set(by_seed) for name, by_seed in stored["cases"].items()} == {"base": {"0", "1"}, "new": {"0", "1"}}
 
 
 def test_earlier_results_of_another_comparison_or_that_disagree_are_refused(tmp_path):

@@ -19,7 +19,8 @@ over seeds and over test cases (:mod:`common.metrics.comparison` says what each 
 ``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
 bundle's ``evaluate.json``, for scoring with outside metric code. A comparison longer than one
 sitting is finished in pieces: ``--earlier_results`` takes the ``results.json`` of each piece
-(checked to be the same comparison) and reuses their runs.
+(checked to be the same comparison) and reuses their runs; the ``results.json`` it writes keeps
+their records beside its own, so it is the next piece's ``--earlier_results``.
 """
 
 from __future__ import annotations
@@ -466,9 +467,14 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     report += f"\ncommand: python {shlex.join(sys.argv)}\n"
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.md").write_text(report)
+    # every record this comparison knows, not only the report's: the file joins the pieces of a
+    # comparison finished a seed at a time, and is what the next piece's --earlier_results reads
+    known: dict[str, dict[int, list[dict[str, Any]]]] = {n: dict(by_seed) for n, by_seed in (earlier or {}).items()}
+    for name in args.variants:
+        known.setdefault(name, {}).update({s: results[name][s] for s in args.seeds})
     (out / "results.json").write_text(json.dumps(
         {"bundle": spec.bundle, "method": spec.method, "seeds": list(args.seeds), "settings": settings,
-         "variants": {n: spec.variants[n].label for n in args.variants},
-         "cases": {n: {str(s): results[n][s] for s in args.seeds} for n in args.variants}}, indent=1))
+         "variants": {n: spec.variants[n].label if n in spec.variants else n for n in known},
+         "cases": {n: {str(s): known[n][s] for s in sorted(known[n])} for n in known}}, indent=1))
     print("\n" + report)
     return report
