@@ -141,7 +141,8 @@ def test_a_comparison_finished_in_pieces_joins_its_earlier_results_files(tmp_pat
 
 def test_earlier_results_of_another_comparison_or_that_disagree_are_refused(tmp_path):
     other = _finished_comparison(tmp_path / "other", 0, ["--num_labelled", "4"])
-    args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path / "all"), "--report_only"]
+    args = ["--train_dir", "pool", "--test_dir", "test", "--seeds", "0", "--out", str(tmp_path / "all"),
+            "--report_only"]
     with pytest.raises(SystemExit, match="other settings .*num_labelled: 4 there, 8 now"):
         main(SPEC, args + ["--earlier_results", str(other)])
     first = _finished_comparison(tmp_path / "a", 0)

@@ -14,8 +14,8 @@ sizes, preset and overrides, and a comparison with other settings is refused the
 command is printed before it runs, so any row can be reproduced on its own. The report
 (``<out>/results.md``, with every per-case value in ``<out>/results.json``) gives per-seed means,
 mean and sd over seeds, and paired Wilcoxon tests of the method against every other variant,
-over seeds and over test cases (:mod:`common.metrics.comparison` says what each pairing answers). A finished run keeps its
-``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
+over seeds and over test cases (:mod:`common.metrics.comparison` says what each pairing answers).
+A finished run keeps its ``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
 ``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
 bundle's ``evaluate.json``, for scoring with outside metric code. A comparison longer than one
 sitting is finished in pieces: ``--earlier_results`` takes the ``results.json`` of each piece
@@ -358,6 +358,14 @@ def _differing_settings(recorded: Mapping[str, Any], settings: Mapping[str, Any]
     return "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
 
 
+def _recorded_cases(out: Path, name: str, seed: int, earlier: Results | None) -> list[dict[str, Any]] | None:
+    """A finished run's per-case records: from ``--earlier_results`` first, else its metrics file; None if neither."""
+    if earlier and seed in earlier.get(name, {}):
+        return list(earlier[name][seed])
+    metrics_file = out / f"seed{seed}" / name / "validation_metrics.json"
+    return json.loads(metrics_file.read_text())["cases"] if metrics_file.is_file() else None
+
+
 def load_results(path: str | Path) -> dict[str, dict[int, list[dict[str, Any]]]]:
     """The per-case records of a ``results.json`` written by :func:`main`: ``{variant: {seed: records}}``."""
     stored = json.loads(Path(path).read_text())
@@ -444,17 +452,12 @@ def main(spec: BundleExperiment, argv: Sequence[str] | None = None, description:
     run_args += list(args.overrides)
     earlier = load_earlier_results(args.earlier_results, settings) if args.earlier_results else None
     if args.report_only:
-        missing = [f"{name} seed {s}" for name in args.variants for s in args.seeds
-                   if not (out / f"seed{s}" / name / "validation_metrics.json").is_file()
-                   and not (earlier and s in earlier.get(name, {}))]
+        found = {name: {s: _recorded_cases(out, name, s, earlier) for s in args.seeds} for name in args.variants}
+        missing = [f"{name} seed {s}" for name, by_seed in found.items()
+                   for s, cases in by_seed.items() if cases is None]
         if missing:
             raise SystemExit(f"--report_only: no finished run for {', '.join(missing)} in {out}; train them first.")
-        results: dict[str, dict[int, list[dict[str, Any]]]] = {
-            name: {s: list(earlier[name][s]) if earlier and s in earlier.get(name, {}) else
-                   json.loads((out / f"seed{s}" / name / "validation_metrics.json").read_text())["cases"]
-                   for s in args.seeds}
-            for name in args.variants
-        }
+        results: dict[str, dict[int, list[dict[str, Any]]]] = found  # type: ignore[assignment]
         seconds: dict[str, float] = {}
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
