@@ -163,3 +163,16 @@ def test_bundle_trains_scores_sam_evaluates_and_infers_a_nifti(la_root, tmp_path
     assert mask.shape[:3] == source.shape[:3]
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)
     assert set(np.unique(np.asanyarray(mask.dataobj))) <= {0, 1}
+
+
+@pytest.mark.parametrize("baseline", ["suponly.json", "mean_teacher.json"])
+def test_baselines_never_tune_or_load_sam(tmp_path, baseline):
+    """SupOnly and MT share train.json with SFR: resolving its 'training' expression must not run SAM's stages."""
+    run = tmp_path / "run"
+    result = run_bundle(BUNDLE, "training", ["train.json", "demo.json", f"baselines/{baseline}"],
+                        "--output_dir", str(run), "--num_iterations", "2", "--epoch_length", "2",
+                        "--checkpoint_interval", "2", "--patch_size", "[32,32,32]", "--demo_dir", str(tmp_path / "demo"))
+    log = result.stdout + result.stderr
+    assert (run / "model.pt").is_file()
+    assert not (run / "sfr").exists(), "a baseline created SAM's work folder"
+    assert "fine-tuning" not in log and "pseudo-labelling" not in log
