@@ -18,7 +18,8 @@ from common.engines import (
     SelfTrainingTrainer,
     build_consistency_trainer,
 )
-from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence, warn_if_empty_label_files,
+from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence,
+                                             warn_if_confidence_tracks_background, warn_if_empty_label_files,
                                              write_predicted_labels, write_pseudo_labels)
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM, VNet, set_class_tokens
@@ -363,30 +364,37 @@ def test_pseudo_label_quality_tool_scores_against_held_back_labels(tmp_path):
     assert len(rows) == 1 and rows[0]["dice"] == pytest.approx(2 / 3) and rows[0]["confidence"] == 0.9
 
 
-def test_sfr_plus_stops_when_no_case_is_routed_back(tmp_path, monkeypatch):
-    """No pseudo-label reaches tau: the next round would repeat this one's fine-tuning, so it does not run."""
+def _stages_with_fake_rounds(monkeypatch, root: Path, cases: list[dict], rounds: int, **kwargs):
+    """SFRStages whose fine-tuning and pseudo-labelling are replaced: every round predicts ``cases``
+    (``confidence`` and optional ``foreground_fraction`` per unlabelled case ``u<i>``). Returns the
+    stages and the list of each round's fine-tuning set, filled as the rounds run."""
     from bundle_testing import use_bundle  # same directory, on sys.path under pytest
 
     use_bundle("sfr_la")  # another bundle's `scripts` package may be loaded in this worker
     from scripts.sfr import SFRStages
 
-    def run_with_confidences(confidences: list[float], root: Path) -> tuple[SFRStages, list[list[str]]]:
-        stages = SFRStages(lambda: None, [{"image": "l.nii.gz", "label": "l_seg.nii.gz"}],
-                           [{"image": f"u{i}.nii.gz"} for i in range(len(confidences))], root, (16, 16, 8), None,
-                           rounds=3)
-        tuned_on: list[list[str]] = []
+    stages = SFRStages(lambda: None, [{"image": "l.nii.gz", "label": "l_seg.nii.gz"}],
+                       [{"image": f"u{i}.nii.gz"} for i in range(len(cases))], root, (16, 16, 8), None,
+                       rounds=rounds, **kwargs)
+    tuned_on: list[list[str]] = []
 
-        def finetune(round_dir: Path, training_set):
-            tuned_on.append([e["image"] for e in training_set])
-            round_dir.mkdir(parents=True)
-            return round_dir / "finetune" / "sam_tuned.pt"
+    def finetune(round_dir: Path, training_set):
+        tuned_on.append([e["image"] for e in training_set])
+        round_dir.mkdir(parents=True)
+        return round_dir / "finetune" / "sam_tuned.pt"
 
-        monkeypatch.setattr(stages, "finetune", finetune)
-        monkeypatch.setattr(stages, "pseudo_label", lambda round_dir, tuned: [
-            {"image": f"u{i}.nii.gz", "pseudo_label": f"{round_dir.name}_u{i}.nii.gz", "confidence": c}
-            for i, c in enumerate(confidences)])
-        monkeypatch.setattr(stages, "load_tuned", lambda tuned: tuned)
-        return stages, tuned_on
+    monkeypatch.setattr(stages, "finetune", finetune)
+    monkeypatch.setattr(stages, "pseudo_label", lambda round_dir, tuned: [
+        {"image": f"u{i}.nii.gz", "pseudo_label": f"{round_dir.name}_u{i}.nii.gz", **case}
+        for i, case in enumerate(cases)])
+    monkeypatch.setattr(stages, "load_tuned", lambda tuned: tuned)
+    return stages, tuned_on
+
+
+def test_sfr_plus_stops_when_no_case_is_routed_back(tmp_path, monkeypatch):
+    """No pseudo-label reaches tau: the next round would repeat this one's fine-tuning, so it does not run."""
+    def run_with_confidences(confidences: list[float], root: Path):
+        return _stages_with_fake_rounds(monkeypatch, root, [{"confidence": c} for c in confidences], rounds=3)
 
     stages, tuned_on = run_with_confidences([0.9, 0.95], tmp_path / "none")
     entries = stages.run()
@@ -399,3 +407,31 @@ def test_sfr_plus_stops_when_no_case_is_routed_back(tmp_path, monkeypatch):
     assert tuned_on == [["l.nii.gz"], ["l.nii.gz", "u0.nii.gz"], ["l.nii.gz", "u0.nii.gz"]]
     assert entries[0]["pseudo_label"] == "round2_u0.nii.gz"
     assert stages.final_model() == tmp_path / "one" / "round2" / "finetune" / "sam_tuned.pt"
+
+
+def test_sfr_plus_warns_when_confidence_comes_from_background(tmp_path, monkeypatch):
+    """Eq. 8 on mostly-background volumes makes the near-empty pseudo-labels the confident ones: say so
+    where the routing is used (SFR+), never for plain SFR, whose routing feeds nothing."""
+    cases = [{"confidence": 0.995, "foreground_fraction": 0.002}, {"confidence": 0.99, "foreground_fraction": 0.006},
+             {"confidence": 0.97, "foreground_fraction": 0.05}, {"confidence": 0.96, "foreground_fraction": 0.06}]
+    stages, tuned_on = _stages_with_fake_rounds(monkeypatch, tmp_path / "plus", cases, rounds=2)
+    with pytest.warns(UserWarning, match=r"the 2 cases that reached .* median 0\.40% foreground against 5\.50%") as caught:
+        stages.run()
+    assert len([w for w in caught if "foreground against" in str(w.message)]) == 1, "round 1's routing feeds nothing"
+    assert tuned_on[1] == ["l.nii.gz", "u0.nii.gz", "u1.nii.gz"], "the warning does not change the routing"
+    stages, _ = _stages_with_fake_rounds(monkeypatch, tmp_path / "uncertain", cases, rounds=2, retrain_on="uncertain")
+    with pytest.warns(UserWarning, match="foreground against") as caught:
+        stages.run()
+    assert len([w for w in caught if "foreground against" in str(w.message)]) == 2, "both routings are used"
+
+    quiet = [
+        (tmp_path / "sfr", cases, 1),  # plain SFR
+        (tmp_path / "comparable", [dict(c, foreground_fraction=0.05) for c in cases], 2),
+        (tmp_path / "no_fractions", [{"confidence": c["confidence"]} for c in cases], 2),
+    ]
+    for root, quiet_cases, rounds in quiet:
+        stages, _ = _stages_with_fake_rounds(monkeypatch, root, quiet_cases, rounds=rounds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            stages.run()
+    assert warn_if_confidence_tracks_background(cases[:2], []) is False  # nothing to compare with

@@ -33,8 +33,8 @@ from common.transforms.save_predictions import SavePredictiond
 from .pseudo_label import PSEUDO_LABEL_KEY
 
 __all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence",
-           "warn_about_empty_pseudo_labels", "warn_if_empty_label_files", "write_predicted_labels",
-           "write_pseudo_labels"]
+           "warn_about_empty_pseudo_labels", "warn_if_confidence_tracks_background", "warn_if_empty_label_files",
+           "write_predicted_labels", "write_pseudo_labels"]
 
 MANIFEST = "manifest.json"
 
@@ -58,6 +58,35 @@ def route_by_confidence(records: Sequence[Mapping[str, Any]], threshold: float =
     confident = [dict(r) for r in records if float(r["confidence"]) >= threshold]
     uncertain = [dict(r) for r in records if float(r["confidence"]) < threshold]
     return confident, uncertain
+
+
+def warn_if_confidence_tracks_background(confident: Sequence[Mapping[str, Any]], uncertain: Sequence[Mapping[str, Any]],
+                                         ratio: float = 0.5, stacklevel: int = 2) -> bool:
+    """Warn when the confident cases hold far less foreground than the uncertain ones; True if so.
+
+    Meant for SFR+ rounds whose routing is used (it picks the next fine-tuning set, or the
+    re-training set). Eq. 8 averages the confidence over every voxel, and most voxels of a volume
+    are easy background, so a nearly empty pseudo-label scores as the *most* confident one. When
+    that happens the confident set's median foreground fraction falls well below the uncertain
+    set's (below ``ratio`` of it), a sign visible without any ground truth. On LA with one labelled
+    volume at the CPU preset the ratio was 0.12-0.25 in every round measured, the confident
+    pseudo-labels were the worst of the pool, and fine-tuning on them made SAM's next pseudo-labels
+    worse (``bundles/sfr_la/docs/README.md``). Records without ``foreground_fraction`` are skipped.
+    """
+    def median_foreground(cases: Sequence[Mapping[str, Any]]) -> float | None:
+        fractions = [float(c["foreground_fraction"]) for c in cases if "foreground_fraction" in c]
+        return float(np.median(fractions)) if fractions else None
+
+    confident_fg, uncertain_fg = median_foreground(confident), median_foreground(uncertain)
+    if confident_fg is None or uncertain_fg is None or uncertain_fg <= 0.0 or confident_fg >= ratio * uncertain_fg:
+        return False
+    warnings.warn(f"the {len(confident)} cases that reached the confidence threshold hold a median "
+                  f"{100 * confident_fg:.2f}% foreground against {100 * uncertain_fg:.2f}% for the "
+                  f"{len(uncertain)} others: their voxel-average confidence comes from background, so the "
+                  "'confident' pseudo-labels may be the emptiest, not the best. Fine-tuning on them teaches "
+                  "background; check them with tools/pseudo_label_quality.py on cases with labels kept aside, "
+                  "or keep to one round (SFR).", stacklevel=stacklevel)
+    return True
 
 
 def _read_manifest(out_dir: Path, fingerprint: str) -> dict[str, dict[str, Any]]:

@@ -36,7 +36,8 @@ from monai.inferers import SlidingWindowInferer
 from common.config_checks import SettingsDict
 from common.data import volume_transforms
 from common.engines.patch_training import train_on_volume_patches
-from common.engines.pseudo_labelling import route_by_confidence, write_pseudo_labels
+from common.engines.pseudo_labelling import (route_by_confidence, warn_if_confidence_tracks_background,
+                                             write_pseudo_labels)
 from common.losses import dice_ce_loss
 from common.networks import StitchedSAM
 from common.teachers.base import PromptableSegmenter
@@ -213,6 +214,8 @@ class SFRStages:
             routing = {"confident": [c["image"] for c in confident], "uncertain": [c["image"] for c in uncertain]}
             (round_dir / "routing.json").write_text(json.dumps({"threshold": self.threshold, **routing}, indent=1))
             print(f"round {r}: {len(confident)} confident (>= {self.threshold}), {len(uncertain)} uncertain", flush=True)
+            if r + 1 < self.rounds or (self.retrain_on == "uncertain" and self.rounds > 1):  # the routing is used
+                warn_if_confidence_tracks_background(confident, uncertain)
             self._final_round = r
             if r + 1 < self.rounds:
                 if not confident:
