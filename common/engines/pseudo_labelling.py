@@ -61,7 +61,7 @@ def route_by_confidence(records: Sequence[Mapping[str, Any]], threshold: float =
 
 
 def warn_if_confidence_tracks_background(confident: Sequence[Mapping[str, Any]], uncertain: Sequence[Mapping[str, Any]],
-                                         ratio: float = 0.5, stacklevel: int = 2) -> bool:
+                                         ratio: float = 0.5) -> bool:
     """Warn when the confident cases hold far less foreground than the uncertain ones; True if so.
 
     Meant for SFR+ rounds whose routing is used (it picks the next fine-tuning set, or the
@@ -85,7 +85,7 @@ def warn_if_confidence_tracks_background(confident: Sequence[Mapping[str, Any]],
                   f"{len(uncertain)} others: their voxel-average confidence comes from background, so the "
                   "'confident' pseudo-labels may be the emptiest, not the best. Fine-tuning on them teaches "
                   "background; check them with tools/pseudo_label_quality.py on cases with labels kept aside, "
-                  "or keep to one round (SFR).", stacklevel=stacklevel)
+                  "or keep to one round (SFR).", stacklevel=2)
     return True
 
 
