@@ -88,14 +88,14 @@ def run_bundle(
 
 def ph2_subset(ph2_root: Path, dest: Path, count: int) -> Path:
     """A PH2-layout folder holding the first ``count`` real cases (copied to ``dest``, never committed)."""
-    import common.data as data
+    import samssl.data as data
 
     return data.ph2_subset(ph2_root, dest, count)
 
 
 def la_subset(la_root: Path, dest: Path, count: int) -> Path:
     """An MSD-layout folder (``dataset.json``) listing the first ``count`` real LA cases by id, in place."""
-    import common.data as data
+    import samssl.data as data
 
     return data.msd_subset(la_root, dest, count, name="LA subset")
 

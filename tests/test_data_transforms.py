@@ -13,7 +13,7 @@ from monai.data import DataLoader, MetaTensor
 from monai.transforms import Invertd, LoadImaged
 from PIL import Image
 
-from common.data import (
+from samssl.data import (
     BinarizeLabeld,
     CheckSpatialShapesMatchd,
     EnsureChannelsd,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.data import (
+from samssl.data import (
     UnknownLayoutError,
     dermoscopy_datalist,
     image_folder_datalist,
@@ -267,7 +267,7 @@ def test_patient_folders_with_few_masks_become_an_msd_description(tmp_path: Path
     import nibabel as nib
     import numpy as np
 
-    from common.data import describe_volume_folder, prepare_split, volume_transforms
+    from samssl.data import describe_volume_folder, prepare_split, volume_transforms
 
     affine = np.diag([1.5, 1.5, 3.0, 1.0])
     for i in range(4):

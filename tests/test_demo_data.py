@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from common.data import dermoscopy_transforms, isic_datalist, msd_datalist, volume_datalist, volume_transforms
-from common.demo import ensure_demo_data, make_demo_dermoscopy, make_demo_volumes, resolve_dataset_dir
+from samssl.data import dermoscopy_transforms, isic_datalist, msd_datalist, volume_datalist, volume_transforms
+from samssl.demo import ensure_demo_data, make_demo_dermoscopy, make_demo_volumes, resolve_dataset_dir
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL_VOLUME = (48, 40, 32)

@@ -9,7 +9,7 @@ import torch
 from monai.data import load_net_with_metadata
 from torch import nn
 
-from common.networks import MobileNetDualTaskUNet, export_torchscript, fold_batch_norm
+from samssl.networks import MobileNetDualTaskUNet, export_torchscript, fold_batch_norm
 
 
 def _trained_looking(network: nn.Module) -> nn.Module:
@@ -78,7 +78,7 @@ def test_export_writes_a_folded_torchscript_with_bundle_metadata(tmp_path):
     meta = tmp_path / "metadata.json"
     meta.write_text(json.dumps({"name": "test bundle", "version": "0.1.0"}))
     config = tmp_path / "inference.json"
-    config.write_text(json.dumps({"network_def": {"_target_": "common.networks.MobileNetDualTaskUNet"}}))
+    config.write_text(json.dumps({"network_def": {"_target_": "samssl.networks.MobileNetDualTaskUNet"}}))
 
     written = export_torchscript(network, tmp_path / "out" / "model", meta_file=meta, config_files=[config])
     assert written == tmp_path / "out" / "model.ts" and written.is_file()

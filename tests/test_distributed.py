@@ -41,7 +41,7 @@ SHORT_RUNS: dict[str, tuple[str, list[str]]] = {
 }
 
 # Replaces the last step of multi_gpu_train.json's `training` list: save this process's student, then leave the group.
-SAVE_EACH_RANK = ("$torch.save(common.engines.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
+SAVE_EACH_RANK = ("$torch.save(samssl.engines.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
                   "'rank' + str(torch.distributed.get_rank()) + '_student.pt')) or "
                   "(torch.distributed.is_initialized() and torch.distributed.destroy_process_group())")
 

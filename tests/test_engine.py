@@ -16,7 +16,7 @@ from monai.handlers import CheckpointSaver, StatsHandler
 from PIL import Image
 from torch import nn
 
-from common.engines import (
+from samssl.engines import (
     EMATeacher,
     GaussianRampUp,
     MeanTeacherTrainer,
@@ -30,7 +30,7 @@ from common.engines import (
     resumable_checkpoints,
     training_checkpoint_dict,
 )
-from common.losses import dice_ce_loss
+from samssl.losses import dice_ce_loss
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -487,7 +487,7 @@ def test_an_empty_unlabelled_stream_is_refused_before_training():
 
 
 def test_patch_training_refuses_an_empty_training_set_and_a_zero_schedule(tmp_path):
-    from common.engines.patch_training import train_on_volume_patches
+    from samssl.engines.patch_training import train_on_volume_patches
 
     net = torch.nn.Conv3d(1, 2, 1)
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -504,8 +504,8 @@ def test_patch_training_batches_entries_from_different_sources_together(tmp_path
     import nibabel as nib
     import numpy as np
 
-    from common.engines.patch_training import train_on_volume_patches
-    from common.losses import dice_ce_loss
+    from samssl.engines.patch_training import train_on_volume_patches
+    from samssl.losses import dice_ce_loss
 
     entries = []
     for i, extra in enumerate(({"id": "case0"}, {"confidence": 0.99})):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceCELoss
 
-from common.losses import (
+from samssl.losses import (
     KnowledgeDistillationLoss,
     MaskedConsistencyLoss,
     SoftDiceCELoss,

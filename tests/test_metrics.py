@@ -12,7 +12,7 @@ import torch
 from scipy.spatial.distance import cdist
 from skimage.segmentation import find_boundaries
 
-from common.metrics import EmptyMaskWarning, case_metrics, results_table, summarise, write_results
+from samssl.metrics import EmptyMaskWarning, case_metrics, results_table, summarise, write_results
 
 
 def _squares(shape, first, second):

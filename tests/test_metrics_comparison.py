@@ -1,4 +1,4 @@
-"""common.metrics.comparison: paired Wilcoxon tests between two methods' results."""
+"""samssl.metrics.comparison: paired Wilcoxon tests between two methods' results."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common.metrics import case_means_over_runs, paired_wilcoxon
+from samssl.metrics import case_means_over_runs, paired_wilcoxon
 
 
 def test_consistent_gain_is_significant_with_enough_pairs():

@@ -104,7 +104,7 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     for required in ("configs/metadata.json", "configs/inference.json", "configs/train.json", "docs/README.md", "LICENSE",
                      "models/model.pt", "models/model.ts", "large_files.yml", "scripts/__init__.py"):
         assert f"{name}/{required}" in members, required
-    assert not any("/runs/" in m or m.startswith(f"{name}/common/") or m.endswith(".pyc") for m in members)
+    assert not any("/runs/" in m or m.startswith(f"{name}/samssl/") or m.endswith(".pyc") for m in members)
 
     # `monai.bundle download` from the zip's URL, then the weights' sha256 check of large_files.yml
     # (the functions behind `python -m monai.bundle download` / `download_large_files`, in-process)

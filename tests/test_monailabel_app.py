@@ -25,7 +25,7 @@ import pytest
 from bundle_testing import BUNDLES, ROOT, untrained_weights
 from PIL import Image
 
-import common.data as data
+import samssl.data as data
 
 pytest.importorskip("monailabel", reason="the MONAI Label extra is not installed (pip install -e '.[label]')")
 requests = pytest.importorskip("requests")

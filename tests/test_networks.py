@@ -6,8 +6,8 @@ import pytest
 import torch
 from monai.networks.nets import BasicUNet
 
-from common.networks import UNet2D, VNet
-from common.networks.vnet import NORMALIZATIONS
+from samssl.networks import UNet2D, VNet
+from samssl.networks.vnet import NORMALIZATIONS
 
 
 def _n_params(model: torch.nn.Module) -> int:
@@ -110,7 +110,7 @@ def test_vnet_dropout_only_in_train_mode():
 def test_pretrained_backbone_file_loads_and_a_wrong_one_is_refused(tmp_path):
     from torchvision.models import mobilenet_v2, resnet18
 
-    from common.networks import MobileNetDualTaskUNet, load_backbone_state_dict
+    from samssl.networks import MobileNetDualTaskUNet, load_backbone_state_dict
 
     torch.manual_seed(0)
     imagenet_like = mobilenet_v2(weights=None)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from common.engines import (
+from samssl.engines import (
     Constant,
     ExponentialRampDown,
     ExponentialRampUp,

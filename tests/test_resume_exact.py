@@ -18,8 +18,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.engines import GaussianRampUp, MeanTeacherTrainer, TrainingCheckpointer
-from common.engines.reproducibility import (
+from samssl.engines import GaussianRampUp, MeanTeacherTrainer, TrainingCheckpointer
+from samssl.engines.reproducibility import (
     capture_global_rng,
     capture_pass_start,
     restore_global_rng,

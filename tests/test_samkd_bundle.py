@@ -20,11 +20,11 @@ _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader, load_net_with_metadata  # noqa: E402
 
-import common.data as data  # noqa: E402
-from common.engines import Constant, PrecomputeEmbeddings, load_network_weights  # noqa: E402
-from common.losses import DualTaskLoss  # noqa: E402
-from common.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
-from common.teachers import DensePromptDecoder  # noqa: E402
+import samssl.data as data  # noqa: E402
+from samssl.engines import Constant, PrecomputeEmbeddings, load_network_weights  # noqa: E402
+from samssl.losses import DualTaskLoss  # noqa: E402
+from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
+from samssl.teachers import DensePromptDecoder  # noqa: E402
 from scripts.data import prepare_fold_split  # noqa: E402
 from scripts.model import build_segmenter, parameter_groups, sam_adapters  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
@@ -119,7 +119,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     for path in (standard, folded):
         scripted, meta, extra = load_net_with_metadata(str(path), more_extra_files=["inference.json"])
         assert meta["name"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["name"]
-        assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "common.networks.MobileNetDualTaskUNet"
+        assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "samssl.networks.MobileNetDualTaskUNet"
         with torch.no_grad():
             assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
     assert not any("BatchNorm" in name for name in (m.original_name for m in torch.jit.load(str(folded)).modules()))

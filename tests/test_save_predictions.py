@@ -10,8 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from common.data import dermoscopy_transforms, isic_datalist, msd_datalist, volume_transforms
-from common.transforms import SavePredictiond
+from samssl.data import dermoscopy_transforms, isic_datalist, msd_datalist, volume_transforms
+from samssl.transforms import SavePredictiond
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -12,7 +12,7 @@ from scipy.ndimage import distance_transform_edt
 from scipy.spatial.distance import cdist
 from skimage.segmentation import find_boundaries
 
-from common.transforms import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
+from samssl.transforms import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
 
 
 def _disk(size: int = 65, radius: int = 10) -> np.ndarray:

@@ -13,18 +13,18 @@ import torch
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 
-import common.data as data
-from common.data.transforms_3d import VolumeLookup
-from common.engines import (
+import samssl.data as data
+from samssl.data.transforms_3d import VolumeLookup
+from samssl.engines import (
     EMATeacher,
     ExponentialRampDown,
     ExponentialRampUp,
     MeanTeacherTrainer,
     SAMAssistedConsistency,
 )
-from common.losses import dice_ce_loss
-from common.networks import VNet
-from common.teachers import EmbeddingCache, build_teacher
+from samssl.losses import dice_ce_loss
+from samssl.networks import VNet
+from samssl.teachers import EmbeddingCache, build_teacher
 
 from bundle_testing import run_bundle  # same directory, on sys.path under pytest
 

@@ -11,9 +11,9 @@ from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 
-import common.data as data
-from common.data.transforms_3d import VolumeLookup
-from common.engines import (
+import samssl.data as data
+from samssl.data.transforms_3d import VolumeLookup
+from samssl.engines import (
     EMATeacher,
     ExponentialRampDown,
     ExponentialRampUp,
@@ -23,11 +23,11 @@ from common.engines import (
     build_consistency_trainer,
     sam_weight_ramp,
 )
-from common.losses import dice_ce_loss
-from common.metrics import VOLUME_METRICS, case_metrics
-from common.networks import VNet
-from common.teachers import EmbeddingCache, build_teacher, prompts_from_probability
-from common.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
+from samssl.losses import dice_ce_loss
+from samssl.metrics import VOLUME_METRICS, case_metrics
+from samssl.networks import VNet
+from samssl.teachers import EmbeddingCache, build_teacher, prompts_from_probability
+from samssl.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
 
 from bundle_testing import bundle_fixture  # same directory, on sys.path under pytest
 

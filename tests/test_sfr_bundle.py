@@ -13,11 +13,11 @@ import torch
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 
-import common.data as data
-from common.engines import EMATeacher, ExponentialRampUp, MeanTeacherTrainer, PseudoLabelSupervision
-from common.losses import dice_ce_loss
-from common.networks import VNet
-from common.teachers import build_teacher
+import samssl.data as data
+from samssl.engines import EMATeacher, ExponentialRampUp, MeanTeacherTrainer, PseudoLabelSupervision
+from samssl.losses import dice_ce_loss
+from samssl.networks import VNet
+from samssl.teachers import build_teacher
 
 from bundle_testing import bundle_fixture, run_bundle  # same directory, on sys.path under pytest
 

@@ -12,19 +12,19 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-import common.data as data
-from common.engines import (
+import samssl.data as data
+from samssl.engines import (
     PseudoLabelSupervision,
     SelfTrainingTrainer,
     build_consistency_trainer,
 )
-from common.engines.pseudo_labelling import (mean_max_probability, route_by_confidence,
+from samssl.engines.pseudo_labelling import (mean_max_probability, route_by_confidence,
                                              warn_if_confidence_tracks_background, warn_if_empty_label_files,
                                              write_predicted_labels, write_pseudo_labels)
-from common.losses import dice_ce_loss
-from common.networks import StitchedSAM, VNet, set_class_tokens
-from common.teachers import build_teacher
-from common.transforms.stitching import (
+from samssl.losses import dice_ce_loss
+from samssl.networks import StitchedSAM, VNet, set_class_tokens
+from samssl.teachers import build_teacher
+from samssl.transforms.stitching import (
     SimplifiedStitch,
     StitchSlicesd,
     grid_size,
@@ -196,7 +196,7 @@ def test_class_tokens_start_from_pretrained_tokens():
 
 
 def test_random_init_sam_vit_b_segments_a_stitched_patch_at_1024():
-    from common.teachers.sam import build_sam_vit
+    from samssl.teachers.sam import build_sam_vit
 
     torch.manual_seed(0)
     model = StitchedSAM(build_sam_vit("sam_vit_b"), num_classes=2).eval()

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
-from common.teachers import build_teacher
-from common.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator
+from samssl.teachers import build_teacher
+from samssl.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator
 
 use_bundle("ssl_medsam2")
 from scripts import tffs  # noqa: E402  (the bundle's own scripts package, made importable above)
@@ -167,7 +167,7 @@ def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combin
 
 
 # ---------------------------------------------------------------------------- FSL re-training
-from common.networks.planned_unet import FoldEnsemble, plan_dynunet  # noqa: E402
+from samssl.networks.planned_unet import FoldEnsemble, plan_dynunet  # noqa: E402
 
 fsl = __import__("scripts.fsl", fromlist=["fsl"])
 

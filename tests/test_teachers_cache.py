@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from common.teachers import EmbeddingCache, InputTransform, PromptableSegmenter
-from common.teachers.cache import image_key
+from samssl.teachers import EmbeddingCache, InputTransform, PromptableSegmenter
+from samssl.teachers.cache import image_key
 
 
 class CountingSegmenter(PromptableSegmenter):

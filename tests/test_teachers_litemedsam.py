@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from common.teachers import EmbeddingCache, build_teacher
+from samssl.teachers import EmbeddingCache, build_teacher
 
 NUM_PH2, NUM_ISIC = 8, 6
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from common.teachers import EmbeddingCache, build_teacher
-from common.teachers import peft_tuning
-from common.teachers.peft_tuning import SplitQKV
+from samssl.teachers import EmbeddingCache, build_teacher
+from samssl.teachers import peft_tuning
+from samssl.teachers.peft_tuning import SplitQKV
 from test_teachers_parity import tiny_sam_vit  # same directory, on sys.path under pytest
 
 BOX = torch.tensor([[10.0, 12.0, 50.0, 54.0]])

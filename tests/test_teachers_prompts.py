@@ -7,8 +7,8 @@ import inspect
 import pytest
 import torch
 
-from common.teachers import prompts as prompt_module
-from common.teachers.prompts import (
+from samssl.teachers import prompts as prompt_module
+from samssl.teachers.prompts import (
     binary_entropy,
     box_prompts,
     point_prompts,

@@ -12,7 +12,7 @@ import torch
 
 from torch import nn
 
-from common.teachers import (
+from samssl.teachers import (
     InputTransform,
     PromptableSegmenter,
     SegmenterOutput,

@@ -19,9 +19,9 @@ _bundle_scripts = bundle_fixture("uamt_skin")
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader  # noqa: E402
 
-import common.data as data  # noqa: E402
-from common.engines import Constant, EMATeacher, load_network_weights  # noqa: E402
-from common.networks import UNet2D  # noqa: E402
+import samssl.data as data  # noqa: E402
+from samssl.engines import Constant, EMATeacher, load_network_weights  # noqa: E402
+from samssl.networks import UNet2D  # noqa: E402
 from scripts.network import DualHeadDeepLabV3  # noqa: E402
 from scripts.trainer import UAMTTrainer  # noqa: E402
 

@@ -41,7 +41,7 @@ def test_bad_output_stride_and_missing_backbone_file(tmp_path):
 
 
 def test_tinyvit_student_starts_from_litemedsam_trains_its_encoder_and_deploys_without_the_aux_head():
-    from common.teachers import build_teacher
+    from samssl.teachers import build_teacher
 
     sam = build_teacher("litemedsam")
     net = build_student("litemedsam_tinyvit", aux_head=True)

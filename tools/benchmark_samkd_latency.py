@@ -11,7 +11,7 @@ forms a user meets it:
   ``evaluate.json`` run it;
 * TorchScript: the file that the bundle's ``run export`` writes (folded, scripted), loaded back;
 
-next to the 2D UNet baseline shared by the 2D bundles (``common.networks.UNet2D``) and the
+next to the 2D UNet baseline shared by the 2D bundles (``samssl.networks.UNet2D``) and the
 teacher network (LiteMedSAM's TinyViT encoder + decoder + dual head; encoder included). The
 main-network forms and the UNet are timed round-robin, a few calls each in turn, so that the
 machine's drift affects them alike and their ratios hold; the teacher (~100x slower) is timed
@@ -40,14 +40,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.networks import (  # noqa: E402
+from samssl.networks import (  # noqa: E402
     MobileNetDualTaskUNet,
     UNet2D,
     ViTDualTaskNet,
     export_torchscript,
     fold_batch_norm,
 )
-from common.teachers import build_teacher  # noqa: E402
+from samssl.teachers import build_teacher  # noqa: E402
 
 TARGET_MS = 25.0
 
@@ -120,7 +120,7 @@ def main() -> None:
         "main network, eager (as trained: NHWC)": (main_net, main_net),
         "main network, batch norm folded (inference.json)": (main_net, folded),
         "main network, TorchScript (`run export`)": (main_net, scripted),
-        "2D UNet baseline (common.networks.UNet2D)": (unet, unet),
+        "2D UNet baseline (samssl.networks.UNet2D)": (unet, unet),
     }
     with torch.inference_mode():
         timings = round_robin_ms({name: (lambda f=fn: f(x)) for name, (_, fn) in rows.items()},

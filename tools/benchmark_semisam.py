@@ -35,18 +35,18 @@ from monai.data import CacheDataset, DataLoader  # noqa: E402
 from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.utils import set_determinism  # noqa: E402
 
-import common.data as data  # noqa: E402
-from common.data.transforms_3d import VolumeLookup  # noqa: E402
-from common.engines import (  # noqa: E402
+import samssl.data as data  # noqa: E402
+from samssl.data.transforms_3d import VolumeLookup  # noqa: E402
+from samssl.engines import (  # noqa: E402
     EMATeacher,
     ExponentialRampDown,
     ExponentialRampUp,
     SAMAssistedConsistency,
     build_consistency_trainer,
 )
-from common.losses import dice_ce_loss  # noqa: E402
-from common.networks import VNet  # noqa: E402
-from common.teachers import EmbeddingCache, build_teacher  # noqa: E402
+from samssl.losses import dice_ce_loss  # noqa: E402
+from samssl.networks import VNet  # noqa: E402
+from samssl.teachers import EmbeddingCache, build_teacher  # noqa: E402
 
 
 def _loaders(cases: list[dict], spacing: float, patch: tuple[int, ...], batch: int) -> tuple[DataLoader, DataLoader, list[dict]]:

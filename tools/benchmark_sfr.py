@@ -35,12 +35,12 @@ from monai.data import CacheDataset, DataLoader  # noqa: E402
 from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.utils import set_determinism  # noqa: E402
 
-import common.data as data  # noqa: E402
-from common.engines import EMATeacher, ExponentialRampUp, PseudoLabelSupervision, build_consistency_trainer  # noqa: E402
-from common.engines.pseudo_labelling import write_pseudo_labels  # noqa: E402
-from common.losses import dice_ce_loss  # noqa: E402
-from common.networks import StitchedSAM, VNet  # noqa: E402
-from common.teachers import build_teacher  # noqa: E402
+import samssl.data as data  # noqa: E402
+from samssl.engines import EMATeacher, ExponentialRampUp, PseudoLabelSupervision, build_consistency_trainer  # noqa: E402
+from samssl.engines.pseudo_labelling import write_pseudo_labels  # noqa: E402
+from samssl.losses import dice_ce_loss  # noqa: E402
+from samssl.networks import StitchedSAM, VNet  # noqa: E402
+from samssl.teachers import build_teacher  # noqa: E402
 
 
 def _mean_after_warmup(durations: list[float]) -> float:

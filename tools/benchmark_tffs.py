@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bundles" / "ssl_medsam2"))
 
-from common.data import msd_datalist, volume_transforms  # noqa: E402
-from common.teachers import build_teacher  # noqa: E402
-from common.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
-from common.networks.planned_unet import plan_dynunet  # noqa: E402
+from samssl.data import msd_datalist, volume_transforms  # noqa: E402
+from samssl.teachers import build_teacher  # noqa: E402
+from samssl.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
+from samssl.networks.planned_unet import plan_dynunet  # noqa: E402
 from scripts.fsl import train_network  # noqa: E402
 from scripts.tffs import TrainingFreeFewShot, load_support  # noqa: E402
 

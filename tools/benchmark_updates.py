@@ -28,8 +28,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.engines import EMATeacher  # noqa: E402
-from common.networks import MobileNetDualTaskUNet, VNet  # noqa: E402
+from samssl.engines import EMATeacher  # noqa: E402
+from samssl.networks import MobileNetDualTaskUNet, VNet  # noqa: E402
 
 
 def _deeplab() -> nn.Module:

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common.data import describe_volume_folder  # noqa: E402
+from samssl.data import describe_volume_folder  # noqa: E402
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ sizes, preset and overrides, and a comparison with other settings is refused the
 command is printed before it runs, so any row can be reproduced on its own. The report
 (``<out>/results.md``, with every per-case value in ``<out>/results.json``) gives per-seed means,
 mean and sd over seeds, and paired Wilcoxon tests of the method against every other variant,
-over seeds and over test cases (:mod:`common.metrics.comparison` says what each pairing answers).
+over seeds and over test cases (:mod:`samssl.metrics.comparison` says what each pairing answers).
 A finished run keeps its ``model.pt`` and metrics, not its training checkpoints (``--keep_checkpoints`` keeps them);
 ``--save_predictions`` also writes its test-set masks in the test folder's own layout, through the
 bundle's ``evaluate.json``, for scoring with outside metric code. A comparison longer than one
@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from common.metrics import DISPLAY_NAMES, PERCENT_METRICS, case_means_over_runs, paired_wilcoxon  # noqa: E402
+from samssl.metrics import DISPLAY_NAMES, PERCENT_METRICS, case_means_over_runs, paired_wilcoxon  # noqa: E402
 
 __all__ = [
     "DERMOSCOPY_METRICS",
@@ -88,7 +88,7 @@ class BundleExperiment:
         default_variants: run when ``--variants`` is not given (SupOnly, the non-SAM baseline, the method).
         data: ``"dermoscopy"`` (ISIC/PH2-style train pool and test folders) or ``"msd"`` (an MSD-style
             3D folder split by sorted id into a pool and a test set).
-        metrics: table columns (``common.metrics`` names); ``tested_metrics`` get paired tests.
+        metrics: table columns (``samssl.metrics`` names); ``tested_metrics`` get paired tests.
         distance_unit: unit printed next to HD95/ASD.
         sam_cache_key: the bundle's config key for its SAM embedding cache; the harness points every
             run at one shared folder so each image is encoded once for all runs.
@@ -286,7 +286,7 @@ def _data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path)
         notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
                  f"test {args.test_dir}.")
     else:
-        from common.data import msd_datalist, write_msd_description
+        from samssl.data import msd_datalist, write_msd_description
 
         cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
         if args.pool + args.test > len(cases):

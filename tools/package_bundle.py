@@ -7,9 +7,9 @@ weights), ``models/model.ts`` (the same network as TorchScript, with the bundle'
 ``python -m monai.bundle download_large_files`` reads and verifies). ``python -m monai.bundle
 download --url <zip url or file://path> --bundle_dir <dir>`` unpacks it as is.
 
-The shared library is not copied into the zip: a downloaded bundle imports ``common`` from the
-``sam-ssl-bundles`` package that ``metadata.json`` pins under ``required_packages_version`` (``pip
-install sam-ssl-bundles==<version>``, or ``pip install <checkout of this repository>``), exactly as
+The shared library is not copied into the zip: a downloaded bundle imports ``samssl`` from the
+``samssl`` package that ``metadata.json`` pins under ``required_packages_version`` (``pip
+install samssl==<version>``, or ``pip install <checkout of this repository>``), exactly as
 zoo bundles take ``monai`` from pip. Everything else a bundle's configs read is relative to the
 bundle's own folder.
 
@@ -72,7 +72,7 @@ def file_sha256(path: Path) -> str:
 def _bundle_env(bundle_dir: Path) -> dict[str, str]:
     """Environment for a bundle subprocess: the bundle's folder on the import path (its ``scripts``).
 
-    ``common`` comes from the installed ``sam-ssl-bundles`` package, as for a downloaded bundle.
+    ``samssl`` comes from the installed ``samssl`` package, as for a downloaded bundle.
     """
     return dict(os.environ, PYTHONPATH=str(bundle_dir))
 

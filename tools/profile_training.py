@@ -44,7 +44,7 @@ ROWS: dict[str, tuple[list[str], str, str]] = {
 
 def _subset(kind: str, data_root: Path, dest: Path, count: int) -> Path:
     """A small folder of real cases in the layout the bundle reads (PH2 folders or an MSD dataset.json)."""
-    import common.data as data
+    import samssl.data as data
 
     if kind == "dermoscopy":
         return data.ph2_subset(data_root / "dermoscopy" / "ph2", dest, count)

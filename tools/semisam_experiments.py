@@ -2,7 +2,7 @@ r"""SemiSAM's comparison on an MSD-style 3D folder (LA): SupOnly, MT and MT + Se
 labels and schedule, over seeds, paired tests.
 
 The split: the cases sorted by id; the first ``--pool`` (60) form the training pool, of which
-``--num_labelled`` (4) are labelled, drawn by the seed with ``common.data.split_labelled`` (the
+``--num_labelled`` (4) are labelled, drawn by the seed with ``samssl.data.split_labelled`` (the
 rest are unlabelled and lose their label key); the last ``--test`` (20) are the test set, used once
 at the end of each run. Both lists are written as MSD ``dataset.json`` files under ``--out``. The
 runs differ only by the bundle's baseline configs; see ``experiment_runner`` for the rest.

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
+from samssl.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore

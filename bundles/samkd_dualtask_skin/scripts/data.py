@@ -1,6 +1,6 @@
 """The train split of a run, with the paper's k-fold cross-validation as an option.
 
-Without ``num_folds`` this is ``common.data.prepare_split``. With it (the paper: 5 folds), fold
+Without ``num_folds`` this is ``samssl.data.prepare_split``. With it (the paper: 5 folds), fold
 ``fold`` of a seeded k-fold partition of the labelled cases is held out as the validation set and
 the labelled/unlabelled split is drawn from the remaining folds; running ``fold = 0 .. k-1`` and
 averaging the validation metrics gives the paper's mean +- std protocol.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common.data import dermoscopy_datalist, kfold_splits, prepare_split, split_labelled, write_datalist
+from samssl.data import dermoscopy_datalist, kfold_splits, prepare_split, split_labelled, write_datalist
 
 __all__ = ["prepare_fold_split"]
 

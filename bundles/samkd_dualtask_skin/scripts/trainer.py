@@ -30,11 +30,11 @@ from typing import Any
 import torch
 from ignite.engine import Engine
 
-from common.engines import SemiSupervisedTrainer
-from common.engines.ema import unwrap_model
-from common.losses import DualTaskLoss, KnowledgeDistillationLoss, as_class_logits, dice_ce_loss, dual_task_consistency_loss
-from common.teachers import DensePromptDecoder, PromptableSegmenter, fused_prompts
-from common.teachers.base import ImageEmbeddings
+from samssl.engines import SemiSupervisedTrainer
+from samssl.engines.ema import unwrap_model
+from samssl.losses import DualTaskLoss, KnowledgeDistillationLoss, as_class_logits, dice_ce_loss, dual_task_consistency_loss
+from samssl.teachers import DensePromptDecoder, PromptableSegmenter, fused_prompts
+from samssl.teachers.base import ImageEmbeddings
 from scripts.augment import apply_dihedral, invert_dihedral, random_dihedral_codes
 
 Batch = dict[str, torch.Tensor]
@@ -44,8 +44,8 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
     """Dual-task co-training with SAM-guided distillation.
 
     Args (beyond :class:`SemiSupervisedTrainer`'s; ``network`` returns ``(logits, sdf)``, e.g.
-    ``common.networks.DualTaskOutputs(main_net)``, and ``loss_function`` is the labelled
-    :class:`~common.losses.DualTaskLoss` shared by both networks):
+    ``samssl.networks.DualTaskOutputs(main_net)``, and ``loss_function`` is the labelled
+    :class:`~samssl.losses.DualTaskLoss` shared by both networks):
         teacher_network: the ViT dual-task teacher, or ``None`` (SupOnly).
         sam: the frozen promptable segmenter (with an embedding cache), or ``None`` (no SAM).
         prompt_decoder: psi, the dense prompt decoder (``None`` = no learned prompt).
@@ -83,7 +83,7 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         if not isinstance(self.loss_function, DualTaskLoss):
-            raise TypeError("loss_function must be a common.losses.DualTaskLoss (mask + SDF + consistency)")
+            raise TypeError("loss_function must be a samssl.losses.DualTaskLoss (mask + SDF + consistency)")
         if prompt_decoder is not None and sam is None:
             raise ValueError("a prompt decoder needs SAM")
         self.teacher_network = teacher_network

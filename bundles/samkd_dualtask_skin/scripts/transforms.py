@@ -1,9 +1,9 @@
 """Data pipelines of the bundle: the shared dermoscopy loading plus the SDF target and a SAM copy.
 
-Each training entry is loaded and resized deterministically (``common.data.dermoscopy_transforms``
+Each training entry is loaded and resized deterministically (``samssl.data.dermoscopy_transforms``
 in its ``eval``/``infer`` mode, so ``CacheDataset`` caches it), then
 
-* ``label_sdf``: the label's normalised signed distance map (``common.transforms``), the target
+* ``label_sdf``: the label's normalised signed distance map (``samssl.transforms``), the target
   of the SDF heads (labelled entries only);
 * ``sam_image``: an untouched copy of the image, which SAM's frozen encoder embeds once per image
   for the whole run (the embedding cache is keyed by pixel content, so it must never change);
@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
-from common.data import dermoscopy_transforms
-from common.data.transforms_2d import RandColorJitterd
-from common.transforms import SignedDistanceMapd
+from samssl.data import dermoscopy_transforms
+from samssl.data.transforms_2d import RandColorJitterd
+from samssl.transforms import SignedDistanceMapd
 
 __all__ = ["training_transforms"]
 

@@ -3,7 +3,7 @@
 ``SFRStages.run()`` returns the re-training's unlabelled datalist: each unlabelled case with the
 path of its pseudo-label. Per round ``r`` (``<work_dir>/round<r>/``, by default ``runs/<run>/sfr``):
 
-1. **Fine-tune** (``finetune/``): a :class:`~common.networks.StitchedSAM` (LoRA on the image
+1. **Fine-tune** (``finetune/``): a :class:`~samssl.networks.StitchedSAM` (LoRA on the image
    encoder's q/v, SAMed class-token decoder) trained on random 3D patches of the fine-tuning set,
    stitched into one 2D image each; Dice + CE on the unstitched logits (SAMed: 0.8 Dice + 0.2 CE).
    A resumable trainer (checkpoints every ``checkpoint_interval`` iterations); the tuned weights
@@ -33,15 +33,15 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from common.config_checks import SettingsDict
-from common.data import volume_transforms
-from common.engines.patch_training import train_on_volume_patches
-from common.engines.pseudo_labelling import (route_by_confidence, warn_if_confidence_tracks_background,
+from samssl.config_checks import SettingsDict
+from samssl.data import volume_transforms
+from samssl.engines.patch_training import train_on_volume_patches
+from samssl.engines.pseudo_labelling import (route_by_confidence, warn_if_confidence_tracks_background,
                                              write_pseudo_labels)
-from common.losses import dice_ce_loss
-from common.networks import StitchedSAM
-from common.teachers.base import PromptableSegmenter
-from common.teachers.checkpoints import file_sha256
+from samssl.losses import dice_ce_loss
+from samssl.networks import StitchedSAM
+from samssl.teachers.base import PromptableSegmenter
+from samssl.teachers.checkpoints import file_sha256
 
 __all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 
@@ -243,7 +243,7 @@ class SFRStages:
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
                    device: torch.device | str = "cpu", simplified_tile: int | None = None) -> StitchedSAM:
     """The fine-tuned stitched SAM of a run (``sam_tuned.pt``) on its base model, LoRA merged, for evaluation."""
-    from common.teachers import build_teacher
+    from samssl.teachers import build_teacher
 
     tuned = Path(tuned)
     if not tuned.exists():

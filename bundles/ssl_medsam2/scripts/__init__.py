@@ -3,9 +3,9 @@
 ``scripts.tffs`` is the training-free few-shot branch (labelled volumes inserted into unlabelled
 ones as video frames, paper Algorithm 2); ``scripts.fsl`` the iterative K-fold re-training with
 its fold ensemble (``scripts.nnunet_backend``: the same rounds through the real nnU-Net);
-``scripts.pipeline`` chains them as the bundle's ``training`` runs them. What other bundles share lives in ``common``: the propagators
-(``common.teachers.propagation``), the pseudo-label writer (``common.engines.pseudo_labelling``)
-and the K-fold split (``common.data.kfold_splits``).
+``scripts.pipeline`` chains them as the bundle's ``training`` runs them. What other bundles share lives in ``samssl``: the propagators
+(``samssl.teachers.propagation``), the pseudo-label writer (``samssl.engines.pseudo_labelling``)
+and the K-fold split (``samssl.data.kfold_splits``).
 """
 
 from pathlib import Path

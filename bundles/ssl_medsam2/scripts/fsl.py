@@ -1,11 +1,11 @@
 """FSL: iterative K-fold re-training on labelled + pseudo-labelled volumes (SSL-MedSAM2, Algorithm 1).
 
 Round ``r`` (``<work_dir>/round<r>/``) splits the unlabelled cases into ``K`` folds
-(:func:`common.data.kfold_splits`, seeded). Fold ``k`` trains a fresh network on the labelled
+(:func:`samssl.data.kfold_splits`, seeded). Fold ``k`` trains a fresh network on the labelled
 cases plus the other folds' unlabelled cases with their current pseudo-labels, and re-predicts
 its held-out fold; the K held-out predictions become the next round's pseudo-labels (so no case
 is ever re-labelled by a network that saw its own pseudo-label). After the last round the K
-fold networks are kept as one :class:`~common.networks.planned_unet.FoldEnsemble`, which
+fold networks are kept as one :class:`~samssl.networks.planned_unet.FoldEnsemble`, which
 averages their probabilities at inference (nnU-Net's fold ensemble).
 
 Everything is written once and reused: a finished fold (``fold<k>/model.pt``) is not trained
@@ -25,14 +25,14 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from common.config_checks import SettingsDict
-from common.data import kfold_splits, volume_transforms
-from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
-from common.engines.patch_training import train_on_volume_patches
-from common.engines.pseudo_labelling import write_pseudo_labels
-from common.losses import dice_ce_loss
-from common.networks.planned_unet import FoldEnsemble
-from common.teachers.checkpoints import file_sha256
+from samssl.config_checks import SettingsDict
+from samssl.data import kfold_splits, volume_transforms
+from samssl.engines.checkpoints import AtomicDiskSaver, load_network_weights
+from samssl.engines.patch_training import train_on_volume_patches
+from samssl.engines.pseudo_labelling import write_pseudo_labels
+from samssl.losses import dice_ce_loss
+from samssl.networks.planned_unet import FoldEnsemble
+from samssl.teachers.checkpoints import file_sha256
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 

@@ -40,9 +40,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from common.config_checks import SettingsDict
-from common.data import kfold_splits, volume_transforms
-from common.engines.pseudo_labelling import warn_if_empty_label_files
+from samssl.config_checks import SettingsDict
+from samssl.data import kfold_splits, volume_transforms
+from samssl.engines.pseudo_labelling import warn_if_empty_label_files
 
 from .fsl import wait_for
 

@@ -5,7 +5,7 @@
 2. **FSL** (``<output_dir>/fsl``): ``rounds`` of K-fold re-training (:mod:`scripts.fsl`), each
    round re-predicting every unlabelled case with the fold model that held it out.
 3. The last round's K networks are saved together as one
-   :class:`~common.networks.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
+   :class:`~samssl.networks.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
    model, which averages the folds' probabilities. :attr:`SSLMedSAM2.deployed` is that ensemble
    as a module from the start (untrained until :meth:`~SSLMedSAM2.run` loads the weights), so an
    evaluation engine can be built before training without reading a file.
@@ -29,8 +29,8 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
-from common.engines.checkpoints import AtomicDiskSaver, load_network_weights
-from common.networks.planned_unet import FoldEnsemble
+from samssl.engines.checkpoints import AtomicDiskSaver, load_network_weights
+from samssl.networks.planned_unet import FoldEnsemble
 
 from .fsl import FoldRetraining, train_network, wait_for
 from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
-from common.engines.semi_supervised import SemiSupervisedTrainer
+from samssl.engines.semi_supervised import SemiSupervisedTrainer
 from scripts.uncertainty import mixture_entropy, uncertainty_guided_mix
 
 LOSS_WEIGHTINGS = ("paper", "consistency_rampup")

@@ -1,0 +1,30 @@
+"""Segmentation metrics per case, paper-style result tables and paired method comparisons."""
+
+from samssl.metrics.comparison import LOWER_IS_BETTER, PairedComparison, case_means_over_runs, paired_wilcoxon
+from samssl.metrics.segmentation import (
+    ALL_METRICS,
+    DISPLAY_NAMES,
+    PERCENT_METRICS,
+    VOLUME_METRICS,
+    EmptyMaskWarning,
+    case_metrics,
+    results_table,
+    summarise,
+    write_results,
+)
+
+__all__ = [
+    "LOWER_IS_BETTER",
+    "PairedComparison",
+    "case_means_over_runs",
+    "paired_wilcoxon",
+    "ALL_METRICS",
+    "DISPLAY_NAMES",
+    "PERCENT_METRICS",
+    "VOLUME_METRICS",
+    "EmptyMaskWarning",
+    "case_metrics",
+    "results_table",
+    "summarise",
+    "write_results",
+]

@@ -1,0 +1,50 @@
+"""Foundation-model teachers: one promptable-segmenter API over LiteMedSAM, SAM, SAM2/MedSAM2
+and SAM-Med3D.
+
+Typical use::
+
+    from samssl.teachers import build_teacher, prompts_from_probability
+
+    teacher = build_teacher("litemedsam", cache={"max_bytes": 2**30})
+    embeddings = teacher.encode(images)                  # frozen, cached, no grad
+    prompts = prompts_from_probability(student_probs)    # never from labels
+    out = teacher.decode(embeddings, **prompts.as_kwargs())
+    out.mask_logits                                      # (B, 1, H, W), caller's space
+
+Modules: ``base`` (interface and data classes), ``preprocessing`` (input transform and its
+inverse), ``registry`` (build by name), ``checkpoints`` (local files, wrong-file errors),
+``cache`` (embedding cache), ``prompts`` (prompts from probability/uncertainty),
+``slicewise`` (2D teacher over 3D volumes), ``peft_tuning`` (LoRA and decoder adapters), and
+one module per backend: ``litemedsam``, ``sam``, ``sam2``, ``sam_med3d``. Backend modules
+are imported lazily by the registry, so using LiteMedSAM never imports sam2 or medim.
+"""
+
+from samssl.teachers.base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
+from samssl.teachers.cache import EmbeddingCache
+from samssl.teachers.fused_prompt import fused_mask_logits, fused_prompts
+from samssl.teachers.preprocessing import InputTransform
+from samssl.teachers.prompt_decoder import DensePromptDecoder
+from samssl.teachers.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
+from samssl.teachers.registry import TEACHER_NAMES, build_teacher
+from samssl.teachers.slicewise import SliceWiseSegmenter, slices_to_volume, volume_to_slices
+
+__all__ = [
+    "TEACHER_NAMES",
+    "DensePromptDecoder",
+    "EmbeddingCache",
+    "ImageEmbeddings",
+    "InputTransform",
+    "PromptableSegmenter",
+    "Prompts",
+    "SegmenterOutput",
+    "SliceWiseSegmenter",
+    "box_prompts",
+    "build_teacher",
+    "fused_mask_logits",
+    "fused_prompts",
+    "point_prompts",
+    "prompts_from_probability",
+    "slice_prompts",
+    "slices_to_volume",
+    "volume_to_slices",
+]

@@ -1,0 +1,297 @@
+"""The promptable-segmenter interface every teacher backend implements.
+
+Why an interface at all: the five methods of this project use a SAM-family model in the same
+two steps, whatever the checkpoint. The image encoder is expensive and frozen, so it runs once
+per image (:meth:`PromptableSegmenter.encode`, no grad, batched, cacheable); the prompt encoder
+and mask decoder are cheap and are where training signal flows (prompt decoders, adapters,
+LoRA), so :meth:`PromptableSegmenter.decode` is differentiable. Coordinates and masks are in
+the caller's image space on both sides; resizing, padding and intensity conventions are the
+backend's business (see :mod:`samssl.teachers.preprocessing`).
+
+Shape conventions (B images, N prompts per image, P points per prompt, S spatial dims):
+
+- ``images``: ``(B, C, *spatial)``, C = 1 or 3, any intensity range.
+- ``boxes``: ``(B, N, 4)`` (or ``(B, 4)`` for N = 1), ``x0, y0, x1, y1`` in pixels for 2D;
+  ``(B, N, 6)`` in voxel-index order ``d0, h0, w0, d1, h1, w1`` for 3D.
+- ``points``: ``(B, N, P, 2)`` (or ``(B, P, 2)``), ``(x, y)`` in 2D, ``(d, h, w)`` in 3D;
+  ``point_labels``: ``(B, N, P)`` with 1 = foreground, 0 = background, -1 = padding.
+- ``mask_prompt``: ``(B, N, *spatial)`` logits in the caller's image space.
+- ``dense_prompt``: ``(B, N, C_emb, *embedding spatial)`` or ``(B, C_emb, ...)``, added to
+  the prompt encoder's dense embedding (learned dense prompts, e.g. from a small decoder).
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from samssl.teachers.preprocessing import InputTransform
+from samssl.teachers.prompt_batch import FlatPrompts, flatten_prompts
+
+Size = tuple[int, ...]
+
+
+@dataclass
+class ImageEmbeddings:
+    """Encoder output for a batch, plus the geometry needed to decode it.
+
+    Attributes:
+        features: ``(B, C, *grid)`` main image embedding fed to the mask decoder.
+        high_res_features: extra feature maps some decoders use (SAM2's two high-resolution
+            levels); empty for SAM / LiteMedSAM / SAM-Med3D.
+        original_sizes: caller spatial size of each image.
+        input_sizes: size of each image inside the padded model input.
+    """
+
+    features: torch.Tensor
+    original_sizes: tuple[Size, ...]
+    input_sizes: tuple[Size, ...]
+    high_res_features: tuple[torch.Tensor, ...] = ()
+
+    def __post_init__(self) -> None:
+        n = self.features.shape[0]
+        if len(self.original_sizes) != n or len(self.input_sizes) != n:
+            raise ValueError(
+                f"ImageEmbeddings: {n} feature maps but {len(self.original_sizes)} original sizes "
+                f"and {len(self.input_sizes)} input sizes"
+            )
+        for level in self.high_res_features:
+            if level.shape[0] != n:
+                raise ValueError("ImageEmbeddings: high-resolution features have a different batch size")
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+    def __getitem__(self, index: int | slice | Sequence[int]) -> "ImageEmbeddings":
+        if isinstance(index, int):
+            idx = [index]
+        elif isinstance(index, slice):
+            idx = list(range(len(self)))[index]
+        else:
+            idx = list(index)
+        return ImageEmbeddings(
+            features=self.features[idx],
+            original_sizes=tuple(self.original_sizes[i] for i in idx),
+            input_sizes=tuple(self.input_sizes[i] for i in idx),
+            high_res_features=tuple(level[idx] for level in self.high_res_features),
+        )
+
+    def to(self, device: torch.device | str) -> "ImageEmbeddings":
+        return replace(
+            self,
+            features=self.features.to(device),
+            high_res_features=tuple(level.to(device) for level in self.high_res_features),
+        )
+
+    @property
+    def tensors(self) -> tuple[torch.Tensor, ...]:
+        return (self.features, *self.high_res_features)
+
+    @classmethod
+    def cat(cls, items: Iterable["ImageEmbeddings"]) -> "ImageEmbeddings":
+        items = list(items)
+        if not items:
+            raise ValueError("cannot concatenate an empty list of embeddings")
+        levels = len(items[0].high_res_features)
+        if any(len(item.high_res_features) != levels for item in items):
+            raise ValueError("cannot concatenate embeddings from different backends")
+        return cls(
+            features=torch.cat([item.features for item in items]),
+            original_sizes=tuple(s for item in items for s in item.original_sizes),
+            input_sizes=tuple(s for item in items for s in item.input_sizes),
+            high_res_features=tuple(torch.cat([item.high_res_features[k] for item in items]) for k in range(levels)),
+        )
+
+    def common_geometry(self) -> tuple[Size, Size]:
+        """The one (original, input) size pair of the batch; decoded logits need one frame."""
+        if len(set(self.original_sizes)) != 1 or len(set(self.input_sizes)) != 1:
+            raise ValueError(
+                f"images of different sizes {sorted(set(self.original_sizes))} cannot be decoded into one "
+                "tensor; decode them separately (embeddings[i:i + 1])"
+            )
+        return self.original_sizes[0], self.input_sizes[0]
+
+
+@dataclass
+class Prompts:
+    """A batch of prompts in the caller's image space, ready for ``decode(emb, **p.as_kwargs())``.
+
+    ``valid`` (``(B, N)`` bool) marks prompts that were actually found, e.g. False where a
+    probability map had no confident foreground; decoding an invalid prompt is allowed but its
+    output is meaningless, so callers mask it out.
+    """
+
+    boxes: torch.Tensor | None = None
+    points: torch.Tensor | None = None
+    point_labels: torch.Tensor | None = None
+    mask_prompt: torch.Tensor | None = None
+    valid: torch.Tensor | None = None
+
+    def as_kwargs(self) -> dict[str, torch.Tensor]:
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "valid" and getattr(self, f.name) is not None
+        }
+
+    def __getitem__(self, index: Any) -> "Prompts":
+        values = {f.name: getattr(self, f.name) for f in fields(self)}
+        return Prompts(**{name: None if value is None else value[index] for name, value in values.items()})
+
+
+@dataclass
+class SegmenterOutput:
+    """Decoder output in the caller's image space.
+
+    Attributes:
+        mask_logits: ``(B, N, *spatial)``; with ``multimask_output`` the candidate with the
+            highest predicted IoU (SAM's own advice for ambiguous single-click prompts).
+        iou_scores: ``(B, N)`` predicted IoU of ``mask_logits``.
+        low_res_logits: ``(B, N, *low-res grid)`` in the model's padded input frame, what SAM
+            calls ``low_res_masks``.
+        all_mask_logits, all_iou_scores: ``(B, N, M, ...)`` every candidate when
+            ``multimask_output`` is set, else ``None``.
+    """
+
+    mask_logits: torch.Tensor
+    iou_scores: torch.Tensor
+    low_res_logits: torch.Tensor
+    all_mask_logits: torch.Tensor | None = None
+    all_iou_scores: torch.Tensor | None = None
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PromptableSegmenter(nn.Module, abc.ABC):
+    """A frozen SAM-family teacher: ``encode`` once per image, ``decode`` per prompt.
+
+    Subclasses implement :meth:`_encode_input` (model input -> embeddings) and
+    :meth:`decode`. The encoder's parameters are frozen at construction; decoder parameters
+    are frozen too (a teacher), but gradients still flow through the decoder to its inputs
+    (``dense_prompt``, ``mask_prompt``) and to any adapter/LoRA parameters added later.
+    Unfreeze the decoder explicitly (``teacher.mask_decoder.requires_grad_(True)``) to tune it.
+
+    Attributes:
+        name: registry name of the backend.
+        transform: preprocessing that maps caller images into the model input.
+        default_prompt: the prompt kind the backend follows zero-shot (``"box"`` for
+            LiteMedSAM, which ignores points on its own).
+        weights_id: identifies the weights (checkpoint file hash, or a per-instance token for
+            random init) so the embedding cache never mixes two models.
+        embedding_cache: optional :class:`~samssl.teachers.cache.EmbeddingCache` used by
+            :meth:`encode`.
+    """
+
+    name: str = "promptable-segmenter"
+    default_prompt: str = "box"
+    spatial_dims: int = 2
+    #: whether the prompt encoder has a box embedding (SAM-Med3D's has none)
+    accepts_boxes: bool = True
+
+    def __init__(self, transform: InputTransform, weights_id: str | None = None) -> None:
+        super().__init__()
+        self.transform = transform
+        self.weights_id = weights_id or f"random-init-{id(self):x}"
+        self.embedding_cache = None  # set by the registry or the caller
+
+    # ------------------------------------------------------------------ encoding
+    @property
+    @abc.abstractmethod
+    def image_encoder(self) -> nn.Module:
+        """The (frozen) image encoder module; LoRA targets its attention layers."""
+
+    @abc.abstractmethod
+    def _encode_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """Model input ``(B, C, *target)`` -> ``(features, high_res_features)``."""
+
+    def cache_namespace(self) -> str:
+        """Everything besides the pixels that determines an embedding (cache key prefix)."""
+        return f"{self.name}|{self.weights_id}|{self.transform.signature()}"
+
+    def encode(self, images: torch.Tensor, *, requires_grad: bool = False) -> ImageEmbeddings:
+        """Embed a batch of images ``(B, C, *spatial)`` given in the caller's space.
+
+        Runs without autograd, so it can be called inside a training step at no memory cost
+        and its result can be cached. ``requires_grad=True`` is for tuning the encoder itself
+        (LoRA): it bypasses the cache and keeps the graph.
+        """
+        if requires_grad:
+            return self._encode_uncached(images, grad=True)
+        if self.embedding_cache is not None:
+            return self.embedding_cache.encode(self, images)
+        return self._encode_uncached(images, grad=False)
+
+    def _encode_uncached(self, images: torch.Tensor, grad: bool = False) -> ImageEmbeddings:
+        device = self.device
+        x, original_size, input_size = self.transform.images_to_input(images.to(device))
+        with torch.set_grad_enabled(grad):
+            features, high_res = self._encode_input(x)
+        n = x.shape[0]
+        return ImageEmbeddings(
+            features=features,
+            high_res_features=tuple(high_res),
+            original_sizes=(original_size,) * n,
+            input_sizes=(input_size,) * n,
+        )
+
+    # ------------------------------------------------------------------ decoding
+    def decode(
+        self,
+        embeddings: ImageEmbeddings,
+        boxes: torch.Tensor | None = None,
+        points: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        mask_prompt: torch.Tensor | None = None,
+        dense_prompt: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> SegmenterOutput:
+        """Predict masks for prompts given in the caller's image space (differentiable).
+
+        The prompts are validated and flattened to one row per (image, prompt) here, once for
+        every backend; the backend maps the flat prompts to its model in :meth:`_decode_flat`.
+        """
+        if boxes is not None and not self.accepts_boxes:
+            raise ValueError(f"{self.name} takes point prompts (and masks), not boxes: its prompt encoder has no box embedding")
+        original_size, input_size = embeddings.common_geometry()
+        flat = flatten_prompts(
+            len(embeddings), self.spatial_dims, boxes, points, point_labels, mask_prompt, dense_prompt, self.device
+        )
+        return self._decode_flat(embeddings, flat, original_size, input_size, multimask_output)
+
+    @abc.abstractmethod
+    def _decode_flat(
+        self,
+        embeddings: ImageEmbeddings,
+        flat: FlatPrompts,
+        original_size: Size,
+        input_size: Size,
+        multimask_output: bool,
+    ) -> SegmenterOutput:
+        """Run the prompt encoder and mask decoder on validated, flattened prompts."""
+
+    def forward(self, images: torch.Tensor, **prompts: Any) -> SegmenterOutput:
+        """``decode(encode(images), **prompts)``: one-shot convenience for inference."""
+        return self.decode(self.encode(images), **prompts)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def freeze(self) -> "PromptableSegmenter":
+        """Freeze every parameter and switch to eval mode (the teacher default)."""
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "PromptableSegmenter":
+        """Keep the encoder in eval mode whatever ``mode`` says.
+
+        Frozen encoders are used as feature extractors; switching their dropout/norm layers to
+        training behaviour would silently change the embeddings (and poison the cache).
+        """
+        super().train(mode)
+        self.image_encoder.eval()
+        return self
