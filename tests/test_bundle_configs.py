@@ -70,7 +70,7 @@ def test_training_refuses_switches_given_as_strings_before_anything_runs(bundle)
     use_bundle(bundle.name)  # the section may reference the bundle's scripts package
     config = json.loads((bundle / "configs" / "train.json").read_text())
     first = config["training"][0]
-    assert first.startswith("$samssl.config_checks.refuse_string_switches(@"), f"{bundle.name}: training starts with {first}"
+    assert first.startswith("$samssl.utils.config_checks.refuse_string_switches(@"), f"{bundle.name}: training starts with {first}"
     section = first.split("@", 1)[1].split(",", 1)[0]
     assert any(isinstance(v, bool) for v in config[section].values()), f"{bundle.name}: {section} holds no switch"
     parser = ConfigParser(config)
@@ -81,7 +81,7 @@ def test_training_refuses_switches_given_as_strings_before_anything_runs(bundle)
 
 
 def test_string_switch_error_names_the_fix():
-    from samssl.config_checks import refuse_string_switches
+    from samssl.utils.config_checks import refuse_string_switches
 
     refuse_string_switches({"use_sam": False, "kd_weight": 1.0, "name": "litemedsam"}, "method")  # fine
     with pytest.raises(ValueError, match=r"method#use_sam is the string 'false'.*--method#use_sam False"):

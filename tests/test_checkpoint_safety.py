@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from samssl.engines import AtomicCheckpointSaver, AtomicDiskSaver, load_network_weights, read_checkpoint
+from samssl.handlers import AtomicCheckpointSaver, AtomicDiskSaver, load_network_weights, read_checkpoint
 
 
 def _state(value: float) -> dict:

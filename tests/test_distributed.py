@@ -20,7 +20,6 @@ import pytest
 import torch
 from bundle_testing import BUNDLES, ROOT, la_subset, ph2_subset
 
-
 pytestmark = pytest.mark.slow
 
 # The bundle's training arguments for a short run, and the data kind it trains on. A new bundle
@@ -41,7 +40,7 @@ SHORT_RUNS: dict[str, tuple[str, list[str]]] = {
 }
 
 # Replaces the last step of multi_gpu_train.json's `training` list: save this process's student, then leave the group.
-SAVE_EACH_RANK = ("$torch.save(samssl.engines.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
+SAVE_EACH_RANK = ("$torch.save(samssl.networks.unwrap_model(@network).state_dict(), os.path.join(@output_dir, "
                   "'rank' + str(torch.distributed.get_rank()) + '_student.pt')) or "
                   "(torch.distributed.is_initialized() and torch.distributed.destroy_process_group())")
 

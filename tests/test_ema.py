@@ -10,7 +10,7 @@ import torch.distributed as dist
 from ignite.engine import Engine
 from torch import nn
 
-from samssl.engines import EMATeacher
+from samssl.networks import EMATeacher
 
 
 def _tiny_net() -> nn.Module:

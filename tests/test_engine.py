@@ -16,21 +16,17 @@ from monai.handlers import CheckpointSaver, StatsHandler
 from PIL import Image
 from torch import nn
 
-from samssl.engines import (
-    EMATeacher,
-    GaussianRampUp,
-    MeanTeacherTrainer,
+from samssl.engines import MeanTeacherTrainer, SemiSupervisedTrainer, UncertaintyAwareMeanTeacherTrainer
+from samssl.handlers import (
     ResumeFromLatest,
-    SemiSupervisedTrainer,
     TrainingCheckpointer,
-    UncertaintyAwareMeanTeacherTrainer,
-    gaussian_rampup,
     latest_checkpoint,
     load_network_weights,
     resumable_checkpoints,
     training_checkpoint_dict,
 )
-from samssl.losses import dice_ce_loss
+from samssl.losses import GaussianRampUp, dice_ce_loss, gaussian_rampup
+from samssl.networks import EMATeacher
 
 
 @pytest.fixture(autouse=True, scope="module")

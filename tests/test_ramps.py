@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from samssl.engines import (
+from samssl.losses import (
     Constant,
     ExponentialRampDown,
     ExponentialRampUp,

@@ -18,8 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from samssl.engines import GaussianRampUp, MeanTeacherTrainer, TrainingCheckpointer
-from samssl.engines.reproducibility import (
+from samssl.engines import MeanTeacherTrainer
+from samssl.handlers import TrainingCheckpointer
+from samssl.losses import GaussianRampUp
+from samssl.utils.reproducibility import (
     capture_global_rng,
     capture_pass_start,
     restore_global_rng,

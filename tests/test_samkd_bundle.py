@@ -9,9 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_testing import (  # same directory, on sys.path under pytest
+    bundle_fixture,
+    ph2_subset,
+    run_bundle,
+    use_bundle,
+)
 from PIL import Image
-
-from bundle_testing import bundle_fixture, ph2_subset, run_bundle, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("samkd_dualtask_skin")
@@ -19,16 +23,19 @@ _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader, load_net_with_metadata  # noqa: E402
-
-import samssl.data as data  # noqa: E402
-from samssl.engines import Constant, PrecomputeEmbeddings, load_network_weights  # noqa: E402
-from samssl.losses import DualTaskLoss  # noqa: E402
-from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
-from samssl.teachers import DensePromptDecoder  # noqa: E402
 from scripts.data import prepare_fold_split  # noqa: E402
 from scripts.model import build_segmenter, parameter_groups, sam_adapters  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
 from scripts.transforms import training_transforms  # noqa: E402
+
+import samssl.data as data  # noqa: E402
+from samssl.foundation import DensePromptDecoder  # noqa: E402
+from samssl.handlers import PrecomputeEmbeddings, load_network_weights
+from samssl.losses import (
+    Constant,  # noqa: E402
+    DualTaskLoss,  # noqa: E402
+)
+from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
 
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--batch_size", "2", "--unlabelled_batch_size", "2", "--num_workers", "0",

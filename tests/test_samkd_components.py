@@ -6,21 +6,21 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("samkd_dualtask_skin")
 _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
-from samssl.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
-from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, ViTDualTaskNet  # noqa: E402
-from samssl.teachers import DensePromptDecoder, build_teacher, fused_mask_logits, fused_prompts  # noqa: E402
-from samssl.teachers.peft_tuning import add_decoder_adapters  # noqa: E402
-from samssl.transforms import signed_distance_map  # noqa: E402
 from scripts.augment import apply_dihedral, invert_dihedral  # noqa: E402
 from scripts.model import parameter_groups, sam_adapters, training_state  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
+
+from samssl.data import signed_distance_map  # noqa: E402
+from samssl.foundation import DensePromptDecoder, build_teacher, fused_mask_logits, fused_prompts  # noqa: E402
+from samssl.foundation.peft_tuning import add_decoder_adapters  # noqa: E402
+from samssl.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
+from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, ViTDualTaskNet  # noqa: E402
 
 SIZE = 64
 
@@ -227,8 +227,8 @@ def test_trainer_requires_the_dual_task_loss_and_the_label_sdf(sam, batch):
 
 
 def test_embedding_warmup_encodes_only_what_the_cache_lacks_and_does_nothing_without_a_segmenter(tmp_path):
-    from samssl.engines import PrecomputeEmbeddings
-    from samssl.teachers import EmbeddingCache
+    from samssl.foundation import EmbeddingCache
+    from samssl.handlers import PrecomputeEmbeddings
 
     class CountingSegmenter:  # the two members the handler uses, with a real cache
         def __init__(self):
@@ -239,8 +239,8 @@ def test_embedding_warmup_encodes_only_what_the_cache_lacks_and_does_nothing_wit
             return "counting|v1"
 
         def encode(self, images):
-            from samssl.teachers.cache import image_key
-            from samssl.teachers.base import ImageEmbeddings
+            from samssl.foundation.base import ImageEmbeddings
+            from samssl.foundation.cache import image_key
 
             self.encoded += len(images)
             for image in images:

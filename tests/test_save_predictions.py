@@ -10,8 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samssl.data import dermoscopy_transforms, isic_datalist, msd_datalist, volume_transforms
-from samssl.transforms import SavePredictiond
+from samssl.data import SavePredictiond, dermoscopy_transforms, isic_datalist, msd_datalist, volume_transforms
 
 
 def _dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 from monai.networks.utils import one_hot
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Resized, ScaleIntensityRanged
 from scipy.ndimage import distance_transform_edt
 from scipy.spatial.distance import cdist
 from skimage.segmentation import find_boundaries
 
-from samssl.transforms import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
+from samssl.data import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
 
 
 def _disk(size: int = 65, radius: int = 10) -> np.ndarray:

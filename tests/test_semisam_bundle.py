@@ -10,23 +10,16 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_testing import run_bundle  # same directory, on sys.path under pytest
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 
 import samssl.data as data
 from samssl.data.transforms_3d import VolumeLookup
-from samssl.engines import (
-    EMATeacher,
-    ExponentialRampDown,
-    ExponentialRampUp,
-    MeanTeacherTrainer,
-    SAMAssistedConsistency,
-)
-from samssl.losses import dice_ce_loss
-from samssl.networks import VNet
-from samssl.teachers import EmbeddingCache, build_teacher
-
-from bundle_testing import run_bundle  # same directory, on sys.path under pytest
+from samssl.engines import MeanTeacherTrainer
+from samssl.foundation import EmbeddingCache, build_teacher
+from samssl.losses import ExponentialRampDown, ExponentialRampUp, SAMAssistedConsistency, dice_ce_loss
+from samssl.networks import EMATeacher, VNet
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "semisam_la"

@@ -7,29 +7,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from bundle_testing import bundle_fixture  # same directory, on sys.path under pytest
 from monai.bundle import ConfigParser
 from monai.data import DataLoader, Dataset
 from monai.utils import set_determinism
 
 import samssl.data as data
 from samssl.data.transforms_3d import VolumeLookup
-from samssl.engines import (
-    EMATeacher,
-    ExponentialRampDown,
-    ExponentialRampUp,
-    MeanTeacherTrainer,
-    SAMAssistedConsistency,
-    UncertaintyAwareMeanTeacherTrainer,
-    build_consistency_trainer,
-    sam_weight_ramp,
-)
-from samssl.losses import dice_ce_loss
+from samssl.engines import MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer, build_consistency_trainer
+from samssl.foundation import EmbeddingCache, build_teacher, prompts_from_probability
+from samssl.foundation.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
+from samssl.losses import ExponentialRampDown, ExponentialRampUp, SAMAssistedConsistency, dice_ce_loss, sam_weight_ramp
 from samssl.metrics import VOLUME_METRICS, case_metrics
-from samssl.networks import VNet
-from samssl.teachers import EmbeddingCache, build_teacher, prompts_from_probability
-from samssl.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
-
-from bundle_testing import bundle_fixture  # same directory, on sys.path under pytest
+from samssl.networks import EMATeacher, VNet
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_JSON = ROOT / "bundles" / "semisam_la" / "configs" / "train.json"

@@ -10,16 +10,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_testing import bundle_fixture, run_bundle  # same directory, on sys.path under pytest
 from ignite.engine import Events
 from monai.data import CacheDataset, DataLoader
 
 import samssl.data as data
-from samssl.engines import EMATeacher, ExponentialRampUp, MeanTeacherTrainer, PseudoLabelSupervision
-from samssl.losses import dice_ce_loss
-from samssl.networks import VNet
-from samssl.teachers import build_teacher
-
-from bundle_testing import bundle_fixture, run_bundle  # same directory, on sys.path under pytest
+from samssl.engines import MeanTeacherTrainer
+from samssl.foundation import build_teacher
+from samssl.losses import ExponentialRampUp, PseudoLabelSupervision, dice_ce_loss
+from samssl.networks import EMATeacher, VNet
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "sfr_la"

@@ -13,23 +13,18 @@ import torch
 from monai.inferers import SlidingWindowInferer
 
 import samssl.data as data
-from samssl.engines import (
-    PseudoLabelSupervision,
-    SelfTrainingTrainer,
-    build_consistency_trainer,
-)
-from samssl.engines.pseudo_labelling import (mean_max_probability, route_by_confidence,
-                                             warn_if_confidence_tracks_background, warn_if_empty_label_files,
-                                             write_predicted_labels, write_pseudo_labels)
-from samssl.losses import dice_ce_loss
+from samssl.data.stitching import SimplifiedStitch, StitchSlicesd, grid_size, stitch_slices, unstitch_slices
+from samssl.engines import SelfTrainingTrainer, build_consistency_trainer
+from samssl.foundation import build_teacher
+from samssl.losses import PseudoLabelSupervision, dice_ce_loss
 from samssl.networks import StitchedSAM, VNet, set_class_tokens
-from samssl.teachers import build_teacher
-from samssl.transforms.stitching import (
-    SimplifiedStitch,
-    StitchSlicesd,
-    grid_size,
-    stitch_slices,
-    unstitch_slices,
+from samssl.stages.pseudo_labels import (
+    mean_max_probability,
+    route_by_confidence,
+    warn_if_confidence_tracks_background,
+    warn_if_empty_label_files,
+    write_predicted_labels,
+    write_pseudo_labels,
 )
 
 # ------------------------------------------------------------------------------ stitching
@@ -196,7 +191,7 @@ def test_class_tokens_start_from_pretrained_tokens():
 
 
 def test_random_init_sam_vit_b_segments_a_stitched_patch_at_1024():
-    from samssl.teachers.sam import build_sam_vit
+    from samssl.foundation.sam import build_sam_vit
 
     torch.manual_seed(0)
     model = StitchedSAM(build_sam_vit("sam_vit_b"), num_classes=2).eval()

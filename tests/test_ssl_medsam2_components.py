@@ -8,10 +8,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
-from samssl.teachers import build_teacher
-from samssl.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator
+
+from samssl.foundation import build_teacher
+from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
 
 use_bundle("ssl_medsam2")
 from scripts import tffs  # noqa: E402  (the bundle's own scripts package, made importable above)

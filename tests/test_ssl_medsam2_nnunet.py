@@ -9,7 +9,6 @@ import warnings
 import nibabel as nib
 import numpy as np
 import pytest
-
 from bundle_testing import bundle_fixture, la_subset, use_bundle  # same directory, on sys.path under pytest
 
 pytest.importorskip("nnunetv2", reason="the nnU-Net backend needs nnunetv2 (the project's 'nnunet' extra)")

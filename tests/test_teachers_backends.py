@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samssl.teachers import TEACHER_NAMES, ImageEmbeddings, build_teacher
+from samssl.foundation import TEACHER_NAMES, ImageEmbeddings, build_teacher
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:

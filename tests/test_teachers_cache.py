@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from samssl.teachers import EmbeddingCache, InputTransform, PromptableSegmenter
-from samssl.teachers.cache import image_key
+from samssl.foundation import EmbeddingCache, InputTransform, PromptableSegmenter
+from samssl.foundation.cache import image_key
 
 
 class CountingSegmenter(PromptableSegmenter):

@@ -7,9 +7,14 @@ import argparse
 import pytest
 import torch
 
-from samssl.teachers import build_teacher
-from samssl.teachers.checkpoints import KNOWN_CHECKPOINTS, check_checkpoint_file, describe_state_dict, read_state_dict
-from samssl.teachers.litemedsam import packaged_checkpoint_path
+from samssl.foundation import build_teacher
+from samssl.foundation.checkpoints import (
+    KNOWN_CHECKPOINTS,
+    check_checkpoint_file,
+    describe_state_dict,
+    read_state_dict,
+)
+from samssl.foundation.litemedsam import packaged_checkpoint_path
 
 
 @pytest.fixture(scope="module")

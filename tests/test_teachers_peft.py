@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_teachers_parity import tiny_sam_vit  # same directory, on sys.path under pytest
 from torch import nn
 
-from samssl.teachers import EmbeddingCache, build_teacher
-from samssl.teachers import peft_tuning
-from samssl.teachers.peft_tuning import SplitQKV
-from test_teachers_parity import tiny_sam_vit  # same directory, on sys.path under pytest
+from samssl.foundation import EmbeddingCache, build_teacher, peft_tuning
+from samssl.foundation.peft_tuning import SplitQKV
 
 BOX = torch.tensor([[10.0, 12.0, 50.0, 54.0]])
 

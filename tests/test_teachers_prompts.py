@@ -7,8 +7,8 @@ import inspect
 import pytest
 import torch
 
-from samssl.teachers import prompts as prompt_module
-from samssl.teachers.prompts import (
+from samssl.foundation import prompts as prompt_module
+from samssl.foundation.prompts import (
     binary_entropy,
     box_prompts,
     point_prompts,

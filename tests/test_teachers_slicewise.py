@@ -9,10 +9,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-
 from torch import nn
 
-from samssl.teachers import (
+from samssl.foundation import (
     InputTransform,
     PromptableSegmenter,
     SegmenterOutput,

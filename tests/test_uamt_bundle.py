@@ -8,9 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle_testing import (  # same directory, on sys.path under pytest
+    bundle_fixture,
+    ph2_subset,
+    run_bundle,
+    use_bundle,
+)
 from PIL import Image
-
-from bundle_testing import bundle_fixture, ph2_subset, run_bundle, use_bundle  # same directory, on sys.path under pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("uamt_skin")
@@ -18,12 +22,16 @@ _bundle_scripts = bundle_fixture("uamt_skin")
 
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader  # noqa: E402
-
-import samssl.data as data  # noqa: E402
-from samssl.engines import Constant, EMATeacher, load_network_weights  # noqa: E402
-from samssl.networks import UNet2D  # noqa: E402
 from scripts.network import DualHeadDeepLabV3  # noqa: E402
 from scripts.trainer import UAMTTrainer  # noqa: E402
+
+import samssl.data as data  # noqa: E402
+from samssl.handlers import load_network_weights
+from samssl.losses import Constant  # noqa: E402
+from samssl.networks import (
+    EMATeacher,
+    UNet2D,  # noqa: E402
+)
 
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--output_stride", "32", "--batch_size", "2", "--unlabelled_batch_size", "2",

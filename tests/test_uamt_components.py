@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
 BUNDLE = use_bundle("uamt_skin")
@@ -41,7 +40,7 @@ def test_bad_output_stride_and_missing_backbone_file(tmp_path):
 
 
 def test_tinyvit_student_starts_from_litemedsam_trains_its_encoder_and_deploys_without_the_aux_head():
-    from samssl.teachers import build_teacher
+    from samssl.foundation import build_teacher
 
     sam = build_teacher("litemedsam")
     net = build_student("litemedsam_tinyvit", aux_head=True)

@@ -40,6 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from samssl.foundation import build_teacher  # noqa: E402
 from samssl.networks import (  # noqa: E402
     MobileNetDualTaskUNet,
     UNet2D,
@@ -47,7 +48,6 @@ from samssl.networks import (  # noqa: E402
     export_torchscript,
     fold_batch_norm,
 )
-from samssl.teachers import build_teacher  # noqa: E402
 
 TARGET_MS = 25.0
 

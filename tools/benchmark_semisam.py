@@ -37,16 +37,18 @@ from monai.utils import set_determinism  # noqa: E402
 
 import samssl.data as data  # noqa: E402
 from samssl.data.transforms_3d import VolumeLookup  # noqa: E402
-from samssl.engines import (  # noqa: E402
-    EMATeacher,
+from samssl.engines import build_consistency_trainer
+from samssl.foundation import EmbeddingCache, build_teacher  # noqa: E402
+from samssl.losses import (
     ExponentialRampDown,
     ExponentialRampUp,
     SAMAssistedConsistency,
-    build_consistency_trainer,
+    dice_ce_loss,  # noqa: E402
 )
-from samssl.losses import dice_ce_loss  # noqa: E402
-from samssl.networks import VNet  # noqa: E402
-from samssl.teachers import EmbeddingCache, build_teacher  # noqa: E402
+from samssl.networks import (
+    EMATeacher,
+    VNet,  # noqa: E402
+)
 
 
 def _loaders(cases: list[dict], spacing: float, patch: tuple[int, ...], batch: int) -> tuple[DataLoader, DataLoader, list[dict]]:

@@ -36,11 +36,19 @@ from monai.inferers import SlidingWindowInferer  # noqa: E402
 from monai.utils import set_determinism  # noqa: E402
 
 import samssl.data as data  # noqa: E402
-from samssl.engines import EMATeacher, ExponentialRampUp, PseudoLabelSupervision, build_consistency_trainer  # noqa: E402
-from samssl.engines.pseudo_labelling import write_pseudo_labels  # noqa: E402
-from samssl.losses import dice_ce_loss  # noqa: E402
-from samssl.networks import StitchedSAM, VNet  # noqa: E402
-from samssl.teachers import build_teacher  # noqa: E402
+from samssl.engines import build_consistency_trainer
+from samssl.foundation import build_teacher  # noqa: E402
+from samssl.losses import (
+    ExponentialRampUp,
+    PseudoLabelSupervision,
+    dice_ce_loss,  # noqa: E402
+)
+from samssl.networks import (  # noqa: E402
+    EMATeacher,  # noqa: E402
+    StitchedSAM,
+    VNet,
+)
+from samssl.stages.pseudo_labels import write_pseudo_labels  # noqa: E402
 
 
 def _mean_after_warmup(durations: list[float]) -> float:

@@ -30,7 +30,7 @@ import torch
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT_ROOT))
 
-from samssl.teachers import build_teacher  # noqa: E402
+from samssl.foundation import build_teacher  # noqa: E402
 
 
 class PeakMemory:

@@ -30,12 +30,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bundles" / "ssl_medsam2"))
 
-from samssl.data import msd_datalist, volume_transforms  # noqa: E402
-from samssl.teachers import build_teacher  # noqa: E402
-from samssl.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
-from samssl.networks.planned_unet import plan_dynunet  # noqa: E402
 from scripts.fsl import train_network  # noqa: E402
 from scripts.tffs import TrainingFreeFewShot, load_support  # noqa: E402
+
+from samssl.data import msd_datalist, volume_transforms  # noqa: E402
+from samssl.foundation import build_teacher  # noqa: E402
+from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
+from samssl.networks.planned_unet import plan_dynunet  # noqa: E402
 
 SETTINGS = ("iou_stop", "whole_block", "default", "sam2")
 

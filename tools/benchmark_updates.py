@@ -28,8 +28,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samssl.engines import EMATeacher  # noqa: E402
-from samssl.networks import MobileNetDualTaskUNet, VNet  # noqa: E402
+from samssl.networks import (  # noqa: E402
+    EMATeacher,  # noqa: E402
+    MobileNetDualTaskUNet,
+    VNet,
+)
 
 
 def _deeplab() -> nn.Module:

@@ -82,7 +82,8 @@ def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warm
                               lambda e: stamps["batch"].append(time.perf_counter() - batch_started[-1]))
     table = ""
     if profile:
-        from torch.profiler import ProfilerActivity, profile as torch_profile
+        from torch.profiler import ProfilerActivity
+        from torch.profiler import profile as torch_profile
 
         profiler = torch_profile(activities=[ProfilerActivity.CPU])
 

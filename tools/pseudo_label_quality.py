@@ -1,6 +1,6 @@
 """Score written pseudo-labels against the ground truth the training never read.
 
-SFR (and any bundle that writes pseudo-labels with ``samssl.engines.pseudo_labelling``) keeps a
+SFR (and any bundle that writes pseudo-labels with ``samssl.stages.pseudo_labels``) keeps a
 ``manifest.json`` beside its NIfTI pseudo-labels. This tool matches each pseudo-labelled image with
 its label in a labelled dataset folder (MSD ``dataset.json`` or UA-MT h5 layout) and prints the
 Dice of every case, their mean and the mean confidence (SFR eq. 8): how good the teacher's

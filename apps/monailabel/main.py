@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from samssl.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -39,6 +38,8 @@ from monailabel.interfaces.tasks.infer_v2 import InferTask
 from monailabel.interfaces.tasks.train import TrainTask
 from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
+
+from samssl.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,10 @@
 Everything a bundle config needs is importable from here, e.g.
 ``"$samssl.data.prepare_split(@dataset_dir, @output_dir + '/datalist.json', num_labelled=8)"``
 and ``"$samssl.data.dermoscopy_transforms('labelled', 256)"``.
+
+
 """
+
 
 from samssl.data.checks import BinarizeLabeld, CheckSpatialShapesMatchd, EnsureChannelsd
 from samssl.data.datalists import (
@@ -11,20 +14,30 @@ from samssl.data.datalists import (
     VOLUME_SUFFIXES,
     UnknownLayoutError,
     dermoscopy_datalist,
+    describe_volume_folder,
     image_folder_datalist,
     isic_datalist,
     msd_datalist,
+    msd_subset,
     nifti_datalist,
     ph2_datalist,
+    ph2_subset,
     uamt_h5_datalist,
     volume_datalist,
-    msd_subset,
-    ph2_subset,
     write_msd_description,
-    describe_volume_folder,
 )
 from samssl.data.readers import UAMT_LA_SPACING, H5VolumeReader
+from samssl.data.save_predictions import PREDICTION_FORMATS, SavePredictiond
+from samssl.data.sdf import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
 from samssl.data.splits import kfold_splits, load_datalist, prepare_split, split_labelled, write_datalist
+from samssl.data.stitching import (
+    SimplifiedStitch,
+    StitchSlices,
+    StitchSlicesd,
+    grid_size,
+    stitch_slices,
+    unstitch_slices,
+)
 from samssl.data.transforms_2d import RandColorJitterd, dermoscopy_transforms
 from samssl.data.transforms_3d import make_dataset, volume_transforms
 
@@ -34,28 +47,40 @@ __all__ = [
     "EnsureChannelsd",
     "H5VolumeReader",
     "IMAGE_SUFFIXES",
-    "VOLUME_SUFFIXES",
+    "PREDICTION_FORMATS",
     "RandColorJitterd",
+    "SavePredictiond",
+    "SignedDistanceMap",
+    "SignedDistanceMapd",
+    "SimplifiedStitch",
+    "StitchSlices",
+    "StitchSlicesd",
     "UAMT_LA_SPACING",
     "UnknownLayoutError",
+    "VOLUME_SUFFIXES",
     "dermoscopy_datalist",
     "dermoscopy_transforms",
+    "describe_volume_folder",
+    "grid_size",
     "image_folder_datalist",
     "isic_datalist",
     "kfold_splits",
     "load_datalist",
     "make_dataset",
     "msd_datalist",
+    "msd_subset",
     "nifti_datalist",
     "ph2_datalist",
+    "ph2_subset",
     "prepare_split",
+    "sdf_to_mask_probability",
+    "signed_distance_map",
     "split_labelled",
+    "stitch_slices",
     "uamt_h5_datalist",
+    "unstitch_slices",
     "volume_datalist",
     "volume_transforms",
     "write_datalist",
     "write_msd_description",
-    "describe_volume_folder",
-    "ph2_subset",
-    "msd_subset",
 ]

@@ -25,11 +25,9 @@ random crop to the next and can therefore be cached.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
-
 import hashlib
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,12 +37,12 @@ from monai.transforms import (
     EnsureChannelFirstd,
     EnsureTyped,
     LoadImaged,
+    MapTransform,
     NormalizeIntensityd,
     Orientationd,
     RandFlipd,
     RandRotate90d,
     RandSpatialCropd,
-    MapTransform,
     Spacingd,
     SpatialPadd,
 )

@@ -18,7 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from samssl.engines.mean_teacher import MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer
-from samssl.engines.pseudo_label import SelfTrainingTrainer
+from samssl.engines.self_training import SelfTrainingTrainer
 from samssl.engines.semi_supervised import SemiSupervisedTrainer
 
 __all__ = ["FRAMEWORKS", "build_consistency_trainer"]

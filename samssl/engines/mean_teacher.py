@@ -22,7 +22,7 @@ other randomness inside the networks use torch's global generator.
 
 Plug-and-play extra targets: both trainers take ``auxiliary_terms``, objects that add another
 weighted consistency term on the unlabelled batch (SemiSAM's SAM-assisted branch,
-:class:`~samssl.engines.sam_assisted.SAMAssistedConsistency`, is one). Each is called with the
+:class:`~samssl.losses.sam_assisted.SAMAssistedConsistency`, is one). Each is called with the
 engine, the unlabelled batch and the student's logits; it returns its unweighted term under its
 ``name`` and its weight under ``name + "_weight"``, and the trainer adds ``weight * term`` to the
 loss. The teacher's uncertainty map (:meth:`MeanTeacherTrainer.teacher_uncertainty`) is computed
@@ -33,65 +33,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import numpy as np
 import torch
 from monai.utils.enums import CommonKeys as Keys
 from torch.utils.data import DataLoader
 
+from samssl.engines.semi_supervised import SemiSupervisedTrainer
+from samssl.losses.auxiliary import AuxiliaryTerm, Batch, LossTerms, add_auxiliary_terms, checked_auxiliary_terms
 from samssl.losses.consistency import as_class_logits, masked_mean, softmax_mse_loss
-from samssl.engines.ema import EMATeacher
-from samssl.engines.ramps import gaussian_rampup
-from samssl.engines.semi_supervised import Batch, LossTerms, SemiSupervisedTrainer
+from samssl.losses.ramps import gaussian_rampup
+from samssl.networks.ema import EMATeacher
 
 __all__ = [
-    "AuxiliaryTerm",
     "MeanTeacherTrainer",
     "UncertaintyAwareMeanTeacherTrainer",
-    "add_auxiliary_terms",
-    "checked_auxiliary_terms",
     "predictive_entropy",
 ]
-
-
-@runtime_checkable
-class AuxiliaryTerm(Protocol):
-    """An extra consistency term on the unlabelled batch, attachable to any mean-teacher trainer.
-
-    ``term(engine, unlabelled, student_logits)`` returns a dict with the unweighted loss under
-    ``term.name``, its weight (a float) under ``term.name + "_weight"`` and any scalars worth logging.
-    The trainer adds ``weight * loss`` to the total. ``unlabelled`` never carries a label.
-    """
-
-    name: str
-
-    def __call__(self, engine: Any, unlabelled: Batch, student_logits: torch.Tensor) -> LossTerms: ...
-
-
-def checked_auxiliary_terms(terms: Sequence[AuxiliaryTerm | None] | None) -> list[AuxiliaryTerm]:
-    """The non-``None`` terms, each callable with a unique ``name`` (raises otherwise)."""
-    checked = [t for t in (terms or []) if t is not None]
-    for term in checked:
-        if not callable(term) or not isinstance(getattr(term, "name", None), str):
-            raise TypeError(f"an auxiliary term must be callable and have a str 'name', got {term!r}.")
-    names = [term.name for term in checked]
-    if len(set(names)) != len(names):
-        raise ValueError(f"auxiliary term names must be unique, got {names}.")
-    return checked
-
-
-def add_auxiliary_terms(terms: Sequence[AuxiliaryTerm], engine: Any, unlabelled: Batch, student_logits: torch.Tensor,
-                        loss: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
-    """``loss + sum(weight * term)`` over ``terms``, and every value they return (for logging)."""
-    extra: LossTerms = {}
-    for auxiliary in terms:
-        aux_terms = auxiliary(engine, unlabelled, student_logits)
-        aux_weight = float(aux_terms[f"{auxiliary.name}_weight"])
-        if aux_weight != 0.0:
-            loss = loss + aux_weight * aux_terms[auxiliary.name]
-        extra.update(aux_terms)
-    return loss, extra
 
 
 def predictive_entropy(probabilities: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,9 @@ from monai.handlers import LrScheduleHandler
 from torch import nn
 
 from samssl.data import volume_transforms
-
-from samssl.engines.checkpoints import TrainingCheckpointer
-from samssl.engines.progress import TrainingProgressBar
 from samssl.engines.semi_supervised import SemiSupervisedTrainer
+from samssl.handlers.checkpoints import TrainingCheckpointer
+from samssl.handlers.progress import TrainingProgressBar
 
 __all__ = ["train_on_volume_patches"]
 

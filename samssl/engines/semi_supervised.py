@@ -44,9 +44,10 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
-from samssl.engines.ema import EMATeacher, unwrap_model
-from samssl.engines.ramps import Constant
-from samssl.engines.reproducibility import (
+from samssl.losses.auxiliary import Batch, LossTerms
+from samssl.losses.ramps import Constant
+from samssl.networks.ema import EMATeacher, unwrap_model
+from samssl.utils.reproducibility import (
     capture_global_rng,
     capture_pass_start,
     restore_global_rng,
@@ -66,8 +67,6 @@ else:
 __all__ = ["SemiSupervisedTrainer"]
 
 
-Batch = dict[str, torch.Tensor]
-LossTerms = dict[str, "torch.Tensor | float"]
 
 
 def _plain(tensor: torch.Tensor) -> torch.Tensor:
@@ -204,7 +203,7 @@ class SemiSupervisedTrainer(Trainer):
         self.state.unlabelled_draws = 0
         self.state_dict_user_keys.append("unlabelled_draws")
         # Random state at the start of each stream's current pass, and what a loaded checkpoint
-        # asks to restore (see samssl.engines.reproducibility): resume is exact mid-pass.
+        # asks to restore (see samssl.utils.reproducibility): resume is exact mid-pass.
         self._pass_start: dict[str, dict[str, Any] | None] = {"labelled": None, "unlabelled": None}
         self._pending_resume: dict[str, Any] = {}
         self.add_event_handler(Events.STARTED, self._restart_unlabelled_stream_on_fresh_run)

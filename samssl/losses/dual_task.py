@@ -2,14 +2,14 @@
 
 A dual-task network predicts class logits and the normalised signed distance map (SDF) of the
 foreground (:class:`~samssl.networks.DualTaskHead`; sign convention of
-:func:`samssl.transforms.signed_distance_map`: negative inside, 0 on the boundary, positive
+:func:`samssl.data.signed_distance_map`: negative inside, 0 on the boundary, positive
 outside). Three terms, as in DTC (Luo et al., AAAI 2021) and the methods built on it:
 
 * **segmentation**: Dice + cross-entropy of the logits against a hard mask;
 * **SDF regression**: mean squared error of the SDF output against the target SDF;
 * **dual-task consistency**: the two outputs must describe the same object, so the foreground
   probability of the logits is pulled towards the SDF turned into a mask,
-  ``sigmoid(-k * sdf)`` (:func:`samssl.transforms.sdf_to_mask_probability`), by mean squared
+  ``sigmoid(-k * sdf)`` (:func:`samssl.data.sdf_to_mask_probability`), by mean squared
   error. It needs no label, so it also applies to unlabelled images.
 
 :class:`DualTaskLoss` returns the three terms and their weighted sum, for labelled images
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samssl.transforms.sdf import sdf_to_mask_probability
+from samssl.data.sdf import sdf_to_mask_probability
 from samssl.losses.segmentation import dice_ce_loss
 
 __all__ = ["DualTaskLoss", "dual_task_consistency_loss", "sdf_regression_loss"]

@@ -1,5 +1,6 @@
 """Segmentation metrics per case, paper-style result tables and paired method comparisons."""
 
+
 from samssl.metrics.comparison import LOWER_IS_BETTER, PairedComparison, case_means_over_runs, paired_wilcoxon
 from samssl.metrics.segmentation import (
     ALL_METRICS,
@@ -14,16 +15,16 @@ from samssl.metrics.segmentation import (
 )
 
 __all__ = [
-    "LOWER_IS_BETTER",
-    "PairedComparison",
-    "case_means_over_runs",
-    "paired_wilcoxon",
     "ALL_METRICS",
     "DISPLAY_NAMES",
-    "PERCENT_METRICS",
-    "VOLUME_METRICS",
     "EmptyMaskWarning",
+    "LOWER_IS_BETTER",
+    "PERCENT_METRICS",
+    "PairedComparison",
+    "VOLUME_METRICS",
+    "case_means_over_runs",
     "case_metrics",
+    "paired_wilcoxon",
     "results_table",
     "summarise",
     "write_results",

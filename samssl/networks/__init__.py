@@ -1,7 +1,9 @@
-"""Segmentation networks shared by several bundles."""
+"""Segmentation networks shared by several bundles, and the EMA copy of a network (mean teacher)."""
+
 
 from samssl.networks.deploy import export_torchscript, fold_batch_norm
 from samssl.networks.dual_head import DualTaskHead, DualTaskOutputs
+from samssl.networks.ema import EMATeacher, unwrap_model
 from samssl.networks.mobilenet_unet import MobileNetDualTaskUNet
 from samssl.networks.pretrained import load_backbone_state_dict
 from samssl.networks.sam_encoder import SAMEncoderDecoder, SAMEncoderSegNet
@@ -13,15 +15,17 @@ from samssl.networks.vnet import VNet
 __all__ = [
     "DualTaskHead",
     "DualTaskOutputs",
+    "EMATeacher",
     "MobileNetDualTaskUNet",
     "SAMEncoderDecoder",
     "SAMEncoderSegNet",
     "StitchedSAM",
     "UNet2D",
-    "ViTDualTaskNet",
     "VNet",
+    "ViTDualTaskNet",
     "export_torchscript",
     "fold_batch_norm",
     "load_backbone_state_dict",
     "set_class_tokens",
+    "unwrap_model",
 ]

@@ -3,7 +3,7 @@
 The dual-task methods (DTC, Luo et al. AAAI 2021, and the SAM-distillation work built on it)
 let a network predict, next to its class logits, the normalised signed distance map (SDF) of the
 foreground: negative inside, 0 on the boundary, positive outside, in [-1, 1], exactly the
-convention of :func:`samssl.transforms.signed_distance_map`. A ``tanh`` bounds the SDF output to
+convention of :func:`samssl.data.signed_distance_map`. A ``tanh`` bounds the SDF output to
 that range, so the regression target and the prediction live on the same scale.
 """
 

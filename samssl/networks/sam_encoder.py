@@ -34,7 +34,7 @@ class SAMEncoderDecoder(nn.Module):
     """SAM-family image encoder + upsampling decoder (x2 per stage); heads are the subclasses'.
 
     Args:
-        segmenter: a 2D :class:`~samssl.teachers.PromptableSegmenter` whose encoder is used.
+        segmenter: a 2D :class:`~samssl.foundation.PromptableSegmenter` whose encoder is used.
         freeze_encoder: read features through ``segmenter.encode`` (frozen, cached) instead of
             fine-tuning a copy of the encoder.
         decoder_channels: channels after the 1x1 reduction and after each x2 upsampling stage.

@@ -4,14 +4,14 @@
 ``(B, C, H, W, D)`` class logits out, so MONAI's trainers, losses and sliding-window inferers use it
 as they would a V-Net. Inside (Li et al., SFR, sec. III-B):
 
-1. **Stitching** (:mod:`samssl.transforms.stitching`): the D slices are laid in order on a
+1. **Stitching** (:mod:`samssl.data.stitching`): the D slices are laid in order on a
    ``ceil(sqrt(D))``-square grid at their own resolution; empty tiles take the patch's minimum,
    which the SAM input normalisation maps to 0 (the paper's zero tiles). With
    ``simplified_tile=96`` the paper's "simplified" stitching is used instead (slices cropped or
    padded to 96 x 96, depth interpolated to a square number, and back).
 2. **SAM without prompts**: the stitched image goes through the teacher's own preprocessing and
    image encoder (LoRA on the q and v projections of every attention block, rank 4 by default,
-   via ``peft``: :func:`samssl.teachers.peft_tuning.apply_lora`), the prompt encoder's "no prompt"
+   via ``peft``: :func:`samssl.foundation.peft_tuning.apply_lora`), the prompt encoder's "no prompt"
    embeddings, and the mask decoder.
 3. **Deterministic multi-class head** (SAMed, which SFR follows): the decoder's ambiguity outputs
    (1 + 3 mask tokens, best-IoU selection) are replaced by one mask token per class, background
@@ -33,9 +33,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.peft_tuning import apply_lora, lora_state_dict, merge_lora
-from samssl.transforms.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
+from samssl.data.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.peft_tuning import apply_lora, lora_state_dict, merge_lora
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
 
@@ -64,7 +64,7 @@ class StitchedSAM(nn.Module):
     """A 2D SAM-family model segmenting 3D patches by stitching (see the module docstring).
 
     Args:
-        teacher: a 2D SAM-style segmenter (``samssl.teachers.build_teacher('litemedsam')`` or a
+        teacher: a 2D SAM-style segmenter (``samssl.foundation.build_teacher('litemedsam')`` or a
             SAM ViT); it is modified in place (LoRA, class tokens, trainable decoder).
         num_classes: output classes, background included.
         lora_rank: LoRA rank (the paper: 4); ``0`` tunes the decoder only.

@@ -33,7 +33,7 @@ class ViTDualTaskNet(SAMEncoderDecoder):
     """SAM-family image encoder + upsampling decoder + dual head.
 
     Args:
-        segmenter: a :class:`~samssl.teachers.PromptableSegmenter` (2D) whose encoder is used.
+        segmenter: a :class:`~samssl.foundation.PromptableSegmenter` (2D) whose encoder is used.
         freeze_encoder: read features through ``segmenter.encode`` (frozen, cached) instead of
             fine-tuning a copy of the encoder.
         decoder_channels: channels after the 1x1 reduction and after each x2 upsampling stage.

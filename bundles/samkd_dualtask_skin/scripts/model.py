@@ -11,8 +11,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samssl.teachers import PromptableSegmenter, build_teacher
-from samssl.teachers.peft_tuning import Adapter, add_decoder_adapters
+from samssl.foundation import PromptableSegmenter, build_teacher
+from samssl.foundation.peft_tuning import Adapter, add_decoder_adapters
 
 __all__ = ["build_segmenter", "sam_adapters", "parameter_groups", "training_state"]
 

@@ -31,10 +31,16 @@ import torch
 from ignite.engine import Engine
 
 from samssl.engines import SemiSupervisedTrainer
-from samssl.engines.ema import unwrap_model
-from samssl.losses import DualTaskLoss, KnowledgeDistillationLoss, as_class_logits, dice_ce_loss, dual_task_consistency_loss
-from samssl.teachers import DensePromptDecoder, PromptableSegmenter, fused_prompts
-from samssl.teachers.base import ImageEmbeddings
+from samssl.foundation import DensePromptDecoder, PromptableSegmenter, fused_prompts
+from samssl.foundation.base import ImageEmbeddings
+from samssl.losses import (
+    DualTaskLoss,
+    KnowledgeDistillationLoss,
+    as_class_logits,
+    dice_ce_loss,
+    dual_task_consistency_loss,
+)
+from samssl.networks.ema import unwrap_model
 from scripts.augment import apply_dihedral, invert_dihedral, random_dihedral_codes
 
 Batch = dict[str, torch.Tensor]

@@ -3,7 +3,7 @@
 Each training entry is loaded and resized deterministically (``samssl.data.dermoscopy_transforms``
 in its ``eval``/``infer`` mode, so ``CacheDataset`` caches it), then
 
-* ``label_sdf``: the label's normalised signed distance map (``samssl.transforms``), the target
+* ``label_sdf``: the label's normalised signed distance map (``samssl.data``), the target
   of the SDF heads (labelled entries only);
 * ``sam_image``: an untouched copy of the image, which SAM's frozen encoder embeds once per image
   for the whole run (the embedding cache is keyed by pixel content, so it must never change);
@@ -15,9 +15,8 @@ from __future__ import annotations
 
 from monai.transforms import Compose, CopyItemsd, EnsureTyped
 
-from samssl.data import dermoscopy_transforms
+from samssl.data import SignedDistanceMapd, dermoscopy_transforms
 from samssl.data.transforms_2d import RandColorJitterd
-from samssl.transforms import SignedDistanceMapd
 
 __all__ = ["training_transforms"]
 

@@ -2,8 +2,8 @@
 
 ``scripts.sfr`` runs SFR's stitching + fine-tuning + pseudo-labelling stages (and SFR+'s rounds).
 What other bundles share lives in ``samssl``: the stitching transforms
-(``samssl.transforms.stitching``), the stitched LoRA-tuned SAM (``samssl.networks.StitchedSAM``),
-the pseudo-label writer and term (``samssl.engines.pseudo_labelling``, ``samssl.engines.pseudo_label``),
+(``samssl.data.stitching``), the stitched LoRA-tuned SAM (``samssl.networks.StitchedSAM``),
+the pseudo-label writer and term (``samssl.stages.pseudo_labels``, ``samssl.engines.self_training``),
 and the re-training frameworks (``samssl.engines.build_consistency_trainer``).
 """
 

@@ -33,15 +33,14 @@ from typing import Any
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from samssl.config_checks import SettingsDict
 from samssl.data import volume_transforms
 from samssl.engines.patch_training import train_on_volume_patches
-from samssl.engines.pseudo_labelling import (route_by_confidence, warn_if_confidence_tracks_background,
-                                             write_pseudo_labels)
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.checkpoints import file_sha256
 from samssl.losses import dice_ce_loss
 from samssl.networks import StitchedSAM
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.checkpoints import file_sha256
+from samssl.stages.pseudo_labels import route_by_confidence, warn_if_confidence_tracks_background, write_pseudo_labels
+from samssl.utils.config_checks import SettingsDict
 
 __all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 
@@ -243,7 +242,7 @@ class SFRStages:
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
                    device: torch.device | str = "cpu", simplified_tile: int | None = None) -> StitchedSAM:
     """The fine-tuned stitched SAM of a run (``sam_tuned.pt``) on its base model, LoRA merged, for evaluation."""
-    from samssl.teachers import build_teacher
+    from samssl.foundation import build_teacher
 
     tuned = Path(tuned)
     if not tuned.exists():

@@ -4,7 +4,7 @@
 ones as video frames, paper Algorithm 2); ``scripts.fsl`` the iterative K-fold re-training with
 its fold ensemble (``scripts.nnunet_backend``: the same rounds through the real nnU-Net);
 ``scripts.pipeline`` chains them as the bundle's ``training`` runs them. What other bundles share lives in ``samssl``: the propagators
-(``samssl.teachers.propagation``), the pseudo-label writer (``samssl.engines.pseudo_labelling``)
+(``samssl.foundation.propagation``), the pseudo-label writer (``samssl.stages.pseudo_labels``)
 and the K-fold split (``samssl.data.kfold_splits``).
 """
 

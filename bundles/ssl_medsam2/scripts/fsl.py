@@ -25,14 +25,14 @@ import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
 
-from samssl.config_checks import SettingsDict
 from samssl.data import kfold_splits, volume_transforms
-from samssl.engines.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.engines.patch_training import train_on_volume_patches
-from samssl.engines.pseudo_labelling import write_pseudo_labels
+from samssl.foundation.checkpoints import file_sha256
+from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.losses import dice_ce_loss
 from samssl.networks.planned_unet import FoldEnsemble
-from samssl.teachers.checkpoints import file_sha256
+from samssl.stages.pseudo_labels import write_pseudo_labels
+from samssl.utils.config_checks import SettingsDict
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 

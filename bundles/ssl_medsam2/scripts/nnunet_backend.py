@@ -40,9 +40,9 @@ import SimpleITK as sitk
 import torch
 from torch import nn
 
-from samssl.config_checks import SettingsDict
 from samssl.data import kfold_splits, volume_transforms
-from samssl.engines.pseudo_labelling import warn_if_empty_label_files
+from samssl.stages.pseudo_labels import warn_if_empty_label_files
+from samssl.utils.config_checks import SettingsDict
 
 from .fsl import wait_for
 
@@ -249,7 +249,10 @@ class NnUNetFoldRetraining:
     def prepare_round(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]]) -> None:
         """Raw dataset, plans, preprocessing and the K splits of round ``r`` (process 0; once)."""
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-            extract_fingerprints, plan_experiments, preprocess)
+            extract_fingerprints,
+            plan_experiments,
+            preprocess,
+        )
 
         marker = self.round_dir(r) / "prepared"
         if marker.exists():

@@ -29,7 +29,7 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
-from samssl.engines.checkpoints import AtomicDiskSaver, load_network_weights
+from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.networks.planned_unet import FoldEnsemble
 
 from .fsl import FoldRetraining, train_network, wait_for

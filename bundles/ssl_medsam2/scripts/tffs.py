@@ -37,10 +37,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from samssl.data import volume_transforms
-from samssl.engines.pseudo_labelling import CasePredictor, write_predicted_labels
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.propagation import BoxChainPropagator, VideoMemoryPropagator, VolumePropagator
-from samssl.teachers.slicewise import slices_to_volume, volume_to_slices
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator, VolumePropagator
+from samssl.foundation.slicewise import slices_to_volume, volume_to_slices
+from samssl.stages.pseudo_labels import CasePredictor, write_predicted_labels
 
 __all__ = ["PROPAGATORS", "TFFSNetwork", "TrainingFreeFewShot", "build_propagator", "insert_frames",
            "insertion_positions", "load_support", "remove_inserted", "support_frames_for", "tffs_fingerprint",
@@ -102,7 +102,7 @@ class TrainingFreeFewShot:
     """Algorithm 2 over a support set of labelled volumes.
 
     Args:
-        propagator: a :class:`~samssl.teachers.propagation.VolumePropagator`.
+        propagator: a :class:`~samssl.foundation.propagation.VolumePropagator`.
         repeats: ``R``, random insertion positions per labelled volume (paper's R).
         frame_size: side of the square frames the propagator sees (MedSAM2: 512).
         axis: spatial axis of the slices (-1: axial for RAS volumes).
@@ -191,7 +191,7 @@ class TrainingFreeFewShot:
         return slices_to_volume(back, self.axis)[0].clamp(0, 1)
 
     def predictor(self, support: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> CasePredictor:
-        """A :data:`~samssl.engines.pseudo_labelling.CasePredictor`: ``(1, C, X, Y, Z)`` -> ``(2, X, Y, Z)``."""
+        """A :data:`~samssl.stages.pseudo_labels.CasePredictor`: ``(1, C, X, Y, Z)`` -> ``(2, X, Y, Z)``."""
 
         prepared = self.prepare_support(support)
 

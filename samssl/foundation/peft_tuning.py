@@ -28,7 +28,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from samssl.teachers.base import PromptableSegmenter
+from samssl.foundation.base import PromptableSegmenter
 
 QKVLayout = Literal["blocked", "per_head"]
 

@@ -6,7 +6,7 @@ rest zero-padded; point coordinates are voxel indices in the caller's array orde
 ``(d, h, w)`` (SAM-Med3D's training code takes clicks straight from ``argwhere`` on the
 volume, so there is no x/y swap as in 2D SAM). SAM-Med3D was trained on 128^3 crops at about
 1.5 mm; for large volumes crop a region around the prompt first (a 3D box from
-:func:`samssl.teachers.prompts.box_prompts` gives one) so the object is not shrunk too much.
+:func:`samssl.foundation.prompts.box_prompts` gives one) so the object is not shrunk too much.
 
 Box prompts are rejected: SAM-Med3D's prompt encoder has no box embeddings.
 Nothing is downloaded: ``medim`` builds the architecture, weights come from a local file read
@@ -23,11 +23,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samssl.teachers.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.teachers.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.prompt_batch import FlatPrompts, repeat_per_prompt
-from samssl.teachers.sam import package_outputs
+from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
+from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
+from samssl.foundation.sam import package_outputs
 
 SAM_MED3D_TRANSFORM = InputTransform(
     target_size=128,

@@ -2,9 +2,9 @@
 
 The class works for every model made of ``image_encoder`` + ``prompt_encoder`` +
 ``mask_decoder`` in the segment-anything layout, which is why LiteMedSAM (TinyViT encoder,
-SAM decoder) is a thin subclass (:mod:`samssl.teachers.litemedsam`). The model differences
+SAM decoder) is a thin subclass (:mod:`samssl.foundation.litemedsam`). The model differences
 that matter to callers (input size, intensity convention, what the default prompt is) live in
-the :class:`~samssl.teachers.preprocessing.InputTransform` and a couple of class attributes.
+the :class:`~samssl.foundation.preprocessing.InputTransform` and a couple of class attributes.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from typing import Callable
 import torch
 from torch import nn
 
-from samssl.teachers.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.teachers.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.prompt_batch import FlatPrompts, repeat_per_prompt
+from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
+from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
 
 #: SAM's own input convention: 1024 px longest side, 0-255 RGB, ImageNet mean/std.
 SAM_TRANSFORM = InputTransform(

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 
-from samssl.engines.progress import TrainingProgressBar
+from samssl.handlers.progress import TrainingProgressBar
 
 __all__ = ["RANK_ZERO_ONLY_HANDLERS", "distributed_backend", "handlers_for_rank", "process_device"]
 

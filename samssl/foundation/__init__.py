@@ -3,7 +3,7 @@ and SAM-Med3D.
 
 Typical use::
 
-    from samssl.teachers import build_teacher, prompts_from_probability
+    from samssl.foundation import build_teacher, prompts_from_probability
 
     teacher = build_teacher("litemedsam", cache={"max_bytes": 2**30})
     embeddings = teacher.encode(images)                  # frozen, cached, no grad
@@ -17,19 +17,21 @@ inverse), ``registry`` (build by name), ``checkpoints`` (local files, wrong-file
 ``slicewise`` (2D teacher over 3D volumes), ``peft_tuning`` (LoRA and decoder adapters), and
 one module per backend: ``litemedsam``, ``sam``, ``sam2``, ``sam_med3d``. Backend modules
 are imported lazily by the registry, so using LiteMedSAM never imports sam2 or medim.
+
+
 """
 
-from samssl.teachers.base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
-from samssl.teachers.cache import EmbeddingCache
-from samssl.teachers.fused_prompt import fused_mask_logits, fused_prompts
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.prompt_decoder import DensePromptDecoder
-from samssl.teachers.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
-from samssl.teachers.registry import TEACHER_NAMES, build_teacher
-from samssl.teachers.slicewise import SliceWiseSegmenter, slices_to_volume, volume_to_slices
+
+from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
+from samssl.foundation.cache import EmbeddingCache
+from samssl.foundation.fused_prompt import fused_mask_logits, fused_prompts
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.prompt_decoder import DensePromptDecoder
+from samssl.foundation.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
+from samssl.foundation.registry import TEACHER_NAMES, build_teacher
+from samssl.foundation.slicewise import SliceWiseSegmenter, slices_to_volume, volume_to_slices
 
 __all__ = [
-    "TEACHER_NAMES",
     "DensePromptDecoder",
     "EmbeddingCache",
     "ImageEmbeddings",
@@ -38,6 +40,7 @@ __all__ = [
     "Prompts",
     "SegmenterOutput",
     "SliceWiseSegmenter",
+    "TEACHER_NAMES",
     "box_prompts",
     "build_teacher",
     "fused_mask_logits",

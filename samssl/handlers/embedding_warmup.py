@@ -21,7 +21,7 @@ import torch
 from monai.transforms import Compose, RandomizableTrait, Transform
 from monai.utils import convert_to_tensor, optional_import
 
-from samssl.teachers.cache import image_key
+from samssl.foundation.cache import image_key
 
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 Events, _ = optional_import("ignite.engine", name="Events")

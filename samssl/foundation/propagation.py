@@ -6,7 +6,7 @@ the masks to the unprompted frames. Two propagators share one contract,
 ``propagate(frames, mask_prompts) -> (T, H, W)`` foreground probabilities:
 
 - :class:`VideoMemoryPropagator`: SAM2 / SAM2.1 / MedSAM2 with their memory attention
-  (:meth:`~samssl.teachers.sam2.Sam2Segmenter.propagate`), the paper's model. Every prompted
+  (:meth:`~samssl.foundation.sam2.Sam2Segmenter.propagate`), the paper's model. Every prompted
   frame is a conditioning frame; the memory bank lets each unprompted frame attend to all of them.
 - :class:`BoxChainPropagator`: a 2D promptable model without memory (LiteMedSAM, whose weights
   are the ones on this machine), carried frame to frame: each next frame is prompted with the
@@ -22,8 +22,8 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.prompts import box_prompts
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.prompts import box_prompts
 
 __all__ = ["BoxChainPropagator", "VideoMemoryPropagator", "VolumePropagator", "check_propagation_input"]
 
@@ -64,7 +64,7 @@ class VideoMemoryPropagator:
     probabilities with a sigmoid (sam2's "object absent" logit, -1024, becomes 0).
 
     Args:
-        segmenter: a :class:`~samssl.teachers.sam2.Sam2Segmenter` (``build_teacher("medsam2", ...)``).
+        segmenter: a :class:`~samssl.foundation.sam2.Sam2Segmenter` (``build_teacher("medsam2", ...)``).
     """
 
     def __init__(self, segmenter: PromptableSegmenter) -> None:
@@ -98,7 +98,7 @@ class BoxChainPropagator:
     empty; the mask that seeds the unlabelled neighbours is the nearest non-empty one.
 
     Args:
-        segmenter: a 2D :class:`~samssl.teachers.base.PromptableSegmenter` (LiteMedSAM by default).
+        segmenter: a 2D :class:`~samssl.foundation.base.PromptableSegmenter` (LiteMedSAM by default).
             Attach an embedding cache: the same unlabelled frames are decoded for every insertion.
         box_margin: pixels added on each side of the previous mask's box, so the object may grow.
         min_area: the chain stops below this many foreground pixels.

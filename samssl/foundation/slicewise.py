@@ -5,7 +5,7 @@ model on volumes. This module cuts a channel-first volume ``(C, X, Y, Z)`` into 
 one spatial axis, runs the backend on all of them or on a chosen subset in batches (each slice
 is resized to the backend's input and its logits back by the backend itself), and stacks the
 logits into a volume again. Each slice goes through the backend's ``encode``, so with an
-:class:`~samssl.teachers.cache.EmbeddingCache` attached every slice is encoded once per run,
+:class:`~samssl.foundation.cache.EmbeddingCache` attached every slice is encoded once per run,
 however many iterations ask for it.
 """
 
@@ -15,9 +15,9 @@ from typing import Sequence
 
 import torch
 
-from samssl.teachers.base import PromptableSegmenter, Prompts
-from samssl.teachers.preprocessing import PAD_LOGIT
-from samssl.teachers.prompts import slice_prompts
+from samssl.foundation.base import PromptableSegmenter, Prompts
+from samssl.foundation.preprocessing import PAD_LOGIT
+from samssl.foundation.prompts import slice_prompts
 
 
 def volume_to_slices(volume: torch.Tensor, axis: int = -1) -> torch.Tensor:
@@ -66,7 +66,7 @@ class SliceWiseSegmenter:
         Args:
             volume: channel-first volume; each slice is normalised by the backend.
             prompts: 2D prompts for *every* slice along the axis (row s = slice s), e.g. from
-                :func:`~samssl.teachers.prompts.slice_prompts`.
+                :func:`~samssl.foundation.prompts.slice_prompts`.
             slices: indices (or a boolean mask) of the slices to segment; by default the slices
                 whose prompt is valid (all, when ``prompts.valid`` is unset).
         """

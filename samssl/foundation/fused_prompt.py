@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import torch
 
-from samssl.teachers.base import Prompts
-from samssl.teachers.prompts import box_prompts
+from samssl.foundation.base import Prompts
+from samssl.foundation.prompts import box_prompts
 
 __all__ = ["fused_mask_logits", "fused_prompts"]
 

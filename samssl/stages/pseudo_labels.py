@@ -28,9 +28,8 @@ import torch
 from monai.data import MetaTensor, list_data_collate
 from monai.transforms import Compose
 
-from samssl.transforms.save_predictions import SavePredictiond
-
-from samssl.engines.pseudo_label import PSEUDO_LABEL_KEY
+from samssl.data.save_predictions import SavePredictiond
+from samssl.losses.pseudo_label import PSEUDO_LABEL_KEY
 
 __all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence",
            "warn_about_empty_pseudo_labels", "warn_if_confidence_tracks_background", "warn_if_empty_label_files",

@@ -4,7 +4,7 @@ Semi-supervised methods switch their unsupervised terms on gradually: early in t
 student and the teacher are both poor, so a full-strength consistency (or pseudo-label) term would
 reinforce noise. Each schedule here is a small callable ``ramp(iteration) -> float`` so that an
 engine can ask for the weight of the current iteration and a MONAI bundle config can build one
-with ``{"_target_": "samssl.engines.GaussianRampUp", "max_value": 0.1, "length": 6000}``.
+with ``{"_target_": "samssl.losses.GaussianRampUp", "max_value": 0.1, "length": 6000}``.
 
 With ``t = clip((iteration - start) / length, 0, 1)``:
 

@@ -39,7 +39,7 @@ from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
-from samssl.engines.ema import EMATeacher, unwrap_model
+from samssl.networks.ema import EMATeacher, unwrap_model
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")

@@ -23,8 +23,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.cache import EmbeddingCache
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.cache import EmbeddingCache
 
 SAM_VIT_NAMES = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam")
 SAM2_NAMES = (
@@ -38,19 +38,19 @@ TEACHER_NAMES = ("litemedsam", *SAM_VIT_NAMES, *SAM2_NAMES, "sam_med3d")
 def _builder(name: str) -> Callable[..., PromptableSegmenter]:
     # imports are local so that building one backend never imports the others' packages
     if name == "litemedsam":
-        from samssl.teachers.litemedsam import build_litemedsam
+        from samssl.foundation.litemedsam import build_litemedsam
 
         return build_litemedsam
     if name in SAM_VIT_NAMES:
-        from samssl.teachers.sam import build_sam_vit
+        from samssl.foundation.sam import build_sam_vit
 
         return lambda **kw: build_sam_vit(name, **kw)
     if name in SAM2_NAMES:
-        from samssl.teachers.sam2 import build_sam2_segmenter
+        from samssl.foundation.sam2 import build_sam2_segmenter
 
         return lambda **kw: build_sam2_segmenter(name, **kw)
     if name == "sam_med3d":
-        from samssl.teachers.sam_med3d import build_sam_med3d
+        from samssl.foundation.sam_med3d import build_sam_med3d
 
         return build_sam_med3d
     raise ValueError(f"unknown teacher {name!r}; available: {', '.join(TEACHER_NAMES)}")
@@ -87,7 +87,7 @@ def build_teacher(
     else:
         if checkpoint is None and name != "litemedsam":
             raise ValueError(
-                f"teacher {name!r} needs a local checkpoint file (see samssl/teachers/README.md); "
+                f"teacher {name!r} needs a local checkpoint file (see samssl/foundation/README.md); "
                 "pass random_init=True only for tests"
             )
         teacher = build(checkpoint=checkpoint, allow_pickle=allow_pickle, **kwargs)

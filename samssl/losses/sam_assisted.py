@@ -7,14 +7,14 @@ mean-teacher consistency ramps up::
 
     loss = sup + lambda_c * L_con(f(x_u), f'(x_u)) + lambda_s * L_con(f(x_u), SAM(x_u | prompts(f(x_u), U)))
 
-:class:`SAMAssistedConsistency` is an :class:`~samssl.engines.mean_teacher.AuxiliaryTerm`: give
+:class:`SAMAssistedConsistency` is an :class:`~samssl.losses.auxiliary.AuxiliaryTerm`: give
 it to ``MeanTeacherTrainer`` or ``UncertaintyAwareMeanTeacherTrainer`` through
 ``auxiliary_terms`` (plug-and-play, as the paper claims), nothing else changes.
 
 What it reads: the unlabelled batch's ``image`` (and, for a 2D teacher, the ``patch_affine`` /
 ``case_key`` entries that :class:`~samssl.data.transforms_3d.PatchLocationd` adds), the
 student's logits, and the teacher's uncertainty. Never a label: prompts come from
-:mod:`samssl.teachers.prompts`, whose functions have no label argument, and the trainer drops any
+:mod:`samssl.foundation.prompts`, whose functions have no label argument, and the trainer drops any
 label an unlabelled batch carries before this term sees it. (The public SemiSAM code built its
 clicks from the ground truth of the unlabelled cases; that is not reproduced.)
 
@@ -33,7 +33,7 @@ Two teacher geometries:
 * **2D teacher** (LiteMedSAM by default), slice by slice: for each chosen slice of a patch, the
   matching *whole* slice of the preprocessed volume (from a
   :class:`~samssl.data.transforms_3d.VolumeLookup`) is encoded, so with an
-  :class:`~samssl.teachers.cache.EmbeddingCache` the encoder runs at most once per slice of each
+  :class:`~samssl.foundation.cache.EmbeddingCache` the encoder runs at most once per slice of each
   volume for the whole run (and across runs with a cache directory) and an iteration costs only
   decoder passes once the cache is warm. The student's patch-slice probability and uncertainty
   are scattered into the whole slice (outside the patch: no foreground, maximal uncertainty), a
@@ -70,12 +70,12 @@ import numpy as np
 import torch
 from monai.utils.enums import CommonKeys as Keys
 
+from samssl.foundation.base import PromptableSegmenter
+from samssl.foundation.preprocessing import PAD_LOGIT
+from samssl.foundation.prompts import binary_entropy, point_prompts, prompts_from_probability
+from samssl.foundation.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
 from samssl.losses.consistency import as_class_logits
-from samssl.teachers.base import PromptableSegmenter
-from samssl.teachers.preprocessing import PAD_LOGIT
-from samssl.teachers.prompts import binary_entropy, point_prompts, prompts_from_probability
-from samssl.teachers.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
-from samssl.engines.ramps import Constant, ExponentialRampDown, ExponentialRampUp, Ramp
+from samssl.losses.ramps import Constant, ExponentialRampDown, ExponentialRampUp, Ramp
 
 __all__ = ["SAM_WEIGHT_SCHEDULES", "SAMAssistedConsistency", "sam_weight_ramp"]
 
@@ -97,7 +97,7 @@ class SAMAssistedConsistency:
     """SemiSAM's SAM branch: an extra consistency target from a SAM prompted by the student.
 
     Args:
-        teacher: a frozen :class:`~samssl.teachers.base.PromptableSegmenter` (2D slice-wise, or 3D).
+        teacher: a frozen :class:`~samssl.foundation.base.PromptableSegmenter` (2D slice-wise, or 3D).
         weight: ``lambda_s`` schedule ``weight(iteration)`` (paper: ``ExponentialRampDown(0.1, t_max)``)
             or a constant.
         volumes: whole preprocessed unlabelled volumes (:class:`~samssl.data.transforms_3d.VolumeLookup`),
@@ -150,7 +150,7 @@ class SAMAssistedConsistency:
         name: str = "sam_consistency",
     ) -> None:
         if not isinstance(teacher, PromptableSegmenter):
-            raise TypeError(f"teacher must be a PromptableSegmenter (see samssl.teachers.build_teacher), got {type(teacher).__name__}")
+            raise TypeError(f"teacher must be a PromptableSegmenter (see samssl.foundation.build_teacher), got {type(teacher).__name__}")
         if teacher.spatial_dims not in (2, 3):
             raise ValueError(f"teacher must be 2D or 3D, got {teacher.spatial_dims}D")
         if teacher.spatial_dims == 2 and volumes is None:

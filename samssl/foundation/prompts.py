@@ -28,7 +28,7 @@ import math
 import torch
 from monai.transforms.utils import get_largest_connected_component_mask
 
-from samssl.teachers.base import Prompts
+from samssl.foundation.base import Prompts
 
 
 def binary_entropy(probability: torch.Tensor) -> torch.Tensor:
@@ -205,7 +205,7 @@ def slice_prompts(
     """2D prompts for every slice of a volume ``(1, X, Y, Z)`` along a spatial ``axis``.
 
     Slice ``s`` is the image ``volume[0].select(axis, s)`` (rows = first remaining axis,
-    columns = second), which is how :mod:`samssl.teachers.slicewise` cuts volumes too.
+    columns = second), which is how :mod:`samssl.foundation.slicewise` cuts volumes too.
     The result has one row per slice (``B = number of slices``).
     """
     if probability.ndim != 4 or probability.shape[0] != 1:

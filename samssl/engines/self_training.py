@@ -1,11 +1,11 @@
-"""Learning from a teacher's pseudo-labels on the unlabelled stream (SFR's re-training module).
+"""Self-training: learning from a teacher's pseudo-labels on the unlabelled stream (SFR's re-training module).
 
 SFR (Li et al., eq. 6-7) re-trains a 3D network on the labelled data plus the fine-tuned SAM's
 pseudo-labels of the unlabelled cases, on top of any semi-supervised method:
 ``L = L_sup(labelled) + lambda * L_pl(student(unlabelled), pseudo-label) [+ the method's own term]``.
 
-* :class:`PseudoLabelSupervision` is that ``L_pl`` as an auxiliary term
-  (:class:`~samssl.engines.mean_teacher.AuxiliaryTerm`), so it plugs into the mean-teacher and
+* :class:`~samssl.losses.pseudo_label.PseudoLabelSupervision` is that ``L_pl`` as an auxiliary term
+  (:class:`~samssl.losses.auxiliary.AuxiliaryTerm`), so it plugs into the mean-teacher and
   UA-MT trainers unchanged (MT+SFR, UA-MT+SFR).
 * :class:`SelfTrainingTrainer` is plain self-training (Bai et al.): labelled loss plus auxiliary
   terms on the unlabelled batch, no consistency and no EMA teacher (the ``self_training``
@@ -25,50 +25,10 @@ from typing import Any
 import torch
 from monai.utils.enums import CommonKeys as Keys
 
-from samssl.engines.mean_teacher import AuxiliaryTerm, add_auxiliary_terms, checked_auxiliary_terms
-from samssl.engines.semi_supervised import Batch, LossTerms, SemiSupervisedTrainer
+from samssl.engines.semi_supervised import SemiSupervisedTrainer
+from samssl.losses.auxiliary import AuxiliaryTerm, Batch, LossTerms, add_auxiliary_terms, checked_auxiliary_terms
 
-__all__ = ["PSEUDO_LABEL_KEY", "PseudoLabelSupervision", "SelfTrainingTrainer"]
-
-PSEUDO_LABEL_KEY = "pseudo_label"
-
-
-class PseudoLabelSupervision:
-    """``weight(t) * loss(student logits, pseudo-label)`` on the unlabelled batch.
-
-    Args:
-        loss_function: ``loss(logits, target)`` with the target ``(B, 1, *spatial)`` class indices
-            (e.g. :func:`samssl.losses.dice_ce_loss`).
-        weight: a number or ``callable(iteration) -> float`` (a ramp from :mod:`.ramps`).
-        key: batch key of the pseudo-label.
-    """
-
-    name = "pseudo_label"
-
-    def __init__(self, loss_function: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-                 weight: float | Callable[[int], float] = 1.0, key: str = PSEUDO_LABEL_KEY) -> None:
-        if key == Keys.LABEL:
-            raise ValueError("pseudo-labels need their own key: 'label' is dropped from unlabelled batches")
-        self.loss_function = loss_function
-        self.weight = weight
-        self.key = key
-
-    def weight_at(self, iteration: int) -> float:
-        return float(self.weight(iteration)) if callable(self.weight) else float(self.weight)
-
-    def __call__(self, engine: Any, unlabelled: Batch, student_logits: torch.Tensor) -> LossTerms:
-        if self.key not in unlabelled:
-            raise KeyError(
-                f"the unlabelled batch has no '{self.key}' entry: build the unlabelled dataset with the "
-                f"pseudo-labelled transforms (volume_transforms('pseudo_labelled', ...)) over entries that "
-                f"carry the pseudo-label files"
-            )
-        target = unlabelled[self.key].to(student_logits.device)
-        return {
-            self.name: self.loss_function(student_logits, target),
-            f"{self.name}_weight": self.weight_at(engine.state.iteration),
-        }
-
+__all__ = ["SelfTrainingTrainer"]
 
 class SelfTrainingTrainer(SemiSupervisedTrainer):
     """Self-training: the supervised loss plus auxiliary terms (e.g. pseudo-labels) on unlabelled data.

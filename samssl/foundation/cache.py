@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from samssl.teachers.base import ImageEmbeddings
+from samssl.foundation.base import ImageEmbeddings
 
 if TYPE_CHECKING:
-    from samssl.teachers.base import PromptableSegmenter
+    from samssl.foundation.base import PromptableSegmenter
 
 
 def image_key(namespace: str, image: torch.Tensor) -> str:

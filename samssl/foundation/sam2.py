@@ -29,11 +29,11 @@ from typing import Literal, Mapping
 import torch
 from torch import nn
 
-from samssl.teachers.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.teachers.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.prompt_batch import FlatPrompts, repeat_per_prompt
-from samssl.teachers.sam import package_outputs
+from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
+from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
+from samssl.foundation.sam import package_outputs
 
 #: sam2's logit for "object absent" (``NO_OBJ_SCORE``), also used for frames never reached.
 NO_OBJECT_LOGIT = -1024.0
@@ -256,7 +256,7 @@ class Sam2Segmenter(PromptableSegmenter):
         """Propagate prompts through frames ``(T, C, H, W)`` given in the caller's space.
 
         Args:
-            frames: the video, or the slices of a volume (:func:`~samssl.teachers.slicewise.volume_to_slices`).
+            frames: the video, or the slices of a volume (:func:`~samssl.foundation.slicewise.volume_to_slices`).
             mask_prompts: ``{frame index: (H, W) mask}`` conditioning frames (binarised at 0.5).
             box_prompts: ``{frame index: (4,) x0, y0, x1, y1 box}`` conditioning frames.
             direction: ``"both"`` runs forward from the first prompted frame to the end, then

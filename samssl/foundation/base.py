@@ -6,7 +6,7 @@ per image (:meth:`PromptableSegmenter.encode`, no grad, batched, cacheable); the
 and mask decoder are cheap and are where training signal flows (prompt decoders, adapters,
 LoRA), so :meth:`PromptableSegmenter.decode` is differentiable. Coordinates and masks are in
 the caller's image space on both sides; resizing, padding and intensity conventions are the
-backend's business (see :mod:`samssl.teachers.preprocessing`).
+backend's business (see :mod:`samssl.foundation.preprocessing`).
 
 Shape conventions (B images, N prompts per image, P points per prompt, S spatial dims):
 
@@ -29,8 +29,8 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
-from samssl.teachers.preprocessing import InputTransform
-from samssl.teachers.prompt_batch import FlatPrompts, flatten_prompts
+from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.prompt_batch import FlatPrompts, flatten_prompts
 
 Size = tuple[int, ...]
 
@@ -181,7 +181,7 @@ class PromptableSegmenter(nn.Module, abc.ABC):
             LiteMedSAM, which ignores points on its own).
         weights_id: identifies the weights (checkpoint file hash, or a per-instance token for
             random init) so the embedding cache never mixes two models.
-        embedding_cache: optional :class:`~samssl.teachers.cache.EmbeddingCache` used by
+        embedding_cache: optional :class:`~samssl.foundation.cache.EmbeddingCache` used by
             :meth:`encode`.
     """
 
