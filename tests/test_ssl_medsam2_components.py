@@ -10,6 +10,7 @@ import pytest
 import torch
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
+import samssl.stages.stage
 from samssl.foundation import build_teacher
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
 
@@ -279,7 +280,7 @@ def test_two_processes_share_the_folds_and_both_end_with_every_fold(tmp_path, mo
     """``multi_gpu_train.json``: process r trains folds k % 2 == r, waits for the other's files, then goes on."""
     import threading
 
-    monkeypatch.setattr(fsl.time, "sleep", lambda _: None)  # poll without waiting
+    monkeypatch.setattr(samssl.stages.stage.time, "sleep", lambda _: None)  # poll without waiting
     labelled = _synthetic_cases(tmp_path, 1, "lab")
     pseudo = [{"image": c["image"], "pseudo_label": c["label"]} for c in _synthetic_cases(tmp_path, 4, "unl")]
     plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))

@@ -10,9 +10,7 @@ leak in published semi-supervised code; this makes that impossible).
 from __future__ import annotations
 
 import json
-import os
 import random
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +26,7 @@ from samssl.data.datalists import (
     uamt_h5_datalist,
     volume_datalist,
 )
+from samssl.utils.files import atomic_write_json
 
 __all__ = ["split_labelled", "kfold_splits", "write_datalist", "load_datalist", "prepare_split", "LAYOUTS"]
 
@@ -138,16 +137,7 @@ def write_datalist(path: PathLike, datalist_dict: dict) -> Path:
     half-written split behind.
     """
     path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(datalist_dict, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, datalist_dict, indent=2)
     return path
 
 

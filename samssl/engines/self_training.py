@@ -19,10 +19,9 @@ of the unlabelled cases cannot leak in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-import torch
 from monai.utils.enums import CommonKeys as Keys
 
 from samssl.engines.semi_supervised import SemiSupervisedTrainer

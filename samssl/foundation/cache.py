@@ -18,8 +18,6 @@ embeddings change with every step, and a cache would silently return stale ones.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from samssl.foundation.base import ImageEmbeddings
+from samssl.utils.files import atomic_save
 
 if TYPE_CHECKING:
     from samssl.foundation.base import PromptableSegmenter
@@ -160,10 +159,7 @@ def _save_entry(path: Path, item: ImageEmbeddings) -> None:
         "original_sizes": [list(s) for s in item.original_sizes],
         "input_sizes": [list(s) for s in item.input_sizes],
     }
-    handle, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(handle)
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    atomic_save(path, lambda partial: torch.save(payload, partial))
 
 
 def _load_entry(path: Path) -> ImageEmbeddings:

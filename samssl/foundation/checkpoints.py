@@ -13,13 +13,14 @@ the error message offers; only use it for files you trust.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
+
+from samssl.utils.files import file_sha256  # re-exported: checkpoint checks use it
 
 #: Keys under which training scripts commonly nest the model's state dict.
 NESTED_STATE_KEYS = ("model", "state_dict", "model_state_dict", "net")
@@ -74,13 +75,6 @@ KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
     "mobile_sam": CheckpointSpec("MobileSAM", ("mobile_sam.pt",), 40_728_226, None, "MobileSAM release"),
 }
 
-
-def file_sha256(path: str | Path, chunk_bytes: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_checkpoint_file(path: str | Path, spec: CheckpointSpec) -> Path:

@@ -1,4 +1,5 @@
-"""Everything attached to an engine: checkpoint save and resume, progress, embedding warm-up, reports."""
+"""Everything attached to an engine: checkpoint save and resume, progress, embedding warm-up, reports,
+and which of them each process of a multi-process run attaches."""
 
 
 from samssl.handlers.checkpoints import (
@@ -13,9 +14,14 @@ from samssl.handlers.checkpoints import (
     state_dict_mismatches,
     training_checkpoint_dict,
 )
+from samssl.handlers.distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
 from samssl.handlers.embedding_warmup import PrecomputeEmbeddings
 
 __all__ = [
+    "RANK_ZERO_ONLY_HANDLERS",
+    "distributed_backend",
+    "handlers_for_rank",
+    "process_device",
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "PrecomputeEmbeddings",

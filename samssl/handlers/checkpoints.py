@@ -40,6 +40,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from samssl.networks.ema import EMATeacher, unwrap_model
+from samssl.utils.files import fsync_folder
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 Checkpoint, _ = optional_import("ignite.handlers", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Checkpoint")
@@ -109,7 +110,7 @@ class AtomicDiskSaver(BaseSaveHandler):
                 raise OSError(err.errno, message) from err
             raise
         os.replace(partial, path)
-        _fsync_folder(self.dirname)
+        fsync_folder(self.dirname)
         for old in self._pending_removal:
             if old != path.name:
                 (self.dirname / old).unlink(missing_ok=True)
@@ -118,19 +119,6 @@ class AtomicDiskSaver(BaseSaveHandler):
     def remove(self, filename: str) -> None:
         if idist.get_rank() == 0:
             self._pending_removal.append(self.filename or filename)
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # some file systems do not open folders; the rename itself is still atomic
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 class AtomicCheckpointSaver(CheckpointSaver):

@@ -36,6 +36,7 @@ from torch import nn
 from samssl.data.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
 from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.peft_tuning import apply_lora, lora_state_dict, merge_lora
+from samssl.utils.files import atomic_save
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
 
@@ -161,12 +162,8 @@ class StitchedSAM(nn.Module):
 
     def save_tuned(self, path: str | Path) -> Path:
         """Write the tuned weights (not the frozen base model) to ``path``, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(path.name + ".partial")
-        torch.save(self.tuned_state(), partial)
-        partial.replace(path)
-        return path
+        state = self.tuned_state()
+        return atomic_save(path, lambda partial: torch.save(state, partial))
 
     @classmethod
     def load_tuned(cls, teacher: PromptableSegmenter, path: str | Path, grid: int | None = None,

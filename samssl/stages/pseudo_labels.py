@@ -17,7 +17,6 @@ a ``label`` an entry might carry is never opened (tests prove it with a poisoned
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from monai.transforms import Compose
 
 from samssl.data.save_predictions import SavePredictiond
 from samssl.losses.pseudo_label import PSEUDO_LABEL_KEY
+from samssl.utils.files import atomic_write_json
 
 __all__ = ["CasePredictor", "mean_max_probability", "network_predictor", "route_by_confidence",
            "warn_about_empty_pseudo_labels", "warn_if_confidence_tracks_background", "warn_if_empty_label_files",
@@ -102,10 +102,7 @@ def _read_manifest(out_dir: Path, fingerprint: str) -> dict[str, dict[str, Any]]
 
 
 def _write_manifest(out_dir: Path, fingerprint: str, records: Sequence[Mapping[str, Any]]) -> None:
-    path = out_dir / MANIFEST
-    partial = path.with_name(MANIFEST + ".partial")
-    partial.write_text(json.dumps({"fingerprint": fingerprint, "cases": list(records)}, indent=1))
-    os.replace(partial, path)
+    atomic_write_json(out_dir / MANIFEST, {"fingerprint": fingerprint, "cases": list(records)})
 
 
 #: ``(1, C, *spatial)`` preprocessed image -> ``(K, *spatial)`` class probabilities of one case.

@@ -1,11 +1,8 @@
-"""Small utilities: atomic file writes and fingerprints, RNG state, multi-process settings, config checks."""
+"""Small utilities every layer may use: atomic file writes and fingerprints, RNG state, config checks.
 
+Nothing here imports another ``samssl`` package (ARCHITECTURE.md).
+"""
 
-from samssl.utils.distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
+from samssl.utils.files import atomic_path, atomic_write_json, atomic_write_text, file_sha256, fingerprint
 
-__all__ = [
-    "RANK_ZERO_ONLY_HANDLERS",
-    "distributed_backend",
-    "handlers_for_rank",
-    "process_device",
-]
+__all__ = ["atomic_path", "atomic_write_json", "atomic_write_text", "file_sha256", "fingerprint"]

@@ -8,15 +8,15 @@ is ever re-labelled by a network that saw its own pseudo-label). After the last 
 fold networks are kept as one :class:`~samssl.networks.planned_unet.FoldEnsemble`, which
 averages their probabilities at inference (nnU-Net's fold ensemble).
 
-Everything is written once and reused: a finished fold (``fold<k>/model.pt``) is not trained
-again, an interrupted one resumes from its last checkpoint, and held-out predictions are cached
-under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``).
+Each fold of each round is a :class:`samssl.stages.Stage` (``round<r>/fold<k>/stage.json``): a
+finished fold is not trained again, an interrupted one resumes from its last checkpoint, held-out
+predictions are cached under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``),
+and with several processes each fold has an owner rank that computes it while the others wait
+for its manifest.
 """
 
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,29 +27,18 @@ from torch import nn
 
 from samssl.data import kfold_splits, volume_transforms
 from samssl.engines.patch_training import train_on_volume_patches
-from samssl.foundation.checkpoints import file_sha256
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.losses import dice_ce_loss
 from samssl.networks.planned_unet import FoldEnsemble
+from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
+from samssl.utils.files import file_sha256
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 
 MODEL_FILE = "model.pt"
 HELD_OUT = "held_out_pseudo_labels"
-DONE = "fold_done"
-
-
-def wait_for(files: Sequence[Path], poll_seconds: float = 10.0) -> None:
-    """Block until every file exists (written by other processes of a multi-process run)."""
-    announced = False
-    while not all(Path(f).exists() for f in files):
-        if not announced:
-            missing = [str(f) for f in files if not Path(f).exists()]
-            print(f"waiting for other processes to finish {len(missing)} fold(s): {missing[0]} ...", flush=True)
-            announced = True
-        time.sleep(poll_seconds)
 
 
 class FoldTrainingSettings(SettingsDict):
@@ -111,7 +100,7 @@ class FoldRetraining:
         seed: seed of the fold assignment and the data order.
         rank, world_size: with several processes (``multi_gpu_train.json``), process ``rank`` trains
             and re-predicts the folds ``k`` with ``k % world_size == rank`` (nnU-Net's "one fold per
-            GPU") and waits for the others' files before the next round.
+            GPU") and waits for the others' fold manifests before the next round.
     """
 
     def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
@@ -158,31 +147,42 @@ class FoldRetraining:
                                     overlap=float(self.settings["sw_overlap"]), mode="gaussian")
 
     # ------------------------------------------------------------------ all rounds
+    def fold_stage(self, r: int, k: int, fold: Mapping[str, Any], pseudo: Mapping[str, str]) -> FunctionStage:
+        """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own."""
+        fold_dir = self.root / f"round{r}" / f"fold{k}"
+        training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
+        held_out = [{"image": e["image"]} for e in fold["val"]]
+        inputs = {"round": r, "fold": k, "training_set": training_set, "held_out": [e["image"] for e in held_out],
+                  "settings": dict(self.settings), "patch": list(self.patch_size), "spacing": self.target_spacing,
+                  "seed": self.seed}
+
+        def compute(out_dir: Path) -> dict[str, Any]:
+            model_file = self.train_fold(training_set, out_dir)
+            records = write_pseudo_labels(self.load(model_file), held_out,
+                                          volume_transforms("infer", target_spacing=self.target_spacing),
+                                          self.inferer(), out_dir / HELD_OUT,
+                                          fingerprint=f"{file_sha256(model_file)[:16]}|fold{k}", device=self.device)
+            return {"model": str(model_file), "held_out": records}
+
+        return FunctionStage(f"FSL round {r} fold {k}", fold_dir, lambda: inputs, compute, rank=self.rank,
+                             owner=k % self.world_size)
+
     def run(self) -> list[Path]:
-        """Every round; the last round's K fold model files."""
+        """Every round; the last round's K fold model files.
+
+        A process computes the folds it owns first, then reads (waiting if need be) the others'.
+        """
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
         models: list[Path] = []
         for r in range(self.rounds):
-            round_dir = self.root / f"round{r}"
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            for k, fold in enumerate(folds):
-                if k % self.world_size != self.rank:
-                    continue
-                training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
-                model_file = self.train_fold(training_set, round_dir / f"fold{k}")
-                held_out = [{"image": e["image"]} for e in fold["val"]]
-                write_pseudo_labels(self.load(model_file), held_out,
-                                    volume_transforms("infer", target_spacing=self.target_spacing), self.inferer(),
-                                    round_dir / f"fold{k}" / HELD_OUT, fingerprint=f"{file_sha256(model_file)[:16]}|fold{k}",
-                                    device=self.device)
-                (round_dir / f"fold{k}" / DONE).write_text("done\n")
-            wait_for([round_dir / f"fold{k}" / DONE for k in range(self.num_folds)])
-            models = [round_dir / f"fold{k}" / MODEL_FILE for k in range(self.num_folds)]
-            pseudo = {}
-            for k in range(self.num_folds):
-                manifest = json.loads((round_dir / f"fold{k}" / HELD_OUT / "manifest.json").read_text())
-                pseudo.update({rec["image"]: rec["pseudo_label"] for rec in manifest["cases"]})
+            stages = [self.fold_stage(r, k, fold, pseudo) for k, fold in enumerate(folds)]
+            for stage in sorted(stages, key=lambda s: s.owner != self.rank):
+                stage.run()
+            outputs = [stage.run() for stage in stages]  # kept by each stage: nothing runs twice
+            models = [Path(o["model"]) for o in outputs]
+            pseudo = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
             print(f"round {r}: {len(models)} fold models, {len(pseudo)} pseudo-labels refreshed", flush=True)
         return models
 

@@ -41,10 +41,9 @@ import torch
 from torch import nn
 
 from samssl.data import kfold_splits, volume_transforms
+from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import warn_if_empty_label_files
 from samssl.utils.config_checks import SettingsDict
-
-from .fsl import wait_for
 
 __all__ = ["NnUNetFoldRetraining", "NnUNetPredictions", "NnUNetSettings", "case_identifiers", "nnunet_paths",
            "write_raw_dataset"]
@@ -53,7 +52,6 @@ CONFIGURATION = "3d_fullres"
 PLANS = "nnUNetPlans"
 TRAINER = "nnUNetTrainer"
 FILE_ENDING = ".nii.gz"
-DONE = "fold_done"
 
 
 def _require_nnunetv2() -> None:
@@ -254,9 +252,6 @@ class NnUNetFoldRetraining:
             preprocess,
         )
 
-        marker = self.round_dir(r) / "prepared"
-        if marker.exists():
-            return
         with self._paths(r) as root:
             cases = self.labelled + [{"image": i, "label": pseudo[i]} for i in sorted(pseudo)]
             write_raw_dataset(cases, root / "nnUNet_raw" / self.dataset_name, self.channel_name,
@@ -277,7 +272,6 @@ class NnUNetFoldRetraining:
             splits = [{"train": labelled_names + [self.names[e["image"]] for e in fold["train"]],
                        "val": [self.names[e["image"]] for e in fold["val"]]} for fold in folds]
             (preprocessed / "splits_final.json").write_text(json.dumps(splits, indent=2))
-        marker.write_text("done\n")
 
     def train_fold(self, r: int, k: int) -> Path:
         """Train fold ``k`` of round ``r`` (resuming a killed run); its ``checkpoint_final.pth``."""
@@ -326,24 +320,45 @@ class NnUNetFoldRetraining:
         return {image: str(target) for image, target in targets.items()}
 
     # ------------------------------------------------------------------ all rounds
+    def _settings(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "iterations_per_epoch": self.iterations_per_epoch, "seed": self.seed,
+                "dataset_id": self.dataset_id, "channel_name": self.channel_name, "spacing": self.spacing,
+                "labelled": self.labelled}
+
+    def round_stages(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]]
+                     ) -> tuple[FunctionStage, list[FunctionStage]]:
+        """Round ``r``'s stages: nnU-Net's dataset, plans and preprocessing (process 0), then the K folds
+        (process ``k % world_size`` each). Their manifests sit in ``round<r>/stages/``, beside nnU-Net's folders."""
+        stages_dir = self.round_dir(r) / "stages"
+        inputs = {"round": r, "pseudo_labels": dict(pseudo), "folds": [[e["image"] for e in f["val"]] for f in folds],
+                  **self._settings()}
+
+        def prepare(_: Path) -> dict[str, Any]:
+            self.prepare_round(r, pseudo, folds)
+            return {}
+
+        def fold_stage(k: int, held_out: list[str]) -> FunctionStage:
+            def compute(_: Path) -> dict[str, Any]:
+                return {"model": str(self.train_fold(r, k)), "held_out": self.predict_held_out(r, k, held_out)}
+
+            return FunctionStage(f"nnU-Net round {r} fold {k}", stages_dir / f"fold{k}",
+                                 lambda: {**inputs, "fold": k}, compute, rank=self.rank, owner=k % self.world_size)
+
+        prepared = FunctionStage(f"nnU-Net round {r}: dataset, plans, preprocessing", stages_dir / "prepare",
+                                 lambda: inputs, prepare, rank=self.rank)
+        return prepared, [fold_stage(k, [e["image"] for e in fold["val"]]) for k, fold in enumerate(folds)]
+
     def run(self) -> Path:
         """Every round not run yet; the last round's results folder (the K fold networks)."""
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
         for r in range(self.rounds):
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            if self.rank == 0:
-                self.prepare_round(r, pseudo, folds)
-            wait_for([self.round_dir(r) / "prepared"])
-            for k, fold in enumerate(folds):
-                if k % self.world_size != self.rank:
-                    continue
-                self.train_fold(r, k)
-                self.predict_held_out(r, k, [e["image"] for e in fold["val"]])
-                (self.round_dir(r) / f"fold{k}_{DONE}").write_text("done\n")
-            wait_for([self.round_dir(r) / f"fold{k}_{DONE}" for k in range(self.num_folds)])
-            pseudo = {image: str(file) for k, fold in enumerate(folds)
-                      for image, file in self.held_out_files(r, k, [e["image"] for e in fold["val"]]).items()}
+            prepared, fold_stages = self.round_stages(r, pseudo, folds)
+            prepared.run()
+            for stage in sorted(fold_stages, key=lambda s: s.owner != self.rank):  # own folds first
+                stage.run()
+            pseudo = {image: file for stage in fold_stages for image, file in stage.run()["held_out"].items()}
             print(f"nnU-Net round {r}: {self.num_folds} folds trained, {len(pseudo)} pseudo-labels refreshed", flush=True)
             if self.rank == 0:
                 warn_if_empty_label_files(pseudo, self.round_dir(r))

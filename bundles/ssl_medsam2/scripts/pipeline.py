@@ -1,4 +1,9 @@
-"""The whole SSL-MedSAM2 training (Algorithm 1), as the bundle's ``training`` runs it.
+"""The whole SSL-MedSAM2 training (Algorithm 1), as the steps the bundle's ``"stages"`` lists.
+
+:attr:`SSLMedSAM2.tffs_stage`, :attr:`~SSLMedSAM2.fsl_stage` and :attr:`~SSLMedSAM2.ensemble_stage`
+are the three steps in the paper's order, run by :func:`samssl.stages.run_stages` once the config
+is resolved (:meth:`SSLMedSAM2.run` runs all three); each writes :class:`samssl.stages.Stage`
+folders with manifests, so a killed run resumes and a finished step is read back, not recomputed.
 
 1. **TFFS** (``<output_dir>/tffs``): the frozen propagator pseudo-labels every unlabelled volume
    from the labelled ones (:mod:`scripts.tffs`), once; cached case by case.
@@ -31,8 +36,9 @@ from torch import nn
 
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.networks.planned_unet import FoldEnsemble
+from samssl.stages import FunctionStage, Step
 
-from .fsl import FoldRetraining, train_network, wait_for
+from .fsl import FoldRetraining, train_network
 from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings
 from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
 
@@ -40,7 +46,6 @@ __all__ = ["BACKENDS", "METHODS", "SSLMedSAM2", "ensemble_size", "evaluation_inf
 
 METHODS = ("ssl_medsam2", "suponly")
 BACKENDS = ("monai", "nnunetv2")
-TFFS_DONE = "tffs_done"
 
 
 def ensemble_size(method: str, num_folds: int) -> int:
@@ -77,7 +82,7 @@ class SSLMedSAM2:
         nnunet: :class:`~scripts.nnunet_backend.NnUNetSettings` of the nnU-Net backend.
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
             pseudo-labels and the deployed file, the folds are shared out (:class:`FoldRetraining`);
-            the processes coordinate through the files they write, no process group is needed.
+            the processes coordinate through the stages' manifests, no process group is needed.
     """
 
     def __init__(self, datalist: Mapping[str, Sequence[Mapping[str, Any]]], output_dir: str | Path,
@@ -115,37 +120,66 @@ class SSLMedSAM2:
         self.backend = backend
         self.nnunet_settings = NnUNetSettings(nnunet)
         self._nnunet: NnUNetFoldRetraining | None = None
+        self._records: list[dict[str, Any]] | None = None
+        self._fold_files: list[Path] | None = None
         if backend == "nnunetv2":
             self.deployed: nn.Module = NnUNetPredictions(self._nnunet_predict, self.root / "nnunet_predictions",
                                                          target_spacing)
         else:
             self.deployed = FoldEnsemble([build_network() for _ in range(ensemble_size(method, num_folds))])
 
+    # ------------------------------------------------------------------ the steps, as the config lists them
+    @property
+    def tffs_stage(self) -> Step:
+        """Step 1: TFFS pseudo-labels of every unlabelled case."""
+        return Step("TFFS pseudo-labels", self.pseudo_labels)
+
+    @property
+    def fsl_stage(self) -> Step:
+        """Step 2: the FSL rounds of K-fold re-training (SupOnly: one network on the labelled cases)."""
+        return Step("FSL rounds", lambda: self.nnunet_retraining().run() if self.backend == "nnunetv2" else self.fold_models())
+
+    @property
+    def ensemble_stage(self) -> Step:
+        """Step 3: the last round's fold networks, saved together as the deployed model."""
+        return Step("fold ensemble", self.deploy)
+
     def pseudo_labels(self) -> list[dict[str, Any]]:
-        """Stage 1: TFFS pseudo-labels of every unlabelled case (cached; process 0 writes them)."""
-        marker = self.root / "tffs" / TFFS_DONE
-        if self.rank != 0:
-            wait_for([marker])
-        records = write_tffs_pseudo_labels(self.tffs, self.labelled, self.unlabelled, self.root / "tffs",
-                                           self.tffs_fingerprint, self.target_spacing)
-        if self.rank == 0:
-            marker.write_text("done\n")
-        return records
+        """Stage 1: TFFS pseudo-labels of every unlabelled case (cached case by case; process 0 writes them)."""
+        if self._records is None:
+            if not self.unlabelled:
+                raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty "
+                                 "(lower num_labelled, or train the SupOnly baseline)")
+            inputs = {"tffs": self.tffs_fingerprint, "spacing": self.target_spacing,
+                      "labelled": [{"image": str(e["image"]), "label": str(e["label"])} for e in self.labelled],
+                      "unlabelled": [str(e["image"]) for e in self.unlabelled]}
+            stage = FunctionStage("TFFS pseudo-labels", self.root / "tffs", lambda: inputs, lambda out: {
+                "records": write_tffs_pseudo_labels(self.tffs, self.labelled, self.unlabelled, out,
+                                                    self.tffs_fingerprint, self.target_spacing)}, rank=self.rank)
+            self._records = stage.run()["records"]
+        return list(self._records)
 
     def fold_models(self) -> list[Path]:
         """Stages 1-2; the files of the networks that make up the deployed model."""
+        if self._fold_files is not None:
+            return list(self._fold_files)
         if self.method == "suponly":
             if self.rank != 0:
                 raise ValueError("SupOnly trains one network: run it as a single process")
-            return [train_network(self.build_network, self.labelled, self.root / "suponly", self.patch_size,
-                                  self.target_spacing, self.training, self.seed, self.device)]
-        if not self.unlabelled:
-            raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty "
-                             "(lower num_labelled, or train the SupOnly baseline)")
-        retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
-                                    self.patch_size, self.target_spacing, self.training, self.num_folds,
-                                    self.rounds, self.seed, self.device, self.rank, self.world_size)
-        return retraining.run()
+            inputs = {"labelled": [{"image": str(e["image"]), "label": str(e["label"])} for e in self.labelled],
+                      "settings": self.training, "patch": list(self.patch_size), "spacing": self.target_spacing,
+                      "seed": self.seed}
+            stage = FunctionStage("SupOnly network", self.root / "suponly", lambda: inputs, lambda out: {
+                "model": str(train_network(self.build_network, self.labelled, out, self.patch_size,
+                                           self.target_spacing, self.training, self.seed, self.device))},
+                rank=self.rank)
+            self._fold_files = [Path(stage.run()["model"])]
+        else:
+            retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
+                                        self.patch_size, self.target_spacing, self.training, self.num_folds,
+                                        self.rounds, self.seed, self.device, self.rank, self.world_size)
+            self._fold_files = retraining.run()
+        return list(self._fold_files)
 
     def nnunet_retraining(self) -> NnUNetFoldRetraining:
         """Stage 2 through nnU-Net (stage 1 first); built once."""
@@ -164,8 +198,8 @@ class SSLMedSAM2:
     def _nnunet_predict(self, images: Sequence[str], out_dir: Path) -> list[Path]:
         return self.nnunet_retraining().predict(images, out_dir)
 
-    def run(self) -> Path:
-        """Train everything not trained yet and write the deployed ensemble to ``model_file``.
+    def deploy(self) -> Path:
+        """Step 3: write the deployed model (the fold ensemble) to ``model_file``; return where it is.
 
         With the nnU-Net backend nothing is written to ``model_file``: the deployed model is
         nnU-Net's results folder, which is returned.
@@ -183,3 +217,10 @@ class SSLMedSAM2:
         self.deployed.load_state_dict(ensemble.state_dict())
         print(f"deployed {self.method} model ({len(files)} network(s)) -> {self.model_file}", flush=True)
         return self.model_file
+
+    def run(self) -> Path:
+        """Every step not run yet (TFFS, FSL, the ensemble); where the deployed model is."""
+        if self.method != "suponly":
+            self.tffs_stage.run()
+        self.fsl_stage.run()
+        return self.ensemble_stage.run()
