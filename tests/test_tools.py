@@ -6,11 +6,16 @@ import sys
 from pathlib import Path
 
 import pytest
-from tool_loading import load_tool  # same directory, on sys.path under pytest
+from tool_loading import TOOLS, load_tool  # same directory, on sys.path under pytest
 
 from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_no_tool_edits_sys_path():
+    offenders = [p.name for p in sorted(TOOLS.glob("*.py")) if "sys.path" in p.read_text()]
+    assert not offenders, f"tools that edit sys.path (use samssl.utils.bundles.import_bundle_scripts): {offenders}"
 
 
 @pytest.fixture
