@@ -334,7 +334,7 @@ def test_committed_la_record_reports_through_earlier_results_on_the_real_data(tm
 def test_console_entry_points_and_the_module_verbs_exist(toy, capsys):
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
-    assert set(scripts) == {"samssl-compare"}
+    assert set(scripts) == {"samssl-compare", "samssl-leaderboard"}
     for target in scripts.values():
         module, _, function = target.partition(":")
         assert callable(getattr(import_module(module), function))

@@ -1,4 +1,4 @@
-"""``python -m samssl.experiments compare BUNDLE ...``."""
+"""``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}``."""
 
 from samssl.experiments.cli import main
 

@@ -1,4 +1,4 @@
-r"""Command line of the harness: ``samssl-compare BUNDLE ...``.
+r"""Command lines of the harness: ``samssl-compare BUNDLE ...`` and ``samssl-leaderboard``.
 
 ``samssl-compare`` trains a bundle's variants (declared in its ``configs/variants.json``) on the
 same splits over several seeds, tests each final model once on a held-out set and reports per-seed
@@ -9,13 +9,18 @@ that bundle's command line (``samssl-compare uamt_skin --help``). Finished runs 
 killed run resumes, so re-running a command completes a comparison; ``--earlier_results`` joins the
 ``results.json`` of earlier pieces (checked to be the same comparison).
 
-``python -m samssl.experiments compare BUNDLE ...`` is the same command.
+``samssl-leaderboard`` puts every method against its own SupOnly, one table per data set, from the
+committed records alone (:mod:`samssl.experiments.leaderboard`).
+
+``python -m samssl.experiments compare BUNDLE ...`` and ``python -m samssl.experiments leaderboard``
+are the same commands.
 
 Examples::
 
     OMP_NUM_THREADS=1 samssl-compare uamt_skin --train_dir ../shared/data/dermoscopy/ph2 \
         --test_dir ../shared/data/dermoscopy/isic2017 --num_labelled 8 --seeds 0 1 2 3 4
     OMP_NUM_THREADS=1 samssl-compare semisam_la --data ../shared/data/la --num_labelled 4
+    samssl-leaderboard
 """
 
 from __future__ import annotations
@@ -39,7 +44,7 @@ from samssl.experiments.runner import (
 )
 from samssl.experiments.variants import BundleExperiment, VariantsError, bundle_names, load_variants
 
-__all__ = ["DEFAULT_SEEDS", "compare", "compare_main", "main", "parser_for"]
+__all__ = ["DEFAULT_SEEDS", "compare", "compare_main", "leaderboard_main", "main", "parser_for"]
 
 DEFAULT_SEEDS = (0, 1, 2, 3, 4)
 
@@ -151,10 +156,38 @@ def compare_main(argv: Sequence[str] | None = None) -> None:
     compare(spec, argv[1:], "samssl-compare " + shlex.join(argv))
 
 
+def leaderboard_main(argv: Sequence[str] | None = None) -> None:
+    """``samssl-leaderboard``: write the leaderboard's Markdown and figure from the committed records."""
+    from samssl.experiments.leaderboard import LeaderboardError, write_leaderboard
+
+    parser = argparse.ArgumentParser(
+        prog="samssl-leaderboard", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Every method against its own SupOnly, one table and one figure panel per data set, from the "
+                    "committed per-case records (bundles/*/docs/results/*.json) alone: nothing is trained.")
+    parser.add_argument("--bundles", default="bundles", help="folder of the bundles (default: ./bundles)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: docs/leaderboard next to the bundles folder)")
+    args = parser.parse_args(None if argv is None else list(argv))
+    if not Path(args.bundles).is_dir():
+        raise SystemExit(f"samssl-leaderboard: no bundles folder at {Path(args.bundles).resolve()} "
+                         "(run it from the repository root or pass --bundles).")
+    out = Path(args.out) if args.out else Path(args.bundles).resolve().parent / "docs" / "leaderboard"
+    try:
+        markdown, figure, boards = write_leaderboard(args.bundles, out)
+    except (LeaderboardError, VariantsError) as error:
+        raise SystemExit(f"samssl-leaderboard: {error}") from None
+    for board in boards:
+        print(f"{board.title}: {', '.join(e.bundle for e in board.entries) or 'no entries'}")
+        for reason in board.skipped:
+            print(f"  skipped {reason}")
+    print(f"wrote {markdown} and {figure}")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m samssl.experiments compare BUNDLE ...``."""
+    """``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}``."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbs = {"compare": compare_main}
+    verbs = {"compare": compare_main, "leaderboard": leaderboard_main}
     if not argv or argv[0] not in verbs:
-        raise SystemExit("usage: python -m samssl.experiments compare BUNDLE ...\n\n" + (__doc__ or ""))
+        usage = "usage: python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}"
+        raise SystemExit(f"{usage}\n\n{__doc__ or ''}")
     verbs[argv[0]](argv[1:])
