@@ -19,13 +19,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from bundle_testing import BUNDLES, ROOT, untrained_weights
+from bundle_testing import BUNDLES, untrained_weights
 from monai.apps.utils import HashCheckError
 from monai.bundle import download, download_large_files
 from PIL import Image
+from tool_loading import load_tool  # same directory, on sys.path under pytest
 
-sys.path.insert(0, str(ROOT / "tools"))
-import package_bundle as zoo  # noqa: E402
+zoo = load_tool("package_bundle")
 
 BUNDLE_NAMES = zoo.bundle_names()
 

@@ -340,11 +340,9 @@ def test_pseudo_label_term_and_self_training_trainer():
 
 
 def test_pseudo_label_quality_tool_scores_against_held_back_labels(tmp_path):
-    import sys
+    from tool_loading import load_tool  # same directory, on sys.path under pytest
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import pseudo_label_quality
-
+    pseudo_label_quality = load_tool("pseudo_label_quality")
     label = np.zeros((12, 12, 6), np.uint8)
     label[3:9, 3:9, 1:5] = 1
     image = _write_volume(tmp_path / "imagesTr" / "a.nii.gz", np.random.default_rng(0).normal(size=label.shape).astype(np.float32))

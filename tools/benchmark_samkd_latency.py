@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -37,11 +36,8 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from samssl.foundation import build_teacher  # noqa: E402
-from samssl.networks import (  # noqa: E402
+from samssl.foundation import build_teacher
+from samssl.networks import (
     MobileNetDualTaskUNet,
     UNet2D,
     ViTDualTaskNet,

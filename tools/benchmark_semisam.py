@@ -27,28 +27,26 @@ import time
 from pathlib import Path
 
 import torch
+from monai.data import CacheDataset, DataLoader
+from monai.inferers import SlidingWindowInferer
+from monai.utils import set_determinism
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from monai.data import CacheDataset, DataLoader  # noqa: E402
-from monai.inferers import SlidingWindowInferer  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
-
-import samssl.data as data  # noqa: E402
-from samssl.data.transforms_3d import VolumeLookup  # noqa: E402
+import samssl.data as data
+from samssl.data.transforms_3d import VolumeLookup
 from samssl.engines import build_consistency_trainer
-from samssl.foundation import EmbeddingCache, build_teacher  # noqa: E402
+from samssl.foundation import EmbeddingCache, build_teacher
 from samssl.losses import (
     ExponentialRampDown,
     ExponentialRampUp,
     SAMAssistedConsistency,
-    dice_ce_loss,  # noqa: E402
+    dice_ce_loss,
 )
 from samssl.networks import (
     EMATeacher,
-    VNet,  # noqa: E402
+    VNet,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _loaders(cases: list[dict], spacing: float, patch: tuple[int, ...], batch: int) -> tuple[DataLoader, DataLoader, list[dict]]:

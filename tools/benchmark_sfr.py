@@ -26,29 +26,27 @@ import time
 from pathlib import Path
 
 import torch
+from ignite.engine import Events
+from monai.data import CacheDataset, DataLoader
+from monai.inferers import SlidingWindowInferer
+from monai.utils import set_determinism
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from ignite.engine import Events  # noqa: E402
-from monai.data import CacheDataset, DataLoader  # noqa: E402
-from monai.inferers import SlidingWindowInferer  # noqa: E402
-from monai.utils import set_determinism  # noqa: E402
-
-import samssl.data as data  # noqa: E402
+import samssl.data as data
 from samssl.engines import build_consistency_trainer
-from samssl.foundation import build_teacher  # noqa: E402
+from samssl.foundation import build_teacher
 from samssl.losses import (
     ExponentialRampUp,
     PseudoLabelSupervision,
-    dice_ce_loss,  # noqa: E402
+    dice_ce_loss,
 )
-from samssl.networks import (  # noqa: E402
-    EMATeacher,  # noqa: E402
+from samssl.networks import (
+    EMATeacher,
     StitchedSAM,
     VNet,
 )
-from samssl.stages.pseudo_labels import write_pseudo_labels  # noqa: E402
+from samssl.stages.pseudo_labels import write_pseudo_labels
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _mean_after_warmup(durations: list[float]) -> float:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,10 +26,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(PROJECT_ROOT))
+from samssl.foundation import build_teacher
 
-from samssl.foundation import build_teacher  # noqa: E402
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class PeakMemory:

@@ -26,17 +26,14 @@ from pathlib import Path
 
 import torch
 
+from samssl.data import msd_datalist, volume_transforms
+from samssl.foundation import build_teacher
+from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
+from samssl.networks.planned_unet import plan_dynunet
+from samssl.utils.bundles import import_bundle_scripts
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bundles" / "ssl_medsam2"))
-
-from scripts.fsl import train_network  # noqa: E402
-from scripts.tffs import TrainingFreeFewShot, load_support  # noqa: E402
-
-from samssl.data import msd_datalist, volume_transforms  # noqa: E402
-from samssl.foundation import build_teacher  # noqa: E402
-from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
-from samssl.networks.planned_unet import plan_dynunet  # noqa: E402
+BUNDLE = ROOT / "bundles" / "ssl_medsam2"
 
 SETTINGS = ("iou_stop", "whole_block", "default", "sam2")
 
@@ -68,8 +65,9 @@ def main() -> None:
     if args.sam2 and "sam2" not in args.settings:
         args.settings.append("sam2")
 
+    bundle_tffs = import_bundle_scripts(BUNDLE, "scripts.tffs")  # the bundle's own TFFS, as its configs use it
     cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
-    support = load_support(cases[: args.labelled], args.spacing)
+    support = bundle_tffs.load_support(cases[: args.labelled], args.spacing)
     targets = cases[args.labelled: args.labelled + args.unlabelled]
     transform = volume_transforms("eval", target_spacing=args.spacing)
     volumes = [transform(e) for e in targets]
@@ -92,7 +90,7 @@ def main() -> None:
     print("| setting | s / volume | pseudo-label Dice (%) of each volume | Dice (%) |")
     print("|---|---:|---|---:|")
     for name, propagator, support_frames in settings:
-        tffs = TrainingFreeFewShot(propagator, repeats=args.repeats, frame_size=args.frame_size,
+        tffs = bundle_tffs.TrainingFreeFewShot(propagator, repeats=args.repeats, frame_size=args.frame_size,
                                    support_frames=support_frames)
         scores, start = [], time.perf_counter()
         prepared = tffs.prepare_support(support)  # once per run, as the bundle does
@@ -109,11 +107,12 @@ def main() -> None:
 
 def time_fold_training(cases: list[dict], args: argparse.Namespace) -> None:
     """Seconds per iteration of one FSL fold (fresh planned DynUNet, nnU-Net recipe) and one round's cost."""
+    fsl = import_bundle_scripts(BUNDLE, "scripts.fsl")
     plan = plan_dynunet(args.patch_size, [args.spacing] * 3)
     training_set = [{"image": e["image"], "label": e["label"]} for e in cases]
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
-        train_network(lambda: plan.build(filters=args.filters), training_set, Path(folder) / "fold",
+        fsl.train_network(lambda: plan.build(filters=args.filters), training_set, Path(folder) / "fold",
                       args.patch_size, args.spacing, {"num_iterations": args.fold_iterations,
                                                       "checkpoint_interval": args.fold_iterations})
         seconds = (time.perf_counter() - start) / args.fold_iterations

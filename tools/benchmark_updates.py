@@ -25,21 +25,19 @@ from pathlib import Path
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from samssl.networks import (  # noqa: E402
-    EMATeacher,  # noqa: E402
+from samssl.networks import (
+    EMATeacher,
     MobileNetDualTaskUNet,
     VNet,
 )
+from samssl.utils.bundles import import_bundle_scripts
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _deeplab() -> nn.Module:
-    sys.path.insert(0, str(ROOT / "bundles" / "uamt_skin"))
-    from scripts.network import DualHeadDeepLabV3
-
-    return DualHeadDeepLabV3(output_stride=16)
+    network = import_bundle_scripts(ROOT / "bundles" / "uamt_skin", "scripts.network")
+    return network.DualHeadDeepLabV3(output_stride=16)
 
 
 # bundle -> (network, optimiser class and its arguments as in the bundle's train.json)

@@ -7,14 +7,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-try:
-    from samssl.demo import DEMO_KINDS, make_demo_dermoscopy, make_demo_volumes
-except ImportError:  # run from a source checkout without installing the package
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from samssl.demo import DEMO_KINDS, make_demo_dermoscopy, make_demo_volumes
+from samssl.demo import DEMO_KINDS, make_demo_dermoscopy, make_demo_volumes
 
 DEFAULT_NUM_CASES = {"dermoscopy": 24, "volumes": 6}
 

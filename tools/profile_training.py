@@ -58,9 +58,11 @@ def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warm
     from ignite.engine import Events
     from monai.bundle import ConfigParser
 
+    from samssl.utils.bundles import import_bundle_scripts
+
     configs, kind, _ = ROWS[bundle]
     bundle_dir = ROOT / "bundles" / bundle
-    sys.path[:0] = [str(ROOT), str(bundle_dir)]  # the bundle's `scripts` package, as monai.bundle run does
+    import_bundle_scripts(bundle_dir)  # the configs' `scripts.x` are this bundle's, as under monai.bundle run
     work = Path(tempfile.mkdtemp(prefix=f"profile_{bundle}_"))
     dataset = _subset(kind, data_root, work / "data", 12 if kind == "dermoscopy" else 6)
     parser = ConfigParser()

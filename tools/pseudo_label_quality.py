@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import samssl.data as data
 
-import samssl.data as data  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def dice(prediction: np.ndarray, truth: np.ndarray) -> float:

@@ -1,0 +1,6 @@
+"""``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}``."""
+
+from samssl.experiments.cli import main
+
+if __name__ == "__main__":
+    main()

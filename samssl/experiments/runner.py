@@ -1,0 +1,196 @@
+"""Train and test a bundle's variants over seeds on the same splits, resuming whatever already ran.
+
+Each run is ``configs/train.json``, an optional preset (e.g. ``configs/cpu.json``) and the variant's
+own override files and ``--key value`` pairs, trained by ``python -m monai.bundle run training`` in
+a subprocess exactly as a user would; it ends by evaluating its final model on the test set (the
+trainer's validation set, used once at the end: no model selection happens on it) and writes
+``validation_metrics.json`` with per-case metrics.
+
+Runs go to ``<out>/seed<k>/<variant>``. A run whose metrics file exists is not trained again, and a
+killed run resumes from its last checkpoint, so re-running the same command finishes an interrupted
+comparison. Because a finished run is found by its folder name alone, ``<out>/comparison.json``
+records the data, split sizes, preset and overrides, and a comparison with other settings is
+refused the folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from samssl.experiments.records import Records, Results, differing_settings, project_relative
+from samssl.experiments.variants import BundleExperiment
+
+__all__ = [
+    "SETTINGS_FILE",
+    "bundle_config_arg",
+    "check_comparison_folder",
+    "comparison_settings",
+    "data_arguments",
+    "predictions_command",
+    "recorded_cases",
+    "run_experiment",
+    "train_command",
+]
+
+SETTINGS_FILE = "comparison.json"
+
+
+def bundle_config_arg(bundle: Path, configs: Sequence[str]) -> str:
+    """The ``--config_file`` argument of ``monai.bundle`` merging ``configs`` (bundle-relative) in order."""
+    return "[" + ",".join(f"'{bundle / c}'" for c in configs) + "]"
+
+
+def train_command(spec: BundleExperiment, name: str, run_dir: Path, run_args: Sequence[str], preset: str) -> list[str]:
+    """The ``monai.bundle`` command that trains and tests variant ``name`` into ``run_dir``."""
+    variant = spec.variants[name]
+    configs = ["configs/train.json"] + ([f"configs/{preset}.json"] if preset else []) + list(variant.configs)
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "training",
+        "--config_file", bundle_config_arg(spec.bundle_dir, configs),
+        *run_args,
+        "--output_dir", str(run_dir),
+        "--model_dir", str(run_dir),
+        *variant.overrides,
+    ]
+
+
+def predictions_command(spec: BundleExperiment, run_dir: Path, test_location: str, preset: str) -> list[str]:
+    """The bundle's ``evaluate.json`` on the test set with the run's final model, writing every
+    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``."""
+    configs = ["configs/evaluate.json"] + ([f"configs/{preset}.json"] if preset else [])
+    out = run_dir / "test_predictions"
+    return [
+        sys.executable, "-m", "monai.bundle", "run", "evaluating",
+        "--config_file", bundle_config_arg(spec.bundle_dir, configs),
+        "--dataset_dir", test_location,
+        "--checkpoint", str(run_dir / "model.pt"),
+        "--output_dir", str(out),
+        "--prediction_dir", str(out / "masks"),
+        # ISIC challenge naming for images (ISIC_0000000_segmentation.png); <case>_seg.nii.gz for volumes
+        *(["--output_postfix", "segmentation"] if spec.data == "dermoscopy" else []),
+    ]
+
+
+def run_experiment(
+    spec: BundleExperiment,
+    names: Sequence[str],
+    seeds: Sequence[int],
+    out: Path,
+    run_args: Sequence[str],
+    preset: str = "",
+    retrain: bool = False,
+    earlier: Results | None = None,
+    keep_checkpoints: bool = False,
+    save_predictions: bool = False,
+) -> tuple[Records, dict[str, float]]:
+    """Train and test every variant in ``names`` for every seed; return per-case records and run times.
+
+    Seeds are the outer loop, so an interrupted comparison has whole seeds (all variants) done.
+    ``earlier`` holds per-case records of runs finished elsewhere (a ``results.json`` of an earlier
+    comparison with the same settings); those runs are not trained again. A finished run keeps its
+    final ``model.pt`` and metrics; its ``checkpoints/`` folder, only needed to resume, is removed
+    unless ``keep_checkpoints`` (5 seeds x 3 variants of full training states fill tens of GB).
+    ``save_predictions`` also writes each run's test-set masks in the test folder's own layout
+    (:func:`predictions_command`), for finished runs too.
+    """
+    results: Records = {name: {} for name in names}
+    seconds: dict[str, float] = {}
+    for seed in seeds:
+        for name in names:
+            run_dir = out / f"seed{seed}" / name
+            metrics_file = run_dir / "validation_metrics.json"
+            seed_args = ["--seed", str(seed)]
+            if spec.seed_shared_key:
+                seed_args += [f"--{spec.seed_shared_key}", str(out / f"seed{seed}" / "shared")]
+            command = train_command(spec, name, run_dir, [*run_args, *seed_args], preset)
+            print(f"\n### {spec.variants[name].label}, seed {seed}\n{shlex.join(command)}", flush=True)
+            if earlier and seed in earlier.get(name, {}) and not retrain:
+                print("(finished earlier: reusing its records from --earlier_results)", flush=True)
+                results[name][seed] = list(earlier[name][seed])
+                continue
+            if metrics_file.is_file() and not retrain:
+                print(f"(finished earlier: reusing {metrics_file})", flush=True)
+            else:
+                start = time.time()
+                subprocess.run(command, check=True, cwd=spec.project_root)
+                seconds[f"{name} seed {seed}"] = time.time() - start
+            results[name][seed] = json.loads(metrics_file.read_text())["cases"]
+            if not keep_checkpoints:
+                shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            if save_predictions and not (run_dir / "model.pt").is_file():
+                print(f"(no model.pt in {run_dir}: a variant without a deployed network writes no masks)", flush=True)
+            elif save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
+                command = predictions_command(spec, run_dir, run_args[run_args.index("--val_dataset_dir") + 1], preset)
+                print(f"(test-set masks)\n{shlex.join(command)}", flush=True)
+                subprocess.run(command, check=True, cwd=spec.project_root)
+    return results, seconds
+
+
+def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
+    """The runs' data arguments and a sentence describing the split (an MSD split is written under ``out``)."""
+    if spec.data == "dermoscopy":
+        run_args = ["--dataset_dir", str(Path(args.train_dir).resolve()),
+                    "--val_dataset_dir", str(Path(args.test_dir).resolve())]
+        notes = (f"Train pool {args.train_dir}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
+                 f"test {args.test_dir}.")
+    else:
+        from samssl.data import msd_datalist, write_msd_description
+
+        cases = sorted(msd_datalist(args.data), key=lambda e: e["id"])
+        if args.pool + args.test > len(cases):
+            raise SystemExit(f"{args.data} has {len(cases)} cases, fewer than pool {args.pool} + test {args.test}.")
+        pool_json = write_msd_description(out / "split" / "pool" / "dataset.json", cases[: args.pool], "train pool")
+        test_json = write_msd_description(out / "split" / "test" / "dataset.json", cases[-args.test :], "test")
+        run_args = ["--dataset_dir", str(pool_json), "--val_dataset_dir", str(test_json)]
+        notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of "
+                 f"the first {args.pool} cases by id; test: the last {args.test}.")
+    run_args += ["--num_labelled", str(args.num_labelled)]
+    if spec.sam_cache_key:
+        cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
+        run_args += [f"--{spec.sam_cache_key}", str(cache)]
+    return run_args, notes
+
+
+def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dict[str, Any]:
+    """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides."""
+    root = spec.project_root
+    if spec.data == "dermoscopy":
+        data = {"train_dir": project_relative(args.train_dir, root), "test_dir": project_relative(args.test_dir, root)}
+    else:
+        data = {"data": project_relative(args.data, root), "pool": args.pool, "test": args.test}
+    return {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
+            "overrides": list(args.overrides)}
+
+
+def check_comparison_folder(out: Path, settings: Mapping[str, Any], root: Path, record: bool = True) -> None:
+    """Refuse to mix runs of different settings in one ``--out`` folder; record the settings of a new one.
+
+    A finished run is reused by its folder name alone (``seed<k>/<variant>``), so without this check
+    a 1-labelled comparison pointed at a 4-labelled folder would silently report the 4-labelled runs.
+    """
+    path = out / SETTINGS_FILE
+    if path.is_file():
+        details = differing_settings(json.loads(path.read_text()), settings, root)
+        if details:
+            raise SystemExit(f"{out} holds a comparison with other settings ({details}). Its finished runs would be "
+                             "reused as if they were this one's: give this comparison its own --out folder.")
+    elif record:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dict(settings), indent=1) + "\n")
+
+
+def recorded_cases(out: Path, name: str, seed: int, earlier: Results | None) -> list[dict[str, Any]] | None:
+    """A finished run's per-case records: from ``--earlier_results`` first, else its metrics file; None if neither."""
+    if earlier and seed in earlier.get(name, {}):
+        return list(earlier[name][seed])
+    metrics_file = out / f"seed{seed}" / name / "validation_metrics.json"
+    return json.loads(metrics_file.read_text())["cases"] if metrics_file.is_file() else None
