@@ -68,7 +68,7 @@ def test_sfr_plus_rounds_route_confident_cases_into_fine_tuning(sfr_plus_run):
         manifest = json.loads((work / f"round{r}" / "pseudo_labels" / "manifest.json").read_text())
         assert [c["image"] for c in manifest["cases"]] == unlabelled_images
         assert all(0.0 <= c["confidence"] <= 1.0 for c in manifest["cases"])
-    routing = json.loads((work / "round0" / "routing.json").read_text())
+    routing = json.loads((work / "round0" / "routing" / "routing.json").read_text())
     assert routing["confident"] == unlabelled_images and routing["uncertain"] == []
     assert training_sets[0] == [dict(e) for e in split["labelled"]]
     # round 1 fine-tunes on the labelled cases plus every confident case, its pseudo-label as label
@@ -144,7 +144,8 @@ def test_bundle_trains_scores_sam_evaluates_and_infers_a_nifti(la_root, tmp_path
     again = run_bundle(BUNDLE, "training", ["train.json", "demo.json"], *fast[4:], "--output_dir", str(sam_run),
                        "--model_dir", str(sam_run), "--sfr#work_dir", str(run / "sfr"), "--sfr#sam_alone", "True")
     log = again.stdout + again.stderr
-    assert "fine-tuned SAM found" in log and "pseudo-labelling" not in log
+    assert "stage fine-tune (round0): done" in log and "stage pseudo-label (round0): done" in log
+    assert "fine-tuning" not in log and "pseudo-labelling" not in log, "a finished stage is read back, not recomputed"
     assert json.loads((sam_run / "validation_metrics.json").read_text())["num_cases"] == 1
 
     run_bundle(BUNDLE, "evaluating", ["evaluate.json", "demo.json"], "--checkpoint", str(run / "model.pt"),
