@@ -40,7 +40,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from samssl.foundation import build_teacher  # noqa: E402
+from samssl.foundation import build_foundation_model  # noqa: E402
 from samssl.networks import (  # noqa: E402
     MobileNetDualTaskUNet,
     UNet2D,
@@ -125,7 +125,7 @@ def main() -> None:
     with torch.inference_mode():
         timings = round_robin_ms({name: (lambda f=fn: f(x)) for name, (_, fn) in rows.items()},
                                  args.warmup, args.repeats)
-        teacher = ViTDualTaskNet(build_teacher("litemedsam"), freeze_encoder=False).eval()
+        teacher = ViTDualTaskNet(build_foundation_model("litemedsam"), freeze_encoder=False).eval()
         rows["teacher network (TinyViT encoder + decoder + dual head)"] = (teacher, teacher)
         timings |= round_robin_ms({"teacher network (TinyViT encoder + decoder + dual head)": lambda: teacher(x)},
                                   1, max(3, args.repeats // 10))

@@ -34,7 +34,7 @@ from scripts.fsl import train_network  # noqa: E402
 from scripts.tffs import TrainingFreeFewShot, load_support  # noqa: E402
 
 from samssl.data import msd_datalist, volume_transforms  # noqa: E402
-from samssl.foundation import build_teacher  # noqa: E402
+from samssl.foundation import build_foundation_model  # noqa: E402
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator  # noqa: E402
 from samssl.networks.planned_unet import plan_dynunet  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> None:
     targets = cases[args.labelled: args.labelled + args.unlabelled]
     transform = volume_transforms("eval", target_spacing=args.spacing)
     volumes = [transform(e) for e in targets]
-    litemedsam = build_teacher("litemedsam", cache={"max_bytes": 2 << 30})
+    litemedsam = build_foundation_model("litemedsam", cache={"max_bytes": 2 << 30})
     catalogue = {
         "iou_stop": lambda: ("LiteMedSAM box chain, depth-matched seed, stop at predicted IoU < 0.8",
                              BoxChainPropagator(litemedsam, min_score=0.8), "depth_matched"),
@@ -82,8 +82,8 @@ def main() -> None:
         "default": lambda: ("LiteMedSAM box chain, depth-matched seed, stop where the mask vanishes (default)",
                             BoxChainPropagator(litemedsam), "depth_matched"),
         "sam2": lambda: (f"SAM2.1-t random init at {args.sam2_size}, memory attention (speed only)",
-                         VideoMemoryPropagator(build_teacher("sam2.1_hiera_t", random_init=True,
-                                                             image_size=args.sam2_size)), "all"),
+                         VideoMemoryPropagator(build_foundation_model("sam2.1_hiera_t", random_init=True,
+                                                                      image_size=args.sam2_size)), "all"),
     }
     settings = [catalogue[name]() for name in args.settings]
     print(f"# TFFS on {len(volumes)} LA volumes at {args.spacing} mm, M = {args.labelled}, R = {args.repeats}, "

@@ -3,9 +3,9 @@ SAM-Med3D.
 
 Typical use::
 
-    from samssl.foundation import build_teacher, prompts_from_probability
+    from samssl.foundation import build_foundation_model, prompts_from_probability
 
-    model = build_teacher("litemedsam", cache={"max_bytes": 2**30})
+    model = build_foundation_model("litemedsam", cache={"max_bytes": 2**30})
     embeddings = model.encode(images)                    # frozen, cached, no grad
     prompts = prompts_from_probability(student_probs)    # never from labels
     out = model.decode(embeddings, **prompts.as_kwargs())
@@ -19,6 +19,7 @@ checkpoint spec and input convention), ``registry`` (build by name from that tab
 ``peft_tuning`` (LoRA and decoder adapters), and one module per backend: ``litemedsam``,
 ``sam``, ``sam2``, ``sam_med3d``. Backend modules are imported lazily by the registry, so
 using LiteMedSAM never imports sam2 or medim.
+``build_teacher`` is the deprecated former name of ``build_foundation_model``.
 """
 
 
@@ -28,7 +29,7 @@ from samssl.foundation.fused_prompt import fused_mask_logits, fused_prompts
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_decoder import DensePromptDecoder
 from samssl.foundation.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
-from samssl.foundation.registry import TEACHER_NAMES, build_teacher, get_variant
+from samssl.foundation.registry import TEACHER_NAMES, build_foundation_model, build_teacher, get_variant
 from samssl.foundation.slicewise import SliceWiseSegmenter, slices_to_volume, volume_to_slices
 from samssl.foundation.variants import VARIANT_NAMES, VARIANTS, CheckpointSpec, ModelVariant
 
@@ -47,6 +48,7 @@ __all__ = [
     "VARIANTS",
     "VARIANT_NAMES",
     "box_prompts",
+    "build_foundation_model",
     "build_teacher",
     "fused_mask_logits",
     "fused_prompts",

@@ -1,4 +1,4 @@
-"""Build a teacher by name, so configs say ``teacher: {name: litemedsam}`` and nothing more.
+"""Build a foundation model by name, so configs say ``name: litemedsam`` and nothing more.
 
 Names are the keys of :data:`VARIANTS`, the one table of variants
 (:mod:`samssl.foundation.variants`, re-exported here); each entry names its backend module and
@@ -25,6 +25,7 @@ so building LiteMedSAM never imports sam2 or medim.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -32,7 +33,8 @@ from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.cache import EmbeddingCache
 from samssl.foundation.variants import VARIANT_NAMES, VARIANTS, ModelVariant
 
-__all__ = ["TEACHER_NAMES", "VARIANTS", "VARIANT_NAMES", "ModelVariant", "build_teacher", "get_variant"]
+__all__ = ["TEACHER_NAMES", "VARIANTS", "VARIANT_NAMES", "ModelVariant", "build_foundation_model", "build_teacher",
+           "get_variant"]
 
 #: Former name of :data:`VARIANT_NAMES`, kept for code written against it.
 TEACHER_NAMES = VARIANT_NAMES
@@ -50,7 +52,7 @@ def get_variant(name: str) -> ModelVariant:
     return variant
 
 
-def build_teacher(
+def build_foundation_model(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
     *,
@@ -91,3 +93,18 @@ def build_teacher(
     if device is not None:
         model.to(device)
     return model
+
+
+def build_teacher(*args: Any, **kwargs: Any) -> PromptableSegmenter:
+    """Deprecated name of :func:`build_foundation_model` (same arguments, same model).
+
+    Kept for one release so that bundles downloaded before the rename still build; it will
+    be removed in the next release.
+    """
+    warnings.warn(
+        "samssl.foundation.build_teacher is deprecated and will be removed in the next release; "
+        "use samssl.foundation.build_foundation_model (same arguments)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return build_foundation_model(*args, **kwargs)
