@@ -17,7 +17,7 @@ from scripts.model import parameter_groups, sam_adapters, training_state  # noqa
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
 
 from samssl.data import signed_distance_map  # noqa: E402
-from samssl.foundation import DensePromptDecoder, build_teacher, fused_mask_logits, fused_prompts  # noqa: E402
+from samssl.foundation import DensePromptDecoder, build_foundation_model, fused_mask_logits, fused_prompts  # noqa: E402
 from samssl.foundation.peft_tuning import add_decoder_adapters  # noqa: E402
 from samssl.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
 from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, ViTDualTaskNet  # noqa: E402
@@ -34,7 +34,7 @@ def _disc(size: int = SIZE, radius: float = 0.25) -> torch.Tensor:
 def sam():
     """Random-init LiteMedSAM (same architecture; the wiring, not the weights, is under test) with adapters."""
     torch.manual_seed(0)
-    segmenter = build_teacher("litemedsam", random_init=True, cache={"max_bytes": 1 << 28})
+    segmenter = build_foundation_model("litemedsam", random_init=True, cache={"max_bytes": 1 << 28})
     add_decoder_adapters(segmenter)
     return segmenter
 

@@ -17,7 +17,7 @@ from monai.data import CacheDataset, DataLoader
 import samssl.data as data
 from samssl.data.transforms_3d import VolumeLookup
 from samssl.engines import MeanTeacherTrainer
-from samssl.foundation import EmbeddingCache, build_teacher
+from samssl.foundation import EmbeddingCache, build_foundation_model
 from samssl.losses import ExponentialRampDown, ExponentialRampUp, SAMAssistedConsistency, dice_ce_loss
 from samssl.networks import EMATeacher, VNet
 
@@ -35,7 +35,7 @@ def test_mean_teacher_with_sam_on_real_la_losses_fall(la_root, tmp_path):
     unlabelled = CacheDataset(
         split["unlabelled"], data.volume_transforms("unlabelled", patch, spacing, patch_location=True), progress=False
     )
-    teacher = build_teacher("litemedsam")
+    teacher = build_foundation_model("litemedsam")
     teacher.embedding_cache = EmbeddingCache(directory=tmp_path / "cache")
     volumes = VolumeLookup(split["unlabelled"], data.volume_transforms("infer", target_spacing=spacing))
     iterations = 16

@@ -15,7 +15,7 @@ from monai.utils import set_determinism
 import samssl.data as data
 from samssl.data.transforms_3d import VolumeLookup
 from samssl.engines import MeanTeacherTrainer, UncertaintyAwareMeanTeacherTrainer, build_consistency_trainer
-from samssl.foundation import EmbeddingCache, build_teacher, prompts_from_probability
+from samssl.foundation import EmbeddingCache, build_foundation_model, prompts_from_probability
 from samssl.foundation.slicewise import PatchSliceMap, patch_to_volume_map, volume_to_slices
 from samssl.losses import ExponentialRampDown, ExponentialRampUp, SAMAssistedConsistency, dice_ce_loss, sam_weight_ramp
 from samssl.metrics import VOLUME_METRICS, case_metrics
@@ -36,7 +36,7 @@ def la_cases(la_root):
 
 @pytest.fixture(scope="module")
 def litemedsam(tmp_path_factory):
-    teacher = build_teacher("litemedsam")
+    teacher = build_foundation_model("litemedsam")
     teacher.embedding_cache = EmbeddingCache(directory=tmp_path_factory.mktemp("sam_cache"))
     return teacher
 
@@ -157,7 +157,7 @@ def test_prompts_and_slices_exclude_uncertain_voxels():
     x0, y0, x1, y1 = prompts.boxes[0, 0].tolist()
     assert (y0, x0, y1, x1) == (4, 4, 11, 11)  # the uncertain blob does not stretch the box
 
-    branch = SAMAssistedConsistency(build_teacher("litemedsam", random_init=True), 0.1, volumes=object(),
+    branch = SAMAssistedConsistency(build_foundation_model("litemedsam", random_init=True), 0.1, volumes=object(),
                                     max_uncertainty=0.75, slices_per_sample=None, min_prompt_pixels=10)
     uncertainty[..., 4:12, 4:12, 4:] = 0.9  # the certain blob becomes uncertain in slices 4-7
     certain_fg = (probability[0, 0] >= 0.5) & (uncertainty[0, 0] <= 0.75)
@@ -166,12 +166,13 @@ def test_prompts_and_slices_exclude_uncertain_voxels():
     # with the second blob made certain in slices 0-1 they pass a floor of one half, 2-3 do not
     predicted = probability[0, 0] >= 0.5
     certain_fg[20:30, 20:30, :2] = True
-    strict = SAMAssistedConsistency(build_teacher("litemedsam", random_init=True), 0.1, volumes=object(),
+    strict = SAMAssistedConsistency(build_foundation_model("litemedsam", random_init=True), 0.1, volumes=object(),
                                     max_uncertainty=0.75, slices_per_sample=None, min_prompt_pixels=10,
                                     min_certain_fraction=0.5)
     assert strict._choose_slices(certain_fg, torch.Generator().manual_seed(0), predicted_fg=predicted) == [0, 1]
     with pytest.raises(ValueError, match="min_certain_fraction"):
-        SAMAssistedConsistency(build_teacher("litemedsam", random_init=True), 0.1, volumes=object(), min_certain_fraction=0)
+        SAMAssistedConsistency(build_foundation_model("litemedsam", random_init=True), 0.1, volumes=object(),
+                               min_certain_fraction=0)
     # the map the branch thresholds is UA-MT's entropy scaled by ln 2 to [0, 1]
     engine = _Engine(uncertainty)
     two_class = torch.cat([1 - probability, probability], 1)
@@ -298,7 +299,7 @@ def test_sam_med3d_branch_wiring_with_random_weights():
     SAM-Med3D's weights are not available here, so a random-init model checks shapes and wiring.
     """
     pytest.importorskip("medim")
-    teacher = build_teacher("sam_med3d", random_init=True)
+    teacher = build_foundation_model("sam_med3d", random_init=True)
     recorded: list[dict] = []
     decode = teacher.decode
 

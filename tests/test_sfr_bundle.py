@@ -16,7 +16,7 @@ from monai.data import CacheDataset, DataLoader
 
 import samssl.data as data
 from samssl.engines import MeanTeacherTrainer
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.losses import ExponentialRampUp, PseudoLabelSupervision, dice_ce_loss
 from samssl.networks import EMATeacher, VNet
 
@@ -44,9 +44,9 @@ def sfr_plus_run(la_root, tmp_path_factory):
     split = _split(la_root)
     work = tmp_path_factory.mktemp("sfr")
     seen_training_sets: list[list[dict]] = []
-    stages = SFRStages(lambda: build_teacher("litemedsam"), split["labelled"], split["unlabelled"], work, SAM_PATCH,
-                       SPACING, finetune={"num_iterations": 3, "batch_size": 1, "checkpoint_interval": 2}, rounds=2,
-                       confidence_threshold=0.0)
+    stages = SFRStages(lambda: build_foundation_model("litemedsam"), split["labelled"], split["unlabelled"], work,
+                       SAM_PATCH, SPACING, finetune={"num_iterations": 3, "batch_size": 1, "checkpoint_interval": 2},
+                       rounds=2, confidence_threshold=0.0)
     original = stages.finetune
 
     def spy(round_dir, training_set):
@@ -89,13 +89,14 @@ def test_stages_never_carry_unlabelled_ground_truth(la_root, tmp_path):
 
     split = _split(la_root)
     poisoned = [{"image": e["image"], "label": str(tmp_path / "missing.nii.gz")} for e in split["unlabelled"]]
-    stages = SFRStages(lambda: build_teacher("litemedsam"), split["labelled"], poisoned, tmp_path, SAM_PATCH, SPACING)
+    stages = SFRStages(lambda: build_foundation_model("litemedsam"), split["labelled"], poisoned, tmp_path, SAM_PATCH,
+                       SPACING)
     assert all(set(e) == {"image"} for e in stages.unlabelled)
     with pytest.raises(ValueError, match="unlabelled list is empty"):
-        SFRStages(lambda: build_teacher("litemedsam"), split["labelled"], [], tmp_path, SAM_PATCH, SPACING)
+        SFRStages(lambda: build_foundation_model("litemedsam"), split["labelled"], [], tmp_path, SAM_PATCH, SPACING)
     with pytest.raises(ValueError, match="unknown fine-tuning settings"):
-        SFRStages(lambda: build_teacher("litemedsam"), split["labelled"], poisoned, tmp_path, SAM_PATCH, SPACING,
-                  finetune={"iterations": 3})
+        SFRStages(lambda: build_foundation_model("litemedsam"), split["labelled"], poisoned, tmp_path, SAM_PATCH,
+                  SPACING, finetune={"iterations": 3})
 
 
 def test_mean_teacher_with_sfr_pseudo_labels_on_real_la_losses_fall(sfr_plus_run):

@@ -15,7 +15,7 @@ from monai.inferers import SlidingWindowInferer
 import samssl.data as data
 from samssl.data.stitching import SimplifiedStitch, StitchSlicesd, grid_size, stitch_slices, unstitch_slices
 from samssl.engines import SelfTrainingTrainer, build_consistency_trainer
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.losses import PseudoLabelSupervision, dice_ce_loss
 from samssl.networks import StitchedSAM, VNet, set_class_tokens
 from samssl.stages.pseudo_labels import (
@@ -104,7 +104,7 @@ def _encoder_base_weights(model: StitchedSAM) -> dict[str, torch.Tensor]:
 
 def test_lora_tunes_only_lora_and_decoder_and_keeps_base_weights():
     torch.manual_seed(0)
-    model = StitchedSAM(build_teacher("litemedsam"), num_classes=2, lora_rank=4)
+    model = StitchedSAM(build_foundation_model("litemedsam"), num_classes=2, lora_rank=4)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in n or ".mask_decoder." in n for n in trainable)
     assert any("lora_" in n for n in trainable) and any(".mask_decoder." in n for n in trainable)
@@ -128,7 +128,7 @@ def test_lora_tunes_only_lora_and_decoder_and_keeps_base_weights():
 
 def test_tuned_weights_save_load_and_merge(tmp_path):
     torch.manual_seed(0)
-    model = StitchedSAM(build_teacher("litemedsam"), num_classes=2)
+    model = StitchedSAM(build_foundation_model("litemedsam"), num_classes=2)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     patches = torch.randn(1, 1, 32, 32, 4)
     for _ in range(2):  # move LoRA B away from zero so it changes the outputs
@@ -142,7 +142,7 @@ def test_tuned_weights_save_load_and_merge(tmp_path):
     assert path.stat().st_size < 40e6  # LoRA + decoder, not the whole model
     payload = torch.load(path, weights_only=True)
     assert payload["lora_state"] and not any("image_encoder" in k and "lora" not in k for k in payload["lora_state"])
-    loaded = StitchedSAM.load_tuned(build_teacher("litemedsam"), path).eval()
+    loaded = StitchedSAM.load_tuned(build_foundation_model("litemedsam"), path).eval()
     with torch.no_grad():
         torch.testing.assert_close(loaded(patches), expected)
         merged = loaded.merge()
@@ -154,23 +154,23 @@ def test_tuned_file_errors_are_clear(tmp_path):
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="cannot be read.*fine-tune again"):
-        StitchedSAM.load_tuned(build_teacher("litemedsam"), broken)
+        StitchedSAM.load_tuned(build_foundation_model("litemedsam"), broken)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
     with pytest.raises(ValueError, match="not a fine-tuned stitched-SAM file"):
-        StitchedSAM.load_tuned(build_teacher("litemedsam"), other)
-    model = StitchedSAM(build_teacher("litemedsam"), lora_rank=0)
+        StitchedSAM.load_tuned(build_foundation_model("litemedsam"), other)
+    model = StitchedSAM(build_foundation_model("litemedsam"), lora_rank=0)
     payload = model.tuned_state()
     payload["teacher"] = "sam_vit_b"
     torch.save(payload, other)
     with pytest.raises(ValueError, match="tuned from 'sam_vit_b'"):
-        StitchedSAM.load_tuned(build_teacher("litemedsam"), other)
+        StitchedSAM.load_tuned(build_foundation_model("litemedsam"), other)
     with pytest.raises(ValueError, match="one-channel patches"):
         model(torch.zeros(1, 2, 8, 8, 4))
 
 
 def test_simplified_stitching_in_the_network_keeps_patch_shapes():
-    model = StitchedSAM(build_teacher("litemedsam"), num_classes=2, lora_rank=0, simplified_tile=16).eval()
+    model = StitchedSAM(build_foundation_model("litemedsam"), num_classes=2, lora_rank=0, simplified_tile=16).eval()
     patches = torch.randn(2, 1, 20, 12, 7)
     stitched = model.stitch(patches)
     assert stitched.shape == (2, 1, 48, 48)  # 16-px tiles, depth 7 -> 9 = 3 x 3
@@ -180,7 +180,7 @@ def test_simplified_stitching_in_the_network_keeps_patch_shapes():
 
 
 def test_class_tokens_start_from_pretrained_tokens():
-    teacher = build_teacher("litemedsam")
+    teacher = build_foundation_model("litemedsam")
     pretrained = teacher.mask_decoder.mask_tokens.weight.detach().clone()
     set_class_tokens(teacher.mask_decoder, 6)
     tokens = teacher.mask_decoder.mask_tokens.weight

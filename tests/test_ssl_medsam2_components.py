@@ -11,7 +11,7 @@ import torch
 from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 
 import samssl.stages.stage
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
 
 use_bundle("ssl_medsam2")
@@ -110,7 +110,7 @@ def test_tffs_writes_pseudo_labels_without_reading_unlabelled_ground_truth(tmp_p
 # ---------------------------------------------------------------------------- propagators
 @pytest.fixture(scope="module")
 def litemedsam():
-    return build_teacher("litemedsam", cache={"max_bytes": 1 << 28})
+    return build_foundation_model("litemedsam", cache={"max_bytes": 1 << 28})
 
 
 def _moving_disc(frames: int = 12, present: range = range(0, 8), size: int = 96) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,7 +155,7 @@ def test_box_chain_runs_both_ways_and_an_empty_prompt_does_not_stop_it(litemedsa
 
 
 def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combined_stack():
-    sam2 = build_teacher("sam2.1_hiera_t", random_init=True, image_size=256)
+    sam2 = build_foundation_model("sam2.1_hiera_t", random_init=True, image_size=256)
     method = tffs.TrainingFreeFewShot(VideoMemoryPropagator(sam2), repeats=1, frame_size=64)
     unlabelled = torch.rand(1, 40, 40, 5, generator=torch.Generator().manual_seed(0))
     label = torch.zeros(1, 40, 40, 3)
@@ -164,7 +164,7 @@ def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combin
     assert probability.shape == (40, 40, 5)
     assert torch.isfinite(probability).all() and probability.min() >= 0 and probability.max() <= 1
     with pytest.raises(ValueError, match="no video memory"):
-        VideoMemoryPropagator(build_teacher("litemedsam"))
+        VideoMemoryPropagator(build_foundation_model("litemedsam"))
 
 
 # ---------------------------------------------------------------------------- FSL re-training

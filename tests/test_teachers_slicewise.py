@@ -16,7 +16,7 @@ from samssl.foundation import (
     PromptableSegmenter,
     SegmenterOutput,
     SliceWiseSegmenter,
-    build_teacher,
+    build_foundation_model,
     slice_prompts,
     slices_to_volume,
     volume_to_slices,
@@ -87,7 +87,7 @@ def test_slicewise_litemedsam_with_per_slice_boxes_on_la(la_case):
     with_object = torch.nonzero(prompts.valid[:, 0]).flatten()
     chosen = with_object[torch.linspace(0, len(with_object) - 1, NUM_SLICES).round().long()].tolist()
 
-    segmenter = SliceWiseSegmenter(build_teacher("litemedsam"), axis=-1, batch_size=4)
+    segmenter = SliceWiseSegmenter(build_foundation_model("litemedsam"), axis=-1, batch_size=4)
     logits = segmenter.segment(image, prompts, slices=chosen)
 
     assert logits.shape == (1, *image.shape[1:])

@@ -40,9 +40,9 @@ def test_bad_output_stride_and_missing_backbone_file(tmp_path):
 
 
 def test_tinyvit_student_starts_from_litemedsam_trains_its_encoder_and_deploys_without_the_aux_head():
-    from samssl.foundation import build_teacher
+    from samssl.foundation import build_foundation_model
 
-    sam = build_teacher("litemedsam")
+    sam = build_foundation_model("litemedsam")
     net = build_student("litemedsam_tinyvit", aux_head=True)
     reference = sam.image_encoder.state_dict()
     assert all(torch.equal(v, reference[k]) for k, v in net.encoder.state_dict().items())  # pretrained start

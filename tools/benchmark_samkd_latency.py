@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.networks import (
     MobileNetDualTaskUNet,
     UNet2D,
@@ -121,7 +121,7 @@ def main() -> None:
     with torch.inference_mode():
         timings = round_robin_ms({name: (lambda f=fn: f(x)) for name, (_, fn) in rows.items()},
                                  args.warmup, args.repeats)
-        teacher = ViTDualTaskNet(build_teacher("litemedsam"), freeze_encoder=False).eval()
+        teacher = ViTDualTaskNet(build_foundation_model("litemedsam"), freeze_encoder=False).eval()
         rows["teacher network (TinyViT encoder + decoder + dual head)"] = (teacher, teacher)
         timings |= round_robin_ms({"teacher network (TinyViT encoder + decoder + dual head)": lambda: teacher(x)},
                                   1, max(3, args.repeats // 10))

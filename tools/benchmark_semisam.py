@@ -34,7 +34,7 @@ from monai.utils import set_determinism
 import samssl.data as data
 from samssl.data.transforms_3d import VolumeLookup
 from samssl.engines import build_consistency_trainer
-from samssl.foundation import EmbeddingCache, build_teacher
+from samssl.foundation import EmbeddingCache, build_foundation_model
 from samssl.losses import (
     ExponentialRampDown,
     ExponentialRampUp,
@@ -102,7 +102,7 @@ def main() -> None:
     patch = tuple(args.patch)
     labelled, unlabelled, unlabelled_list = _loaders(cases, args.spacing, patch, args.batch)
     volumes = VolumeLookup(unlabelled_list, data.volume_transforms("infer", target_spacing=args.spacing))
-    teacher = build_teacher("litemedsam")
+    teacher = build_foundation_model("litemedsam")
     rows: list[tuple[str, float, str]] = []
 
     def sam_branch() -> SAMAssistedConsistency:

@@ -33,7 +33,7 @@ from monai.utils import set_determinism
 
 import samssl.data as data
 from samssl.engines import build_consistency_trainer
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.losses import (
     ExponentialRampUp,
     PseudoLabelSupervision,
@@ -57,7 +57,7 @@ def _mean_after_warmup(durations: list[float]) -> float:
 def time_finetuning(labelled: list[dict], spacing: float, patch: tuple[int, ...], batch: int, steps: int) -> float:
     """Mean seconds of one fine-tuning step (batch of ``batch`` stitched patches)."""
     torch.manual_seed(0)
-    model = StitchedSAM(build_teacher("litemedsam"), 2).train()
+    model = StitchedSAM(build_foundation_model("litemedsam"), 2).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
     dataset = CacheDataset(labelled, data.volume_transforms("labelled", patch, spacing), progress=False)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True)
@@ -79,7 +79,7 @@ def time_finetuning(labelled: list[dict], spacing: float, patch: tuple[int, ...]
 
 
 def time_pseudo_labelling(volume: dict, spacing: float, patch: tuple[int, ...], overlap: float, out: Path) -> float:
-    model = StitchedSAM(build_teacher("litemedsam"), 2).merge().eval()
+    model = StitchedSAM(build_foundation_model("litemedsam"), 2).merge().eval()
     transform = data.volume_transforms("infer", target_spacing=spacing)
     inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=1, overlap=overlap)
     durations = []

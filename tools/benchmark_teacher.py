@@ -26,7 +26,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
-    teacher = build_teacher(args.teacher, checkpoint=args.checkpoint)
+    teacher = build_foundation_model(args.teacher, checkpoint=args.checkpoint)
     images = load_images(args.data_dir if args.data_dir.exists() else None, max(args.batch_sizes), args.image_size)
     s = args.image_size
     box = torch.tensor([s * 0.2, s * 0.25, s * 0.8, s * 0.75])

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from samssl.data import msd_datalist, volume_transforms
-from samssl.foundation import build_teacher
+from samssl.foundation import build_foundation_model
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
 from samssl.networks.planned_unet import plan_dynunet
 from samssl.utils.bundles import import_bundle_scripts
@@ -71,7 +71,7 @@ def main() -> None:
     targets = cases[args.labelled: args.labelled + args.unlabelled]
     transform = volume_transforms("eval", target_spacing=args.spacing)
     volumes = [transform(e) for e in targets]
-    litemedsam = build_teacher("litemedsam", cache={"max_bytes": 2 << 30})
+    litemedsam = build_foundation_model("litemedsam", cache={"max_bytes": 2 << 30})
     catalogue = {
         "iou_stop": lambda: ("LiteMedSAM box chain, depth-matched seed, stop at predicted IoU < 0.8",
                              BoxChainPropagator(litemedsam, min_score=0.8), "depth_matched"),
@@ -80,7 +80,7 @@ def main() -> None:
         "default": lambda: ("LiteMedSAM box chain, depth-matched seed, stop where the mask vanishes (default)",
                             BoxChainPropagator(litemedsam), "depth_matched"),
         "sam2": lambda: (f"SAM2.1-t random init at {args.sam2_size}, memory attention (speed only)",
-                         VideoMemoryPropagator(build_teacher("sam2.1_hiera_t", random_init=True,
+                         VideoMemoryPropagator(build_foundation_model("sam2.1_hiera_t", random_init=True,
                                                              image_size=args.sam2_size)), "all"),
     }
     settings = [catalogue[name]() for name in args.settings]

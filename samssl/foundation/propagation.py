@@ -64,7 +64,7 @@ class VideoMemoryPropagator:
     probabilities with a sigmoid (sam2's "object absent" logit, -1024, becomes 0).
 
     Args:
-        segmenter: a :class:`~samssl.foundation.sam2.Sam2Segmenter` (``build_teacher("medsam2", ...)``).
+        segmenter: a :class:`~samssl.foundation.sam2.Sam2Segmenter` (``build_foundation_model("medsam2", ...)``).
     """
 
     def __init__(self, segmenter: PromptableSegmenter) -> None:

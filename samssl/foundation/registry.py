@@ -1,6 +1,8 @@
-"""Build a teacher by name, so configs say ``teacher: {name: litemedsam}`` and nothing more.
+"""Build a foundation model by name, so configs say ``name: litemedsam`` and nothing more.
 
-Names:
+Names are the keys of :data:`VARIANTS`, the one table of variants
+(:mod:`samssl.foundation.variants`, re-exported here); each entry names its backend module and
+builder, the network, the checkpoint spec and the input convention:
 
 =====================================  ===============================================
 ``litemedsam``                         LiteMedSAM, packaged weights (the default)
@@ -13,50 +15,44 @@ Names:
 ``sam_med3d``                          SAM-Med3D (3D) from a local checkpoint
 =====================================  ===============================================
 
-Every model except LiteMedSAM needs ``checkpoint``: a teacher with random weights is
-useless for training and easy to build by accident, so it takes an explicit
-``random_init=True`` (meant for tests and wiring checks).
+Every model except LiteMedSAM (the only one whose entry has ``packaged_weights``) needs
+``checkpoint``: a teacher with random weights is useless for training and easy to build by
+accident, so it takes an explicit ``random_init=True`` (meant for tests and wiring checks).
+
+The backend module is imported only when a variant is built (:meth:`ModelVariant.load_builder`),
+so building LiteMedSAM never imports sam2 or medim.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.cache import EmbeddingCache
+from samssl.foundation.variants import VARIANT_NAMES, VARIANTS, ModelVariant
 
-SAM_VIT_NAMES = ("sam_vit_b", "sam_vit_l", "sam_vit_h", "medsam")
-SAM2_NAMES = (
-    "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l",
-    "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
-    "medsam2",
-)
-TEACHER_NAMES = ("litemedsam", *SAM_VIT_NAMES, *SAM2_NAMES, "sam_med3d")
+__all__ = ["TEACHER_NAMES", "VARIANTS", "VARIANT_NAMES", "ModelVariant", "build_foundation_model", "build_teacher",
+           "get_variant"]
 
-
-def _builder(name: str) -> Callable[..., PromptableSegmenter]:
-    # imports are local so that building one backend never imports the others' packages
-    if name == "litemedsam":
-        from samssl.foundation.litemedsam import build_litemedsam
-
-        return build_litemedsam
-    if name in SAM_VIT_NAMES:
-        from samssl.foundation.sam import build_sam_vit
-
-        return lambda **kw: build_sam_vit(name, **kw)
-    if name in SAM2_NAMES:
-        from samssl.foundation.sam2 import build_sam2_segmenter
-
-        return lambda **kw: build_sam2_segmenter(name, **kw)
-    if name == "sam_med3d":
-        from samssl.foundation.sam_med3d import build_sam_med3d
-
-        return build_sam_med3d
-    raise ValueError(f"unknown teacher {name!r}; available: {', '.join(TEACHER_NAMES)}")
+#: Former name of :data:`VARIANT_NAMES`, kept for code written against it.
+TEACHER_NAMES = VARIANT_NAMES
 
 
-def build_teacher(
+def get_variant(name: str) -> ModelVariant:
+    """The table entry of ``name``.
+
+    Raises:
+        ValueError: ``name`` is not a variant; the message lists the available ones.
+    """
+    variant = VARIANTS.get(name) if isinstance(name, str) else None
+    if variant is None:
+        raise ValueError(f"unknown teacher {name!r}; available: {', '.join(VARIANT_NAMES)}")
+    return variant
+
+
+def build_foundation_model(
     name: str = "litemedsam",
     checkpoint: str | Path | None = None,
     *,
@@ -66,33 +62,49 @@ def build_teacher(
     allow_pickle: bool = False,
     **kwargs: Any,
 ) -> PromptableSegmenter:
-    """Build a frozen teacher.
+    """Build a frozen SAM-family foundation model from its entry in :data:`VARIANTS`.
 
     Args:
-        name: one of :data:`TEACHER_NAMES`.
-        checkpoint: local weights file (required except for ``litemedsam``, whose packaged
-            weights are used when it is ``None``).
+        name: one of :data:`VARIANT_NAMES`.
+        checkpoint: local weights file (required except for variants with packaged weights,
+            i.e. ``litemedsam``, whose packaged weights are used when it is ``None``).
         cache: an :class:`EmbeddingCache`, or its keyword arguments as a mapping (handy in
-            bundle configs), attached to the teacher's ``encode``.
+            bundle configs), attached to the model's ``encode``.
         device: where to put the model (default: stay on CPU).
         random_init: build without weights (tests only).
         allow_pickle: let ``torch.load`` unpickle non-tensor objects (trusted files only).
         kwargs: backend-specific options (e.g. ``image_size`` for SAM2).
     """
-    build = _builder(name)
+    variant = get_variant(name)
     if random_init:
         if checkpoint is not None:
             raise ValueError("give either checkpoint or random_init=True, not both")
-        teacher = build(pretrained=False, **kwargs) if name == "litemedsam" else build(**kwargs)
+        options = {"pretrained": False} if variant.packaged_weights else {}
+        model = variant.load_builder()(variant=variant, **options, **kwargs)
     else:
-        if checkpoint is None and name != "litemedsam":
+        if checkpoint is None and not variant.packaged_weights:
             raise ValueError(
                 f"teacher {name!r} needs a local checkpoint file (see samssl/foundation/README.md); "
                 "pass random_init=True only for tests"
             )
-        teacher = build(checkpoint=checkpoint, allow_pickle=allow_pickle, **kwargs)
+        model = variant.load_builder()(variant=variant, checkpoint=checkpoint, allow_pickle=allow_pickle, **kwargs)
     if cache is not None:
-        teacher.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(**cache)
+        model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(**cache)
     if device is not None:
-        teacher.to(device)
-    return teacher
+        model.to(device)
+    return model
+
+
+def build_teacher(*args: Any, **kwargs: Any) -> PromptableSegmenter:
+    """Deprecated name of :func:`build_foundation_model` (same arguments, same model).
+
+    Kept for one release so that bundles downloaded before the rename still build; it will
+    be removed in the next release.
+    """
+    warnings.warn(
+        "samssl.foundation.build_teacher is deprecated and will be removed in the next release; "
+        "use samssl.foundation.build_foundation_model (same arguments)",
+        FutureWarning,
+        stacklevel=2,
+    )
+    return build_foundation_model(*args, **kwargs)

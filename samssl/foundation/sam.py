@@ -5,33 +5,23 @@ The class works for every model made of ``image_encoder`` + ``prompt_encoder`` +
 SAM decoder) is a thin subclass (:mod:`samssl.foundation.litemedsam`). The model differences
 that matter to callers (input size, intensity convention, what the default prompt is) live in
 the :class:`~samssl.foundation.preprocessing.InputTransform` and a couple of class attributes.
+Each variant's facts (segment-anything architecture, checkpoint, input convention: SAM's for
+``sam_vit_*``, MedSAM's own for ``medsam``) are its entry in
+:data:`samssl.foundation.variants.VARIANTS`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
 from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.checkpoints import load_checkpoint_into
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
-
-#: SAM's own input convention: 1024 px longest side, 0-255 RGB, ImageNet mean/std.
-SAM_TRANSFORM = InputTransform(
-    target_size=1024,
-    intensity="minmax",
-    intensity_scale=255.0,
-    pixel_mean=(123.675, 116.28, 103.53),
-    pixel_std=(58.395, 57.12, 57.375),
-)
-
-
-#: MedSAM's inference convention: stretched to 1024 x 1024, min-max to [0, 1], no mean/std.
-MEDSAM_TRANSFORM = InputTransform(target_size=1024, keep_aspect_ratio=False, intensity="minmax", intensity_scale=1.0)
+from samssl.foundation.variants import ModelVariant, backend_variant
 
 
 def select_best(masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -154,28 +144,24 @@ class SamSegmenter(PromptableSegmenter):
                                multimask_output)
 
 
-def _segment_anything_builders() -> dict[str, Callable[..., nn.Module]]:
-    from segment_anything import build_sam_vit_b, build_sam_vit_h, build_sam_vit_l
-
-    return {"sam_vit_b": build_sam_vit_b, "sam_vit_l": build_sam_vit_l, "sam_vit_h": build_sam_vit_h,
-            "medsam": build_sam_vit_b}
-
-
-def build_sam_vit(variant: str = "sam_vit_b", checkpoint: str | Path | None = None,
+def build_sam_vit(variant: str | ModelVariant = "sam_vit_b", checkpoint: str | Path | None = None,
                   allow_pickle: bool = False, transform: InputTransform | None = None) -> SamSegmenter:
     """SAM ViT-B/L/H or MedSAM from a local checkpoint (``None`` = random init, for tests and wiring).
 
-    ``medsam`` is the SAM ViT-B architecture with MedSAM's own preprocessing
-    (:data:`MEDSAM_TRANSFORM`: MedSAM feeds [0, 1] images stretched to 1024 x 1024, without
-    SAM's mean/std), so a MedSAM checkpoint must be built under that name, not ``sam_vit_b``.
+    ``variant`` is a name of a ``sam`` variant or its :class:`~samssl.foundation.variants.ModelVariant`
+    entry, which gives the segment-anything architecture, the checkpoint spec and the input
+    convention. ``medsam`` is the SAM ViT-B architecture with MedSAM's own preprocessing
+    (MedSAM feeds [0, 1] images stretched to 1024 x 1024, without SAM's mean/std), so a MedSAM
+    checkpoint must be built under that name, not ``sam_vit_b``. ``transform`` overrides the
+    variant's preprocessing.
     """
-    builders = _segment_anything_builders()
-    if variant not in builders:
-        raise ValueError(f"unknown SAM variant {variant!r}; choose one of {sorted(builders)}")
-    model = builders[variant](checkpoint=None)  # architecture only; we load the file ourselves
+    entry = backend_variant(variant, "sam")
+    from segment_anything import sam_model_registry
+
+    model = sam_model_registry[entry.architecture](checkpoint=None)  # architecture only; we load the file ourselves
     weights_id = None
     if checkpoint is not None:
-        weights_id = load_checkpoint_into(model, checkpoint, KNOWN_CHECKPOINTS[variant], allow_pickle)
+        weights_id = load_checkpoint_into(model, checkpoint, entry.checkpoint, allow_pickle)
     if transform is None:
-        transform = MEDSAM_TRANSFORM if variant == "medsam" else SAM_TRANSFORM
-    return SamSegmenter(model, transform, name=variant, weights_id=weights_id)
+        transform = entry.preprocessing
+    return SamSegmenter(model, transform, name=entry.name, weights_id=weights_id)

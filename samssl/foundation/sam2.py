@@ -14,15 +14,17 @@ embedding cache applies to video frames too). The state layout mirrors
 ``SAM2VideoPredictor.init_state`` of sam2 1.1; the public predictor methods
 (``add_new_mask``, ``add_new_points_or_box``, ``propagate_in_video``) do the tracking.
 
-MedSAM2 is SAM2.1 Hiera-T fine-tuned on medical images at 512 x 512; its release config
-(``sam2.1_hiera_t512.yaml``) differs from the packaged ``sam2.1_hiera_t.yaml`` only in the
-image size and the memory-attention RoPE grid, which the variant table applies as overrides.
+Each variant's packaged Hydra config, input size and checkpoint spec are its entry in
+:data:`samssl.foundation.variants.VARIANTS`. MedSAM2 is SAM2.1 Hiera-T fine-tuned on medical
+images at 512 x 512; its release config (``sam2.1_hiera_t512.yaml``) differs from the packaged
+``sam2.1_hiera_t.yaml`` only in the image size and the memory-attention RoPE grid, which
+:func:`build_sam2_segmenter` derives from the entry's input size as Hydra overrides.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal, Mapping
 
@@ -30,21 +32,18 @@ import torch
 from torch import nn
 
 from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.checkpoints import load_checkpoint_into
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
 from samssl.foundation.sam import package_outputs
+from samssl.foundation.variants import ModelVariant, backend_variant
 
 #: sam2's logit for "object absent" (``NO_OBJ_SCORE``), also used for frames never reached.
 NO_OBJECT_LOGIT = -1024.0
 
 
-@dataclass(frozen=True)
-class Sam2Variant:
-    """A packaged sam2 Hydra config and the input size of the released model."""
-
-    config: str
-    image_size: int = 1024
+#: Input size of every Hydra config packaged with sam2; other sizes need overrides.
+PACKAGED_CONFIG_IMAGE_SIZE = 1024
 
 
 def _image_size_overrides(image_size: int) -> list[str]:
@@ -57,30 +56,6 @@ def _image_size_overrides(image_size: int) -> list[str]:
         f"++model.memory_attention.layer.self_attention.feat_sizes=[{grid},{grid}]",
         f"++model.memory_attention.layer.cross_attention.feat_sizes=[{grid},{grid}]",
     ]
-
-SAM2_VARIANTS: dict[str, Sam2Variant] = {
-    "sam2_hiera_t": Sam2Variant("configs/sam2/sam2_hiera_t.yaml"),
-    "sam2_hiera_s": Sam2Variant("configs/sam2/sam2_hiera_s.yaml"),
-    "sam2_hiera_b+": Sam2Variant("configs/sam2/sam2_hiera_b+.yaml"),
-    "sam2_hiera_l": Sam2Variant("configs/sam2/sam2_hiera_l.yaml"),
-    "sam2.1_hiera_t": Sam2Variant("configs/sam2.1/sam2.1_hiera_t.yaml"),
-    "sam2.1_hiera_s": Sam2Variant("configs/sam2.1/sam2.1_hiera_s.yaml"),
-    "sam2.1_hiera_b+": Sam2Variant("configs/sam2.1/sam2.1_hiera_b+.yaml"),
-    "sam2.1_hiera_l": Sam2Variant("configs/sam2.1/sam2.1_hiera_l.yaml"),
-    "medsam2": Sam2Variant("configs/sam2.1/sam2.1_hiera_t.yaml", 512),
-}
-
-
-def sam2_transform(image_size: int) -> InputTransform:
-    """SAM2's input convention: stretch to a square, [0, 1] RGB, ImageNet mean/std."""
-    return InputTransform(
-        target_size=image_size,
-        keep_aspect_ratio=False,
-        intensity="minmax",
-        intensity_scale=1.0,
-        pixel_mean=(0.485, 0.456, 0.406),
-        pixel_std=(0.229, 0.224, 0.225),
-    )
 
 
 class _FrameFeatureStore(dict):
@@ -118,7 +93,7 @@ class Sam2Segmenter(PromptableSegmenter):
 
     Args:
         model: a ``SAM2VideoPredictor`` (it is also a complete image model).
-        transform: input preprocessing (:func:`sam2_transform`).
+        transform: input preprocessing (the ``preprocessing`` of the variant's table entry).
     """
 
     name = "sam2"
@@ -301,26 +276,26 @@ class Sam2Segmenter(PromptableSegmenter):
         return logits.clone(), visited.clone()
 
 
-def build_sam2_segmenter(variant: str = "sam2.1_hiera_t", checkpoint: str | Path | None = None,
+def build_sam2_segmenter(variant: str | ModelVariant = "sam2.1_hiera_t", checkpoint: str | Path | None = None,
                          allow_pickle: bool = False, apply_postprocessing: bool = True,
                          image_size: int | None = None) -> Sam2Segmenter:
     """A SAM2-family model from a local checkpoint (``None`` = random init).
 
-    ``image_size`` overrides the variant's input size (MedSAM2 is SAM2.1 Hiera-T at 512);
-    the weights do not depend on it, so smaller inputs trade accuracy for CPU time.
+    ``variant`` is a name of a ``sam2`` variant or its :class:`~samssl.foundation.variants.ModelVariant`
+    entry (packaged Hydra config, input size, checkpoint spec). ``image_size`` overrides the
+    variant's input size (MedSAM2 is SAM2.1 Hiera-T at 512); the weights do not depend on it,
+    so smaller inputs trade accuracy for CPU time.
 
     ``apply_postprocessing`` enables the video predictor's defaults (dynamic multimask via
     stability, binarised click masks for memory); sam2's hole filling needs its CUDA extension
     and is switched off when that is missing instead of warning on every frame.
     """
-    if variant not in SAM2_VARIANTS:
-        raise ValueError(f"unknown SAM2 variant {variant!r}; choose one of {sorted(SAM2_VARIANTS)}")
+    entry = backend_variant(variant, "sam2")
     from sam2.build_sam import build_sam2_video_predictor
 
-    spec = SAM2_VARIANTS[variant]
-    size = image_size or spec.image_size
-    overrides = _image_size_overrides(size) if size != 1024 else []
-    model = build_sam2_video_predictor(spec.config, ckpt_path=None, device="cpu",
+    size = image_size or entry.input_size
+    overrides = _image_size_overrides(size) if size != PACKAGED_CONFIG_IMAGE_SIZE else []
+    model = build_sam2_video_predictor(entry.architecture, ckpt_path=None, device="cpu",
                                        hydra_overrides_extra=overrides,
                                        apply_postprocessing=apply_postprocessing)
     try:
@@ -329,5 +304,6 @@ def build_sam2_segmenter(variant: str = "sam2.1_hiera_t", checkpoint: str | Path
         model.fill_hole_area = 0
     weights_id = None
     if checkpoint is not None:
-        weights_id = load_checkpoint_into(model, checkpoint, KNOWN_CHECKPOINTS[variant], allow_pickle)
-    return Sam2Segmenter(model, sam2_transform(size), name=variant, weights_id=weights_id)
+        weights_id = load_checkpoint_into(model, checkpoint, entry.checkpoint, allow_pickle)
+    transform = replace(entry.preprocessing, target_size=size)
+    return Sam2Segmenter(model, transform, name=entry.name, weights_id=weights_id)

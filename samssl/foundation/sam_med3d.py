@@ -9,6 +9,8 @@ volume, so there is no x/y swap as in 2D SAM). SAM-Med3D was trained on 128^3 cr
 :func:`samssl.foundation.prompts.box_prompts` gives one) so the object is not shrunk too much.
 
 Box prompts are rejected: SAM-Med3D's prompt encoder has no box embeddings.
+The input convention, the medim model name and the checkpoint spec are the ``sam_med3d``
+entry of :data:`samssl.foundation.variants.VARIANTS`.
 Nothing is downloaded: ``medim`` builds the architecture, weights come from a local file read
 with ``weights_only=True`` (medim's own loader would unpickle arbitrary objects and load
 non-strictly).
@@ -24,20 +26,11 @@ import torch
 from torch import nn
 
 from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, SegmenterOutput, Size
-from samssl.foundation.checkpoints import KNOWN_CHECKPOINTS, load_checkpoint_into
+from samssl.foundation.checkpoints import load_checkpoint_into
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_batch import FlatPrompts, repeat_per_prompt
 from samssl.foundation.sam import package_outputs
-
-SAM_MED3D_TRANSFORM = InputTransform(
-    target_size=128,
-    spatial_dims=3,
-    keep_aspect_ratio=True,
-    intensity="zscore",
-    pixel_mean=(0.0,),
-    pixel_std=(1.0,),
-    in_channels=1,
-)
+from samssl.foundation.variants import VARIANTS, ModelVariant, backend_variant
 
 
 class SamMed3DSegmenter(PromptableSegmenter):
@@ -48,9 +41,13 @@ class SamMed3DSegmenter(PromptableSegmenter):
     spatial_dims = 3
     accepts_boxes = False
 
-    def __init__(self, model: nn.Module, transform: InputTransform = SAM_MED3D_TRANSFORM,
-                 weights_id: str | None = None) -> None:
+    def __init__(self, model: nn.Module, transform: InputTransform | None = None,
+                 weights_id: str | None = None, *, name: str | None = None) -> None:
+        if transform is None:  # the input convention of the variant's entry in the table
+            transform = VARIANTS[name or self.name].preprocessing
         super().__init__(transform, weights_id)
+        if name is not None:
+            self.name = name
         self.encoder = model.image_encoder
         self.prompt_encoder = model.prompt_encoder
         self.mask_decoder = model.mask_decoder
@@ -104,20 +101,23 @@ class SamMed3DSegmenter(PromptableSegmenter):
                                multimask_output)
 
 
-def build_sam_med3d(checkpoint: str | Path | None = None, allow_pickle: bool = False) -> SamMed3DSegmenter:
+def build_sam_med3d(checkpoint: str | Path | None = None, allow_pickle: bool = False, *,
+                    variant: str | ModelVariant = "sam_med3d") -> SamMed3DSegmenter:
     """SAM-Med3D (ViT-B, 128^3) from a local checkpoint (``None`` = random init).
 
     Released files (``sam_med3d.pth``, ``sam_med3d_turbo.pth``) nest the weights under
     ``model_state_dict`` next to optimizer state; if ``weights_only`` loading refuses the
     file, re-save its ``model_state_dict`` alone or pass ``allow_pickle=True`` for a trusted file.
+    ``variant`` is the ``sam_med3d`` entry of the variant table (or its name).
     """
+    entry = backend_variant(variant, "sam_med3d")
     try:
         import medim
     except ImportError as err:  # pragma: no cover - declared dependency
         raise ImportError("SAM-Med3D needs the 'medim' package (and 'requests', which medim imports)") from err
     with contextlib.redirect_stdout(io.StringIO()):  # medim prints progress chatter
-        model = medim.create_model("SAM-Med3D", pretrained=False)
+        model = medim.create_model(entry.architecture, pretrained=False)
     weights_id = None
     if checkpoint is not None:
-        weights_id = load_checkpoint_into(model, checkpoint, KNOWN_CHECKPOINTS["sam_med3d"], allow_pickle)
-    return SamMed3DSegmenter(model, weights_id=weights_id)
+        weights_id = load_checkpoint_into(model, checkpoint, entry.checkpoint, allow_pickle)
+    return SamMed3DSegmenter(model, entry.preprocessing, weights_id=weights_id, name=entry.name)

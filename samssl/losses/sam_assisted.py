@@ -150,7 +150,8 @@ class SAMAssistedConsistency:
         name: str = "sam_consistency",
     ) -> None:
         if not isinstance(teacher, PromptableSegmenter):
-            raise TypeError(f"teacher must be a PromptableSegmenter (see samssl.foundation.build_teacher), got {type(teacher).__name__}")
+            raise TypeError("teacher must be a PromptableSegmenter (see samssl.foundation.build_foundation_model), "
+                            f"got {type(teacher).__name__}")
         if teacher.spatial_dims not in (2, 3):
             raise ValueError(f"teacher must be 2D or 3D, got {teacher.spatial_dims}D")
         if teacher.spatial_dims == 2 and volumes is None:

@@ -112,7 +112,7 @@ class SAMEncoderSegNet(SAMEncoderDecoder):
     encoder starts from the segmenter's pretrained weights and is trained with the rest.
 
     Args:
-        segmenter: the 2D segmenter whose encoder is copied (``build_teacher("litemedsam")``).
+        segmenter: the 2D segmenter whose encoder is copied (``build_foundation_model("litemedsam")``).
         num_classes: output channels (2 = background + lesion, softmax).
         aux_head: build the auxiliary FCN head.
         decoder_channels: as :class:`SAMEncoderDecoder`.

@@ -65,7 +65,7 @@ class StitchedSAM(nn.Module):
     """A 2D SAM-family model segmenting 3D patches by stitching (see the module docstring).
 
     Args:
-        teacher: a 2D SAM-style segmenter (``samssl.foundation.build_teacher('litemedsam')`` or a
+        teacher: a 2D SAM-style segmenter (``samssl.foundation.build_foundation_model('litemedsam')`` or a
             SAM ViT); it is modified in place (LoRA, class tokens, trainable decoder).
         num_classes: output classes, background included.
         lora_rank: LoRA rank (the paper: 4); ``0`` tunes the decoder only.

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samssl.foundation import PromptableSegmenter, build_teacher
+from samssl.foundation import PromptableSegmenter, build_foundation_model
 from samssl.foundation.peft_tuning import Adapter, add_decoder_adapters
 
 __all__ = ["build_segmenter", "sam_adapters", "parameter_groups", "training_state"]
@@ -29,7 +29,7 @@ def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | No
     if not needed:
         return None
     cache = {"max_bytes": int(cache_bytes), "directory": None if cache_dir is None else str(cache_dir)}
-    segmenter = build_teacher(name, checkpoint=checkpoint, cache=cache)
+    segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache)
     if device is not None:
         segmenter.to(device)
     if adapters:

@@ -68,7 +68,7 @@ class SFRStages:
     """Stitching + fine-tuning + pseudo-labelling (+ SFR+ routing), over ``rounds``, as stages.
 
     Args:
-        build_teacher: ``() -> PromptableSegmenter``: a fresh 2D SAM (LiteMedSAM by default) per use.
+        build_sam: ``() -> PromptableSegmenter``: a fresh 2D SAM (LiteMedSAM by default) per use.
         labelled, unlabelled: datalist entries (``image`` + ``label``; ``image`` only is read of unlabelled).
         work_dir: folder of the rounds (``round<r>/finetune``, ``round<r>/pseudo_labels``, ``round<r>/routing``).
         patch_size, target_spacing: the 3D patches SAM is tuned on and the voxel size (as the re-training's).
@@ -86,7 +86,7 @@ class SFRStages:
 
     def __init__(
         self,
-        build_teacher: Callable[[], PromptableSegmenter],
+        build_sam: Callable[[], PromptableSegmenter],
         labelled: Sequence[Mapping[str, Any]],
         unlabelled: Sequence[Mapping[str, Any]],
         work_dir: str | Path,
@@ -112,7 +112,7 @@ class SFRStages:
         if not unlabelled:
             raise ValueError("SFR pseudo-labels unlabelled volumes: the unlabelled list is empty "
                              "(lower num_labelled, or train the SupOnly baseline)")
-        self.build_teacher = build_teacher
+        self.build_sam = build_sam
         self.labelled = [dict(e) for e in labelled]
         self.unlabelled = [{"image": str(e["image"])} for e in unlabelled]  # nothing else is carried
         self.root = Path(work_dir)
@@ -147,7 +147,7 @@ class SFRStages:
         if tuned.exists():  # finished before the stage's manifest was written (or by an earlier version)
             return tuned
         s = self.settings
-        model = StitchedSAM(self.build_teacher(), self.num_classes, lora_rank=int(s["lora_rank"]),
+        model = StitchedSAM(self.build_sam(), self.num_classes, lora_rank=int(s["lora_rank"]),
                             simplified_tile=self.simplified_tile).to(self.device)
         parameters = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(parameters, lr=float(s["learning_rate"]), weight_decay=float(s["weight_decay"]))
@@ -161,7 +161,7 @@ class SFRStages:
         return model.save_tuned(tuned)
 
     def load_tuned(self, tuned: Path) -> StitchedSAM:
-        model = StitchedSAM.load_tuned(self.build_teacher(), tuned, simplified_tile=self.simplified_tile)
+        model = StitchedSAM.load_tuned(self.build_sam(), tuned, simplified_tile=self.simplified_tile)
         return model.merge().to(self.device).eval()
 
     # ------------------------------------------------------------------ step 2
@@ -256,10 +256,10 @@ class SFRStages:
 def load_tuned_sam(teacher_name: str, checkpoint: str | None, tuned: str | Path,
                    device: torch.device | str = "cpu", simplified_tile: int | None = None) -> StitchedSAM:
     """The fine-tuned stitched SAM of a run (``sam_tuned.pt``) on its base model, LoRA merged, for evaluation."""
-    from samssl.foundation import build_teacher
+    from samssl.foundation import build_foundation_model
 
     tuned = Path(tuned)
     if not tuned.exists():
         raise FileNotFoundError(f"no fine-tuned SAM at {tuned}: train with sfr#enabled first, or pass --tuned_sam <file>")
-    teacher = build_teacher(teacher_name, checkpoint=checkpoint, device=device)
+    teacher = build_foundation_model(teacher_name, checkpoint=checkpoint, device=device)
     return StitchedSAM.load_tuned(teacher, tuned, simplified_tile=simplified_tile).merge().to(device).eval()

@@ -114,8 +114,8 @@ def build_student(name: str = "deeplabv3_resnet50", num_classes: int = 2, output
             raise ValueError("backbone_weights is for the ResNet-50 student; the TinyViT student starts from "
                              "LiteMedSAM's own weights")
         # imported here: the teacher layer (segment-anything, LiteMedSAM) loads only for this student
-        from samssl.foundation import build_teacher
+        from samssl.foundation import build_foundation_model
         from samssl.networks import SAMEncoderSegNet
 
-        return SAMEncoderSegNet(build_teacher("litemedsam"), num_classes=num_classes, aux_head=aux_head)
+        return SAMEncoderSegNet(build_foundation_model("litemedsam"), num_classes=num_classes, aux_head=aux_head)
     raise ValueError(f"student must be one of {STUDENTS}, got {name!r}")
