@@ -187,23 +187,20 @@ class Step:
         return f"Step({self.name!r})"
 
 
-def run_stages(stages: Sequence[Any], seed: int | None = None) -> list[Any]:
+def run_stages(stages: Sequence[Any]) -> list[Any]:
     """Run ``stages`` in order; their results. ``None`` entries (a step a setting turns off) are skipped.
 
     Anything with a ``run()`` method is a step: a :class:`Stage`, a group of stages (SFR's rounds),
-    or the engine that ends the list (the re-training). With ``seed``, the global random state is
-    reset (:func:`monai.utils.set_determinism`) before each step, so every step starts from the same
-    state whether the steps before it were computed or read back from their manifests.
+    or the engine that ends the list (the re-training). The random state flows from one step to the
+    next as it did when the steps were called one after the other: a bundle seeds it once, before
+    the list (``monai.utils.set_determinism``), and resuming is exact because every engine's
+    checkpoint carries its own random state.
     """
-    from monai.utils import set_determinism
-
     results = []
     for stage in stages:
         if stage is None:
             continue
         if not callable(getattr(stage, "run", None)):
             raise TypeError(f"a stage needs a run() method, got {type(stage).__name__}: {stage!r}")
-        if seed is not None:
-            set_determinism(seed=int(seed))
         results.append(stage.run())
     return results
