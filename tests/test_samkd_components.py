@@ -13,13 +13,14 @@ BUNDLE = use_bundle("samkd_dualtask_skin")
 _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
 from scripts.augment import apply_dihedral, invert_dihedral  # noqa: E402
+from scripts.fused_prompt import fused_mask_logits, fused_prompts  # noqa: E402
 from scripts.mobilenet_unet import MobileNetDualTaskUNet  # noqa: E402
 from scripts.model import parameter_groups, sam_adapters, training_state  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
 from scripts.vit_dual_task import ViTDualTaskNet  # noqa: E402
 
 from samssl.data import signed_distance_map  # noqa: E402
-from samssl.foundation import DensePromptDecoder, build_teacher, fused_mask_logits, fused_prompts  # noqa: E402
+from samssl.foundation import DensePromptDecoder, build_teacher  # noqa: E402
 from samssl.foundation.peft_tuning import add_decoder_adapters  # noqa: E402
 from samssl.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
 from samssl.networks import DualTaskOutputs, fold_batch_norm  # noqa: E402

@@ -24,7 +24,6 @@ are imported lazily by the registry, so using LiteMedSAM never imports sam2 or m
 
 from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
 from samssl.foundation.cache import EmbeddingCache
-from samssl.foundation.fused_prompt import fused_mask_logits, fused_prompts
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_decoder import DensePromptDecoder
 from samssl.foundation.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
@@ -43,8 +42,6 @@ __all__ = [
     "TEACHER_NAMES",
     "box_prompts",
     "build_teacher",
-    "fused_mask_logits",
-    "fused_prompts",
     "point_prompts",
     "prompts_from_probability",
     "slice_prompts",
