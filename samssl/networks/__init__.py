@@ -6,7 +6,6 @@ from samssl.networks.dual_head import DualTaskHead, DualTaskOutputs
 from samssl.networks.ema import EMATeacher, unwrap_model
 from samssl.networks.pretrained import load_backbone_state_dict
 from samssl.networks.sam_encoder import SAMEncoderDecoder, SAMEncoderSegNet
-from samssl.networks.stitched_sam import StitchedSAM, set_class_tokens
 from samssl.networks.unet2d import UNet2D
 from samssl.networks.vnet import VNet
 
@@ -16,12 +15,10 @@ __all__ = [
     "EMATeacher",
     "SAMEncoderDecoder",
     "SAMEncoderSegNet",
-    "StitchedSAM",
     "UNet2D",
     "VNet",
     "export_torchscript",
     "fold_batch_norm",
     "load_backbone_state_dict",
-    "set_class_tokens",
     "unwrap_model",
 ]
