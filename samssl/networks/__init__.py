@@ -1,4 +1,6 @@
-"""Segmentation networks shared by several bundles, and the EMA copy of a network (mean teacher)."""
+"""Segmentation networks shared by several bundles, their shared parts and deployment forms, and the
+EMA copy of a network (mean teacher). A network one method alone uses lives in its bundle's ``scripts/``
+(ARCHITECTURE.md, "Where things live")."""
 
 
 from samssl.networks.deploy import export_torchscript, fold_batch_norm
