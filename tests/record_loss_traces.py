@@ -22,9 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bundle_testing, loss_traces
 sys.path.insert(1, str(Path(__file__).resolve().parents[1]))  # the project's library package
 
-import torch  # noqa: E402
-
 import loss_traces as lt  # noqa: E402
+import torch  # noqa: E402
 
 
 def settings(name: str, trace: lt.LossTrace, data_dir: Path, tmp: Path) -> dict:

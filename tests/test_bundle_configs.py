@@ -113,3 +113,48 @@ def test_inference_inverts_pred_in_place_before_saving(bundle):
     assert "Invertd" in targets and targets[-1] == "SaveImaged", f"{bundle.name}: {targets}"
     invert = steps[targets.index("Invertd")]
     assert invert["keys"] == "pred" and invert["orig_keys"] == "image"
+
+
+ROOT = Path(__file__).resolve().parents[1]
+_DOTTED = re.compile(r"(?<![\w.@#])((?:samssl|scripts)(?:\.\w+)+)")
+
+
+def _module_prefix(bundle: Path, dotted: str) -> str:
+    """The longest prefix of ``dotted`` that is a module of the library or of the bundle's ``scripts``."""
+    parts = dotted.split(".")
+    base = bundle if parts[0] == "scripts" else ROOT
+    found = parts[0]
+    for end in range(2, len(parts) + 1):
+        path = base.joinpath(*parts[:end])
+        if path.with_suffix(".py").is_file() or (path / "__init__.py").is_file():
+            found = ".".join(parts[:end])
+        else:
+            break
+    return found
+
+
+def _expressions(value) -> list[str]:
+    if isinstance(value, str):
+        return [value] if value.startswith("$") and not value.startswith("$import ") else []
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+    return [e for item in items for e in _expressions(item)]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_every_module_an_expression_reads_is_imported_by_the_config(bundle):
+    """A ``$`` expression reads ``samssl.x.y`` or ``scripts.x`` as attributes: the module must be among the
+    config's ``imports`` (``_target_`` values are imported by MONAI itself). Configs without ``imports``
+    (presets, ``multi_gpu_train.json``, baselines) are merged onto ``train.json`` and checked with its imports."""
+    configs = {p: json.loads(p.read_text()) for p in sorted((bundle / "configs").rglob("*.json"))}
+    train_imports = configs[bundle / "configs" / "train.json"]["imports"]
+    missing = []
+    for path, config in configs.items():
+        if not isinstance(config, dict):
+            continue
+        imports = {i.removeprefix("$import ").strip() for i in config.get("imports", train_imports)}
+        for expression in _expressions({k: v for k, v in config.items() if k != "imports"}):
+            for dotted in _DOTTED.findall(expression):
+                module = _module_prefix(bundle, dotted)
+                if not any(i == module or i.startswith(module + ".") for i in imports):
+                    missing.append(f"{path.relative_to(bundle)}: {dotted} needs `$import {module}`")
+    assert not missing, sorted(set(missing))

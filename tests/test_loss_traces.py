@@ -17,9 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import loss_traces as lt  # same directory, on sys.path under pytest
+import pytest
 
 pytestmark = pytest.mark.slow
 

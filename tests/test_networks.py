@@ -110,20 +110,25 @@ def test_vnet_dropout_only_in_train_mode():
 def test_pretrained_backbone_file_loads_and_a_wrong_one_is_refused(tmp_path):
     from torchvision.models import mobilenet_v2, resnet18
 
-    from samssl.networks import MobileNetDualTaskUNet, load_backbone_state_dict
+    from samssl.networks import load_backbone_state_dict
 
     torch.manual_seed(0)
     imagenet_like = mobilenet_v2(weights=None)
-    good = tmp_path / "mobilenet_v2.pth"
+    good = tmp_path / "mobilenet_v2.pth"  # a training checkpoint: nested, DataParallel's "module." prefix
     torch.save({"state_dict": {f"module.{k}": v for k, v in imagenet_like.state_dict().items()}}, good)
-    net = MobileNetDualTaskUNet(encoder_weights=str(good))
-    first_conv = next(p for name, p in net.named_parameters() if p.ndim == 4)
-    torch.testing.assert_close(first_conv, imagenet_like.features[0][0].weight)
+    backbone = mobilenet_v2(weights=None, num_classes=7)  # another head: its keys are dropped, not refused
+    head = backbone.classifier[1].weight.clone()
+    load_backbone_state_dict(backbone, good, option="encoder_weights", architecture="torchvision MobileNetV2",
+                             head_prefixes=("classifier.",))
+    torch.testing.assert_close(backbone.features[0][0].weight, imagenet_like.features[0][0].weight)
+    torch.testing.assert_close(backbone.features[-1][0].weight, imagenet_like.features[-1][0].weight)
+    torch.testing.assert_close(backbone.classifier[1].weight, head)  # the module's own head untouched
 
     wrong = tmp_path / "resnet18.pth"
     torch.save(resnet18(weights=None).state_dict(), wrong)
     with pytest.raises(ValueError, match="encoder_weights .* is not a torchvision MobileNetV2 state dict"):
-        MobileNetDualTaskUNet(encoder_weights=str(wrong))
+        load_backbone_state_dict(mobilenet_v2(weights=None), wrong, option="encoder_weights",
+                                 architecture="torchvision MobileNetV2", head_prefixes=("classifier.",))
     with pytest.raises(FileNotFoundError, match="backbone_weights file not found"):
         load_backbone_state_dict(torch.nn.Linear(1, 1), tmp_path / "missing.pth", option="backbone_weights",
                                  architecture="ResNet-50")

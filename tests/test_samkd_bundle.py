@@ -24,9 +24,11 @@ _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 from ignite.engine import Events  # noqa: E402
 from monai.data import CacheDataset, DataLoader, load_net_with_metadata  # noqa: E402
 from scripts.data import prepare_fold_split  # noqa: E402
+from scripts.mobilenet_unet import MobileNetDualTaskUNet  # noqa: E402
 from scripts.model import build_segmenter, parameter_groups, sam_adapters  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
 from scripts.transforms import training_transforms  # noqa: E402
+from scripts.vit_dual_task import ViTDualTaskNet  # noqa: E402
 
 import samssl.data as data  # noqa: E402
 from samssl.foundation import DensePromptDecoder  # noqa: E402
@@ -35,7 +37,7 @@ from samssl.losses import (
     Constant,  # noqa: E402
     DualTaskLoss,  # noqa: E402
 )
-from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, UNet2D, ViTDualTaskNet  # noqa: E402
+from samssl.networks import DualTaskOutputs, UNet2D  # noqa: E402
 
 # A small, fast configuration of the bundle for tests (same code paths as the presets).
 FAST = ["--image_size", "64", "--batch_size", "2", "--unlabelled_batch_size", "2", "--num_workers", "0",
@@ -126,7 +128,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     for path in (standard, folded):
         scripted, meta, extra = load_net_with_metadata(str(path), more_extra_files=["inference.json"])
         assert meta["name"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["name"]
-        assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "samssl.networks.MobileNetDualTaskUNet"
+        assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.mobilenet_unet.MobileNetDualTaskUNet"
         with torch.no_grad():
             assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
     assert not any("BatchNorm" in name for name in (m.original_name for m in torch.jit.load(str(folded)).modules()))

@@ -13,14 +13,17 @@ BUNDLE = use_bundle("samkd_dualtask_skin")
 _bundle_scripts = bundle_fixture("samkd_dualtask_skin")
 
 from scripts.augment import apply_dihedral, invert_dihedral  # noqa: E402
+from scripts.fused_prompt import fused_mask_logits, fused_prompts  # noqa: E402
+from scripts.mobilenet_unet import MobileNetDualTaskUNet  # noqa: E402
 from scripts.model import parameter_groups, sam_adapters, training_state  # noqa: E402
 from scripts.trainer import DualTaskSamKDTrainer  # noqa: E402
+from scripts.vit_dual_task import ViTDualTaskNet  # noqa: E402
 
 from samssl.data import signed_distance_map  # noqa: E402
-from samssl.foundation import DensePromptDecoder, build_foundation_model, fused_mask_logits, fused_prompts  # noqa: E402
+from samssl.foundation import DensePromptDecoder, build_foundation_model  # noqa: E402
 from samssl.foundation.peft_tuning import add_decoder_adapters  # noqa: E402
 from samssl.losses import DualTaskLoss, dual_task_consistency_loss, sdf_regression_loss  # noqa: E402
-from samssl.networks import DualTaskOutputs, MobileNetDualTaskUNet, ViTDualTaskNet  # noqa: E402
+from samssl.networks import DualTaskOutputs, fold_batch_norm  # noqa: E402
 
 SIZE = 64
 
@@ -67,6 +70,66 @@ def test_main_network_is_small_dual_headed_and_scriptable(tmp_path):
         net(torch.rand(1, 1, SIZE, SIZE))
     with pytest.raises(FileNotFoundError):
         MobileNetDualTaskUNet(encoder_weights=str(tmp_path / "missing_mobilenet_v2.pth"))
+
+
+def test_main_network_accepts_either_memory_format_and_returns_contiguous_outputs():
+    network = MobileNetDualTaskUNet().eval()
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        a = network(x)
+        b = network(x.contiguous(memory_format=torch.channels_last))
+    assert a.is_contiguous() and torch.allclose(a, b, atol=1e-6)
+    network.train()
+    logits, sdf = network.forward_dual(torch.rand(2, 3, 64, 64))
+    (logits.mean() + sdf.mean()).backward()
+    assert all(p.grad is not None for p in network.parameters())
+
+
+def _trained_looking(network: torch.nn.Module) -> torch.nn.Module:
+    """Give every batch norm non-trivial statistics and affine terms, as training would."""
+    generator = torch.Generator().manual_seed(0)
+    for module in network.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            c = module.num_features
+            module.running_mean.copy_(torch.rand(c, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(c, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(c, generator=generator) - 0.5)
+    return network.eval()
+
+
+def test_folding_the_deployed_main_network_removes_every_batch_norm_and_keeps_its_outputs():
+    """What evaluate.json and inference.json run: ``samssl.networks.fold_batch_norm`` on the main network."""
+    network = _trained_looking(MobileNetDualTaskUNet())
+    folded = fold_batch_norm(network)
+    count = lambda net: sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # noqa: E731
+    assert count(network) == 63 and count(folded) == 0
+    x = torch.rand(2, 3, 64, 96)
+    with torch.no_grad():
+        expected, (logits, sdf) = network.forward_dual(x), folded.forward_dual(x)
+    scale = expected[0].abs().max()
+    assert scale > 1e-3  # the comparison below is not between two near-zero tensors
+    assert torch.allclose(logits, expected[0], atol=1e-4 * scale) and torch.allclose(sdf, expected[1], atol=1e-5)
+    # The copy keeps the network's channels_last weights; the original is untouched.
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in folded.parameters() if p.ndim == 4)
+    assert set(network.state_dict()) == set(MobileNetDualTaskUNet().state_dict())
+
+
+def test_main_network_loads_a_local_mobilenet_v2_file_and_refuses_another_backbone(tmp_path):
+    from torchvision.models import mobilenet_v2, resnet18
+
+    torch.manual_seed(0)
+    imagenet_like = mobilenet_v2(weights=None)
+    good = tmp_path / "mobilenet_v2.pth"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in imagenet_like.state_dict().items()}}, good)
+    net = MobileNetDualTaskUNet(encoder_weights=str(good))
+    first_conv = next(p for name, p in net.named_parameters() if p.ndim == 4)
+    torch.testing.assert_close(first_conv, imagenet_like.features[0][0].weight)
+
+    wrong = tmp_path / "resnet18.pth"
+    torch.save(resnet18(weights=None).state_dict(), wrong)
+    with pytest.raises(ValueError, match="encoder_weights .* is not a torchvision MobileNetV2 state dict"):
+        MobileNetDualTaskUNet(encoder_weights=str(wrong))
 
 
 def test_teacher_network_frozen_encoder_reads_the_cache_and_finetuned_copy_trains(sam, batch):

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.path under pytest
 from monai.inferers import SlidingWindowInferer
 
 import samssl.data as data
@@ -17,7 +18,7 @@ from samssl.data.stitching import SimplifiedStitch, StitchSlicesd, grid_size, st
 from samssl.engines import SelfTrainingTrainer, build_consistency_trainer
 from samssl.foundation import build_foundation_model
 from samssl.losses import PseudoLabelSupervision, dice_ce_loss
-from samssl.networks import StitchedSAM, VNet, set_class_tokens
+from samssl.networks import VNet
 from samssl.stages.pseudo_labels import (
     mean_max_probability,
     route_by_confidence,
@@ -26,6 +27,11 @@ from samssl.stages.pseudo_labels import (
     write_predicted_labels,
     write_pseudo_labels,
 )
+
+BUNDLE = use_bundle("sfr_la")  # the stitched SAM is SFR's own (bundles/sfr_la/scripts/stitched_sam.py)
+_bundle_scripts = bundle_fixture("sfr_la")
+
+from scripts.stitched_sam import StitchedSAM, set_class_tokens  # noqa: E402
 
 # ------------------------------------------------------------------------------ stitching
 
@@ -361,10 +367,7 @@ def _stages_with_fake_rounds(monkeypatch, root: Path, cases: list[dict], rounds:
     """SFRStages whose fine-tuning and pseudo-labelling are replaced: every round predicts ``cases``
     (``confidence`` and optional ``foreground_fraction`` per unlabelled case ``u<i>``). Returns the
     stages and the list of each round's fine-tuning set, filled as the rounds run."""
-    from bundle_testing import use_bundle  # same directory, on sys.path under pytest
-
-    use_bundle("sfr_la")  # another bundle's `scripts` package may be loaded in this worker
-    from scripts.sfr import SFRStages
+    from scripts.sfr import SFRStages  # the sfr_la scripts (the module's autouse fixture)
 
     stages = SFRStages(lambda: None, [{"image": "l.nii.gz", "label": "l_seg.nii.gz"}],
                        [{"image": f"u{i}.nii.gz"} for i in range(len(cases))], root, (16, 16, 8), None,

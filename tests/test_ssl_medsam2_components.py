@@ -168,7 +168,7 @@ def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combin
 
 
 # ---------------------------------------------------------------------------- FSL re-training
-from samssl.networks.planned_unet import FoldEnsemble, plan_dynunet  # noqa: E402
+from scripts.planned_unet import FoldEnsemble, plan_dynunet  # noqa: E402  (the bundle's own network plan)
 
 fsl = __import__("scripts.fsl", fromlist=["fsl"])
 

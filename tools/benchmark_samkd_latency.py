@@ -37,14 +37,10 @@ from pathlib import Path
 import torch
 
 from samssl.foundation import build_foundation_model
-from samssl.networks import (
-    MobileNetDualTaskUNet,
-    UNet2D,
-    ViTDualTaskNet,
-    export_torchscript,
-    fold_batch_norm,
-)
+from samssl.networks import UNet2D, export_torchscript, fold_batch_norm
+from samssl.utils.bundles import import_bundle_scripts
 
+BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "samkd_dualtask_skin"
 TARGET_MS = 25.0
 
 
@@ -79,7 +75,7 @@ def _params(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
-def _training_step(network: MobileNetDualTaskUNet, batch: torch.Tensor) -> Callable[[], None]:
+def _training_step(network: torch.nn.Module, batch: torch.Tensor) -> Callable[[], None]:
     optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
 
     def step() -> None:
@@ -103,6 +99,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     x = torch.rand(1, 3, args.size, args.size)
+    # The bundle's own networks, as its configs build them (its `scripts`, as under monai.bundle run).
+    MobileNetDualTaskUNet = import_bundle_scripts(BUNDLE, "scripts.mobilenet_unet").MobileNetDualTaskUNet
+    ViTDualTaskNet = import_bundle_scripts(BUNDLE, "scripts.vit_dual_task").ViTDualTaskNet
 
     main_net = MobileNetDualTaskUNet().eval()
     nchw_net = MobileNetDualTaskUNet(channels_last=False).eval()

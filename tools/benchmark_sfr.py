@@ -39,14 +39,18 @@ from samssl.losses import (
     PseudoLabelSupervision,
     dice_ce_loss,
 )
-from samssl.networks import (
-    EMATeacher,
-    StitchedSAM,
-    VNet,
-)
+from samssl.networks import EMATeacher, VNet
 from samssl.stages.pseudo_labels import write_pseudo_labels
+from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stitched_sam(merged: bool = False) -> torch.nn.Module:
+    """SFR's stitched LiteMedSAM, from the bundle's own ``scripts`` as its configs build it."""
+    stitched_sam = import_bundle_scripts(ROOT / "bundles" / "sfr_la", "scripts.stitched_sam")
+    model = stitched_sam.StitchedSAM(build_foundation_model("litemedsam"), 2)
+    return model.merge().eval() if merged else model.train()
 
 
 def _mean_after_warmup(durations: list[float]) -> float:
@@ -57,7 +61,7 @@ def _mean_after_warmup(durations: list[float]) -> float:
 def time_finetuning(labelled: list[dict], spacing: float, patch: tuple[int, ...], batch: int, steps: int) -> float:
     """Mean seconds of one fine-tuning step (batch of ``batch`` stitched patches)."""
     torch.manual_seed(0)
-    model = StitchedSAM(build_foundation_model("litemedsam"), 2).train()
+    model = _stitched_sam()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3, weight_decay=0.1)
     dataset = CacheDataset(labelled, data.volume_transforms("labelled", patch, spacing), progress=False)
     loader = DataLoader(dataset, batch_size=batch, shuffle=True)
@@ -79,7 +83,7 @@ def time_finetuning(labelled: list[dict], spacing: float, patch: tuple[int, ...]
 
 
 def time_pseudo_labelling(volume: dict, spacing: float, patch: tuple[int, ...], overlap: float, out: Path) -> float:
-    model = StitchedSAM(build_foundation_model("litemedsam"), 2).merge().eval()
+    model = _stitched_sam(merged=True)
     transform = data.volume_transforms("infer", target_spacing=spacing)
     inferer = SlidingWindowInferer(roi_size=patch, sw_batch_size=1, overlap=overlap)
     durations = []

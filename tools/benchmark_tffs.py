@@ -29,7 +29,6 @@ import torch
 from samssl.data import msd_datalist, volume_transforms
 from samssl.foundation import build_foundation_model
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
-from samssl.networks.planned_unet import plan_dynunet
 from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +107,8 @@ def main() -> None:
 def time_fold_training(cases: list[dict], args: argparse.Namespace) -> None:
     """Seconds per iteration of one FSL fold (fresh planned DynUNet, nnU-Net recipe) and one round's cost."""
     fsl = import_bundle_scripts(BUNDLE, "scripts.fsl")
-    plan = plan_dynunet(args.patch_size, [args.spacing] * 3)
+    planned_unet = import_bundle_scripts(BUNDLE, "scripts.planned_unet")  # the network the bundle's configs plan
+    plan = planned_unet.plan_dynunet(args.patch_size, [args.spacing] * 3)
     training_set = [{"image": e["image"], "label": e["label"]} for e in cases]
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()

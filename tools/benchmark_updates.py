@@ -25,11 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from samssl.networks import (
-    EMATeacher,
-    MobileNetDualTaskUNet,
-    VNet,
-)
+from samssl.networks import EMATeacher, VNet
 from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,10 +36,15 @@ def _deeplab() -> nn.Module:
     return network.DualHeadDeepLabV3(output_stride=16)
 
 
+def _mobilenet_unet() -> nn.Module:
+    network = import_bundle_scripts(ROOT / "bundles" / "samkd_dualtask_skin", "scripts.mobilenet_unet")
+    return network.MobileNetDualTaskUNet()
+
+
 # bundle -> (network, optimiser class and its arguments as in the bundle's train.json)
 NETWORKS: dict[str, tuple[Callable[[], nn.Module], type, dict]] = {
     "uamt_skin": (_deeplab, torch.optim.AdamW, {"lr": 1e-4, "weight_decay": 0.01}),
-    "samkd_dualtask_skin": (MobileNetDualTaskUNet, torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-4}),
+    "samkd_dualtask_skin": (_mobilenet_unet, torch.optim.AdamW, {"lr": 1e-3, "weight_decay": 1e-4}),
     "semisam_la / sfr_la": (lambda: VNet(has_dropout=True), torch.optim.SGD,
                             {"lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4}),
 }

@@ -25,7 +25,6 @@ using LiteMedSAM never imports sam2 or medim.
 
 from samssl.foundation.base import ImageEmbeddings, PromptableSegmenter, Prompts, SegmenterOutput
 from samssl.foundation.cache import EmbeddingCache
-from samssl.foundation.fused_prompt import fused_mask_logits, fused_prompts
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_decoder import DensePromptDecoder
 from samssl.foundation.prompts import box_prompts, point_prompts, prompts_from_probability, slice_prompts
@@ -50,8 +49,6 @@ __all__ = [
     "box_prompts",
     "build_foundation_model",
     "build_teacher",
-    "fused_mask_logits",
-    "fused_prompts",
     "get_variant",
     "point_prompts",
     "prompts_from_probability",

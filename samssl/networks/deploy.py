@@ -3,13 +3,14 @@
 At inference a batch norm is a fixed per-channel affine map, so one that directly follows a
 convolution can be folded into that convolution's weights and bias. For a MobileNet that removes
 a third of the layers and a full read and write of every activation; on 2 CPU threads it cuts
-the main network's eager latency by ~25% (``tools/benchmark_samkd_latency.py``).
+the eager latency of the samkd bundle's MobileNet main network by ~25%
+(``tools/benchmark_samkd_latency.py``).
 
 Folding is done on a copy, so the training network (and its state dict layout, which
 checkpoints and ``load_network_weights`` rely on) never changes. Only pairs inside an
 ``nn.Sequential`` are folded: there a convolution's output feeds nothing but the next module,
 so folding can never change what another branch sees. That covers torchvision's
-``Conv2dNormActivation`` and MobileNet blocks and this package's separable blocks (not MONAI's
+``Conv2dNormActivation`` and MobileNet blocks and the samkd bundle's separable blocks (not MONAI's
 ``Convolution``, whose norm sits one level down in its ``ADN`` block). The arithmetic is PyTorch's own ``torch.nn.utils.fusion.fuse_conv_bn_eval``.
 
 :func:`export_torchscript` writes such a folded copy as TorchScript with the same metadata and

@@ -7,7 +7,8 @@ copy), an upsampling decoder and the geometry of the segmenter's input transform
 longest side resized to 256, zero padding bottom/right), so outputs are cropped to the image's
 part of the padded input and resized to the caller's size, exactly like SAM's own mask logits.
 :class:`SAMEncoderSegNet` puts segmentation heads on it for the students of the 2D bundles;
-:class:`~samssl.networks.vit_dual_task.ViTDualTaskNet` puts a dual (mask + SDF) head on it.
+the samkd bundle's ``ViTDualTaskNet`` (``bundles/samkd_dualtask_skin/scripts/vit_dual_task.py``)
+puts a dual (mask + SDF) head on it.
 """
 
 from __future__ import annotations

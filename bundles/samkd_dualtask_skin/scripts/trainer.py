@@ -31,7 +31,7 @@ import torch
 from ignite.engine import Engine
 
 from samssl.engines import SemiSupervisedTrainer
-from samssl.foundation import DensePromptDecoder, PromptableSegmenter, fused_prompts
+from samssl.foundation import DensePromptDecoder, PromptableSegmenter
 from samssl.foundation.base import ImageEmbeddings
 from samssl.losses import (
     DualTaskLoss,
@@ -42,6 +42,7 @@ from samssl.losses import (
 )
 from samssl.networks.ema import unwrap_model
 from scripts.augment import apply_dihedral, invert_dihedral, random_dihedral_codes
+from scripts.fused_prompt import fused_prompts
 
 Batch = dict[str, torch.Tensor]
 

@@ -6,7 +6,7 @@ round by round, each as a :class:`samssl.stages.Stage` (a folder with a ``stage.
 done when the manifest says so, computed by process 0 while other processes wait). Per round
 ``r`` (``<work_dir>/round<r>/``, by default ``runs/<run>/sfr``):
 
-1. **Fine-tune** (``finetune/``): a :class:`~samssl.networks.StitchedSAM` (LoRA on the image
+1. **Fine-tune** (``finetune/``): a :class:`~scripts.stitched_sam.StitchedSAM` (LoRA on the image
    encoder's q/v, SAMed class-token decoder) trained on random 3D patches of the fine-tuning set,
    stitched into one 2D image each; Dice + CE on the unstitched logits (SAMed: 0.8 Dice + 0.2 CE).
    Resumable (checkpoints every ``checkpoint_interval`` iterations); the tuned weights (LoRA +
@@ -39,11 +39,12 @@ from samssl.data import volume_transforms
 from samssl.engines.patch_training import train_on_volume_patches
 from samssl.foundation.base import PromptableSegmenter
 from samssl.losses import dice_ce_loss
-from samssl.networks import StitchedSAM
 from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import route_by_confidence, warn_if_confidence_tracks_background, write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
+
+from .stitched_sam import StitchedSAM
 
 __all__ = ["FineTuneSettings", "SFRStages", "load_tuned_sam"]
 

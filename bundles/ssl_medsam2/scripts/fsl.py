@@ -5,7 +5,7 @@ Round ``r`` (``<work_dir>/round<r>/``) splits the unlabelled cases into ``K`` fo
 cases plus the other folds' unlabelled cases with their current pseudo-labels, and re-predicts
 its held-out fold; the K held-out predictions become the next round's pseudo-labels (so no case
 is ever re-labelled by a network that saw its own pseudo-label). After the last round the K
-fold networks are kept as one :class:`~samssl.networks.planned_unet.FoldEnsemble`, which
+fold networks are kept as one :class:`~scripts.planned_unet.FoldEnsemble`, which
 averages their probabilities at inference (nnU-Net's fold ensemble).
 
 Each fold of each round is a :class:`samssl.stages.Stage` (``round<r>/fold<k>/stage.json``): a
@@ -29,11 +29,12 @@ from samssl.data import kfold_splits, volume_transforms
 from samssl.engines.patch_training import train_on_volume_patches
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.losses import dice_ce_loss
-from samssl.networks.planned_unet import FoldEnsemble
 from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
+
+from .planned_unet import FoldEnsemble
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 

@@ -10,7 +10,7 @@ folders with manifests, so a killed run resumes and a finished step is read back
 2. **FSL** (``<output_dir>/fsl``): ``rounds`` of K-fold re-training (:mod:`scripts.fsl`), each
    round re-predicting every unlabelled case with the fold model that held it out.
 3. The last round's K networks are saved together as one
-   :class:`~samssl.networks.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
+   :class:`~scripts.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
    model, which averages the folds' probabilities. :attr:`SSLMedSAM2.deployed` is that ensemble
    as a module from the start (untrained until :meth:`~SSLMedSAM2.run` loads the weights), so an
    evaluation engine can be built before training without reading a file.
@@ -35,11 +35,11 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
-from samssl.networks.planned_unet import FoldEnsemble
 from samssl.stages import FunctionStage, Step
 
 from .fsl import FoldRetraining, train_network
 from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings
+from .planned_unet import FoldEnsemble
 from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
 
 __all__ = ["BACKENDS", "METHODS", "SSLMedSAM2", "ensemble_size", "evaluation_inferer"]
