@@ -10,6 +10,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 BUNDLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir() if (p / "configs").is_dir())
+SHARED = Path(__file__).resolve().parents[1] / "bundles" / "_base"
 REQUIRED_FILES = [
     "configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
     "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE",
@@ -113,3 +114,10 @@ def test_inference_inverts_pred_in_place_before_saving(bundle):
     assert "Invertd" in targets and targets[-1] == "SaveImaged", f"{bundle.name}: {targets}"
     invert = steps[targets.index("Invertd")]
     assert invert["keys"] == "pred" and invert["orig_keys"] == "image"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundles_share_one_logging_conf(bundle):
+    """A link in each bundle's configs/, where MONAI looks for it (next to the first config file)."""
+    logging_conf = bundle / "configs" / "logging.conf"
+    assert logging_conf.is_symlink() and logging_conf.resolve() == (SHARED / "logging.conf").resolve()
