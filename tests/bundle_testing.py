@@ -105,13 +105,16 @@ def untrained_weights(name: str, path: Path, inference_config: Path | None = Non
 
     For tests of what happens around a trained model (packaging, serving) without training one.
     ``key`` nests the state dict as the bundles' ``model.pt`` does (None: a plain state dict).
+    ``inference_config`` is read merged onto its ``base_inference.json``, as the bundle CLI reads it.
     """
     import torch
     from monai.bundle import ConfigParser
 
+    from samssl.utils.bundles import config_with_base
+
     use_bundle(name)
     parser = ConfigParser()
-    parser.read_config(str(inference_config or BUNDLES / name / "configs" / "inference.json"))
+    parser.read_config([str(p) for p in config_with_base(inference_config or BUNDLES / name / "configs" / "inference.json")])
     torch.manual_seed(0)
     state = parser.get_parsed_content("network_def").state_dict()
     torch.save({key: state} if key else state, path)

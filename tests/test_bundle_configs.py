@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 from pathlib import Path
@@ -9,7 +10,12 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
+from samssl.utils.bundles import BASE_NOTE_KEY, config_with_base, merged_config
+
 BUNDLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir() if (p / "configs").is_dir())
+SHARED = Path(__file__).resolve().parents[1] / "bundles" / "_base"
+# evaluate.json / inference.json of every bundle as they were whole, before the family bases (git 048651d)
+WHOLE_BEFORE_BASES = Path(__file__).resolve().parent / "data" / "merged_configs"
 REQUIRED_FILES = [
     "configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",
     "configs/multi_gpu_train.json", "configs/logging.conf", "docs/README.md", "LICENSE",
@@ -100,7 +106,7 @@ def test_training_presets_merge_into_evaluation_and_inference(bundle):
     for target in ("evaluate.json", "inference.json"):
         for preset in presets:
             parser = ConfigParser()
-            parser.read_config([str(bundle / "configs" / target), str(bundle / "configs" / preset)])
+            parser.read_config([*map(str, config_with_base(bundle / "configs" / target)), str(bundle / "configs" / preset)])
             assert "network_def" in parser, f"{bundle.name}: {target} + {preset}"
 
 
@@ -108,7 +114,7 @@ def test_training_presets_merge_into_evaluation_and_inference(bundle):
 def test_inference_inverts_pred_in_place_before_saving(bundle):
     """MONAI Label runs inference.json's postprocessing without its SaveImaged and uses `pred` as
     left: the prediction must be inverted to the input grid in place, not only in what is saved."""
-    steps = json.loads((bundle / "configs" / "inference.json").read_text())["postprocessing"]["transforms"]
+    steps = merged_config(bundle / "configs" / "inference.json")["postprocessing"]["transforms"]
     targets = [step["_target_"] for step in steps]
     assert "Invertd" in targets and targets[-1] == "SaveImaged", f"{bundle.name}: {targets}"
     invert = steps[targets.index("Invertd")]
@@ -158,3 +164,67 @@ def test_every_module_an_expression_reads_is_imported_by_the_config(bundle):
                 if not any(i == module or i.startswith(module + ".") for i in imports):
                     missing.append(f"{path.relative_to(bundle)}: {dotted} needs `$import {module}`")
     assert not missing, sorted(set(missing))
+
+def _family(bundle: Path) -> str:
+    """'2d' or '3d': the spatial dimensions of the bundle's network input, from its metadata."""
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    return f"{len(meta['network_data_format']['inputs']['image']['spatial_shape'])}d"
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundles_share_one_logging_conf(bundle):
+    """A link in each bundle's configs/, where MONAI looks for it (next to the first config file)."""
+    logging_conf = bundle / "configs" / "logging.conf"
+    assert logging_conf.is_symlink() and logging_conf.resolve() == (SHARED / "logging.conf").resolve()
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_bundles_take_evaluation_and_inference_bases_from_their_family(bundle):
+    """One evaluate/inference base per family, linked into each bundle's configs/ (so the first
+    --config_file file is in the bundle's own configs/, which MONAI takes as the bundle root)."""
+    configs = bundle / "configs"
+    for kind in ("evaluate", "inference"):
+        base = configs / f"base_{kind}.json"
+        assert base.is_symlink() and base.resolve() == (SHARED / _family(bundle) / f"{kind}.json").resolve(), base
+        assert config_with_base(configs / f"{kind}.json") == [base, configs / f"{kind}.json"]
+        own = json.loads((configs / f"{kind}.json").read_text())
+        shared = json.loads(base.read_text())
+        # the network (and how its weights load) is each bundle's own, never the family's
+        assert {"network_def", "network"} <= set(own) and not {"network_def", "network"} & set(shared)
+        assert f"configs/base_{kind}.json" in own[BASE_NOTE_KEY]  # the bundle's part says how it is merged
+
+
+def _with_bundle_part(whole: dict, own: dict, base: dict) -> dict:
+    """``whole`` with the values the bundle's own file sets now put in their place (``+key`` lists
+    extend the base's part of the list; ``a#b`` keys replace one nested entry)."""
+    result = copy.deepcopy(whole)
+    for key, value in own.items():
+        if key == BASE_NOTE_KEY:
+            continue
+        if key.startswith("+"):
+            result[key[1:]] = result[key[1:]][: len(base[key[1:]])] + value
+            continue
+        *parents, last = key.split("#")
+        node = result
+        for parent in parents:
+            node = node[parent]
+        node[last] = value
+    return result
+
+
+@pytest.mark.parametrize("kind", ["evaluate", "inference"])
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_family_base_and_bundle_part_merge_into_the_config_the_bundle_had(bundle, kind):
+    """``configs/base_<kind>.json`` + ``configs/<kind>.json``, merged as ``monai.bundle run`` merges them,
+    are the whole config the bundle held before the bases (tests/data/merged_configs, from git): every
+    value the base supplies is the one the bundle had, and no key is added or lost. What the bundle's
+    own file sets is the bundle's to change (its network moves with its code), so it is taken as it is
+    now; when the bases were introduced it was, value for value, the old file's."""
+    configs = bundle / "configs"
+    merged = ConfigParser.load_config_files([str(configs / f"base_{kind}.json"), str(configs / f"{kind}.json")])
+    assert merged.pop(BASE_NOTE_KEY)
+    assert merged == merged_config(configs / f"{kind}.json")
+    whole = json.loads((WHOLE_BEFORE_BASES / f"{bundle.name}_{kind}.json").read_text())
+    own = json.loads((configs / f"{kind}.json").read_text())
+    base = json.loads((configs / f"base_{kind}.json").read_text())
+    assert merged == _with_bundle_part(whole, own, base)

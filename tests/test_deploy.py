@@ -122,6 +122,14 @@ def test_export_writes_a_folded_torchscript_with_bundle_metadata(tmp_path):
         assert torch.allclose(scripted(x), network(x), atol=1e-4 * network(x).abs().max())
     assert network.training is False and _count(network, nn.BatchNorm2d) == 4  # not modified
 
+    # a bundle's own inference.json is embedded whole: merged onto its shared base_inference.json
+    (tmp_path / "base_inference.json").write_text(json.dumps({"postprocessing": {"_target_": "Compose"}, "network_def": None}))
+    config.write_text(json.dumps({"_comment_base": "merged onto base_inference.json", **json.loads(config.read_text())}))
+    merged = export_torchscript(network, tmp_path / "merged.ts", config_files=[config])
+    _, _, extra = load_net_with_metadata(str(merged), more_extra_files=["inference.json"])
+    assert json.loads(extra["inference.json"]) == {"postprocessing": {"_target_": "Compose"},
+                                                   "network_def": {"_target_": "samssl.networks.MobileNetDualTaskUNet"}}
+
     unfolded = export_torchscript(network, tmp_path / "plain.ts", fold=False)
     assert any(m.original_name == "BatchNorm2d" for m in torch.jit.load(str(unfolded)).modules())
     with pytest.raises(ValueError, match="JSON"):

@@ -212,6 +212,17 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(toy, t
     assert command[command.index("--output_postfix") + 1] == "segmentation"  # ISIC naming
 
 
+def test_a_bundles_evaluation_is_merged_onto_its_shared_base(tmp_path):
+    """The harness runs a bundle's evaluate.json as its docs do: listed after its family's base_evaluate.json."""
+    from samssl.experiments.runner import predictions_command
+
+    spec = load_variants("uamt_skin", ROOT / "bundles")
+    command = predictions_command(spec, tmp_path / "run", "test_images", "cpu")
+    configs = command[command.index("--config_file") + 1]
+    bundle = spec.bundle_dir / "configs"
+    assert configs == f"['{bundle / 'base_evaluate.json'}','{bundle / 'evaluate.json'}','{bundle / 'cpu.json'}']"
+
+
 def test_a_folder_of_another_comparison_is_refused_not_reused(toy, tmp_path, monkeypatch):
     """A 1-labelled comparison must not report the 8-labelled runs it finds under the same seed names."""
     out = tmp_path / "runs"

@@ -25,6 +25,9 @@ from monai.bundle import download, download_large_files
 from PIL import Image
 from tool_loading import load_tool  # same directory, on sys.path under pytest
 
+import samssl.data as data
+from samssl.utils.bundles import merged_config
+
 zoo = load_tool("package_bundle")
 
 BUNDLE_NAMES = zoo.bundle_names()
@@ -74,6 +77,31 @@ def test_a_metadata_shape_the_network_does_not_produce_is_reported(tmp_path):
         zoo.verify_network_shapes(bundle)
 
 
+@pytest.mark.parametrize("name", BUNDLE_NAMES)
+def test_flattened_configs_stand_alone(name, tmp_path):
+    """What the zip holds: each config whole (its part merged onto the family base), the files instead of links."""
+    bundle = tmp_path / "bundles" / name  # the links kept as links, resolving into a copy of the shared bases
+    shutil.copytree(BUNDLES / name, bundle, ignore=shutil.ignore_patterns("runs", "models", "__pycache__"), symlinks=True)
+    shutil.copytree(BUNDLES / "_base", tmp_path / "bundles" / "_base")
+    assert (bundle / "configs" / "logging.conf").is_symlink()
+    zoo.flatten_configs(bundle)
+    configs = bundle / "configs"
+    assert not [p for p in bundle.rglob("*") if p.is_symlink()] and not list(configs.glob("base_*"))
+    assert (configs / "logging.conf").read_text() == (BUNDLES / name / "configs" / "logging.conf").read_text()
+    for kind in ("evaluate", "inference"):
+        whole = json.loads((configs / f"{kind}.json").read_text())
+        assert whole == merged_config(BUNDLES / name / "configs" / f"{kind}.json") and "_comment_base" not in whole
+        assert merged_config(configs / f"{kind}.json") == whole  # nothing left to merge it onto
+
+
+def test_flattening_refuses_a_config_that_reads_another_file(tmp_path):
+    bundle = tmp_path / "uamt_skin"
+    shutil.copytree(BUNDLES / "uamt_skin", bundle, ignore=shutil.ignore_patterns("runs", "models", "__pycache__"))
+    (bundle / "configs" / "cpu.json").write_text(json.dumps({"network_def": "%../other/configs/inference.json#network_def"}))
+    with pytest.raises(ValueError, match=r"cpu\.json reads other config files"):
+        zoo.flatten_configs(bundle)
+
+
 def _fresh_env() -> dict[str, str]:
     """A user's shell: the project installed by pip, the repository itself not on the path."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -91,6 +119,13 @@ def _real_input(meta: dict, data_root: Path) -> tuple[Path, tuple[int, ...]]:
     return volume, nib.load(volume).shape[:3]
 
 
+def _real_labelled(meta: dict, data_root: Path, dest: Path) -> tuple[Path, int]:
+    """A labelled folder of real cases of the bundle's data kind (2 PH2 images or 1 LA volume), and its size."""
+    if len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == 2:
+        return data.ph2_subset(data_root / "dermoscopy" / "ph2", dest, 2), 2
+    return data.msd_subset(data_root / "la", dest, 1, name="LA subset"), 1
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(name, data_root, tmp_path):
@@ -105,6 +140,8 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
                      "models/model.pt", "models/model.ts", "large_files.yml", "scripts/__init__.py"):
         assert f"{name}/{required}" in members, required
     assert not any("/runs/" in m or m.startswith(f"{name}/samssl/") or m.endswith(".pyc") for m in members)
+    # flattened: no shared base travels, each config is whole (checked below), logging.conf is the file itself
+    assert f"{name}/configs/logging.conf" in members and not any("/configs/base_" in m for m in members)
 
     # `monai.bundle download` from the zip's URL, then the weights' sha256 check of large_files.yml
     # (the functions behind `python -m monai.bundle download` / `download_large_files`, in-process)
@@ -112,6 +149,13 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     env = _fresh_env()
     download(name=name, url=archive.as_uri(), bundle_dir=str(zoo_dir))
     bundle = zoo_dir / name
+    assert not [p for p in bundle.rglob("*") if p.is_symlink()]
+    shared_logging = BUNDLES / name / "configs" / "logging.conf"
+    assert (bundle / "configs" / "logging.conf").read_text() == shared_logging.read_text()
+    for kind in ("evaluate", "inference"):  # the bundle's part merged onto its family base: the whole config
+        zoo_config = json.loads((bundle / "configs" / f"{kind}.json").read_text())
+        assert zoo_config == merged_config(BUNDLES / name / "configs" / f"{kind}.json") and "run" in zoo_config
+    zoo.verify_metadata(bundle)  # the zoo schema shipped in tools/zoo, on the downloaded copy
     download_large_files(bundle_path=str(bundle))  # every weight file matches its sha256
     original = (bundle / "models" / "model.ts").read_bytes()
     (bundle / "models" / "model.ts").write_bytes(b"tampered")
@@ -140,6 +184,14 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     else:
         assert nib.load(written[0]).shape[:3] == size
     assert scripted is not None
+
+    # evaluate.json, flattened too, scores real labelled cases in the same folder
+    labelled, count = _real_labelled(meta, data_root, tmp_path / "labelled")
+    run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", "configs/evaluate.json",
+                          "--dataset_dir", str(labelled), "--num_workers", "0", *faster],
+                         cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert json.loads((bundle / "eval" / "test_metrics.json").read_text())["num_cases"] == count
 
 
 def test_packaging_refuses_a_checkpoint_of_another_bundle(tmp_path):

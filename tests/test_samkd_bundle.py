@@ -99,7 +99,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert {"main", "teacher", "prompt_decoder", "sam_adapters"} == {k.split(".")[0] for k in state["model"]}
 
     # Evaluation on a labelled folder with the deployed main network.
-    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--num_workers", "0")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 6
     assert len((run / "eval" / "test_metrics.csv").read_text().splitlines()) == 7  # header + one row per case
@@ -107,7 +107,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
 
     # Inference on a full-size ISIC original: the mask comes back at the image's own size.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
-    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
+    run_bundle(BUNDLE, "inferring", ["base_inference.json", "inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64")
     mask = Image.open(run / "pred" / (Path(largest).stem + "_seg.png"))
     assert mask.size == Image.open(largest).size
@@ -117,10 +117,10 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     # MONAI's standard ckpt_export, and the bundle's `export` with the batch norms folded.
     weights = run / "models" / "model.pt"
     standard, folded = run / "model.ts", run / "model_folded.ts"
-    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(standard), "--ckpt_file", str(weights),
+    run_bundle(BUNDLE, "network_def", ["base_inference.json", "inference.json"], "--filepath", str(standard), "--ckpt_file", str(weights),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model", cwd=BUNDLE,
             verb="ckpt_export")
-    exported = run_bundle(BUNDLE, "export", ["inference.json"], "--checkpoint", str(weights),
+    exported = run_bundle(BUNDLE, "export", ["base_inference.json", "inference.json"], "--checkpoint", str(weights),
                           "--torchscript_file", str(folded), cwd=BUNDLE)
     assert str(folded) in exported.stdout
     deployed = load_network_weights(MobileNetDualTaskUNet(), weights).eval()
@@ -129,6 +129,8 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
         scripted, meta, extra = load_net_with_metadata(str(path), more_extra_files=["inference.json"])
         assert meta["name"] == json.loads((BUNDLE / "configs" / "metadata.json").read_text())["name"]
         assert json.loads(extra["inference.json"])["network_def"]["_target_"] == "scripts.mobilenet_unet.MobileNetDualTaskUNet"
+        if path == folded:  # the bundle's export embeds the whole inference config: its part merged onto the 2D base
+            assert json.loads(extra["inference.json"])["postprocessing"]["transforms"][-1]["_target_"] == "SaveImaged"
         with torch.no_grad():
             assert torch.allclose(scripted(x), deployed(x), atol=1e-5)
     assert not any("BatchNorm" in name for name in (m.original_name for m in torch.jit.load(str(folded)).modules()))

@@ -80,7 +80,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
     again = run_bundle(BUNDLE, "training", ["train.json", "demo.json"], *fast)
     assert "resum" in (again.stdout + again.stderr).lower()
 
-    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "eval"),
             "--dataset_dir", str(tmp_path / "demo" / "volumes"), "--target_spacing", "1.25",
             "--patch_size", "[32,32,32]", "--num_workers", "0", "--prediction_dir", str(run / "eval" / "masks"))
     test = json.loads((run / "eval" / "test_metrics.json").read_text())
@@ -95,7 +95,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_a_nifti(la_root, tmp_path):
     assert (run / "eval" / "test_overlay.png").is_file()  # mid-slice overlays
 
     volume = Path(sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]["image"])
-    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
+    run_bundle(BUNDLE, "inferring", ["base_inference.json", "inference.json"], "--input", str(volume), "--checkpoint", str(run / "model.pt"),
             "--output_dir", str(run / "pred"), "--target_spacing", "1.25", "--patch_size", "[32,32,32]")
     written = list((run / "pred").glob("*_seg.nii.gz"))
     assert len(written) == 1

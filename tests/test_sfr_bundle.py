@@ -149,14 +149,14 @@ def test_bundle_trains_scores_sam_evaluates_and_infers_a_nifti(la_root, tmp_path
     assert "fine-tuning" not in log and "pseudo-labelling" not in log, "a finished stage is read back, not recomputed"
     assert json.loads((sam_run / "validation_metrics.json").read_text())["num_cases"] == 1
 
-    run_bundle(BUNDLE, "evaluating", ["evaluate.json", "demo.json"], "--checkpoint", str(run / "model.pt"),
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json", "demo.json"], "--checkpoint", str(run / "model.pt"),
                "--output_dir", str(run / "eval"), "--dataset_dir", str(tmp_path / "demo" / "volumes"),
                "--patch_size", "[32,32,32]")
     test = json.loads((run / "eval" / "test_metrics.json").read_text())
     assert test["num_cases"] == 6 and test["summary"]["dice"]["mean"] is not None
 
     volume = Path(sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]["image"])
-    run_bundle(BUNDLE, "inferring", ["inference.json", "cpu.json"], "--input", str(volume),
+    run_bundle(BUNDLE, "inferring", ["base_inference.json", "inference.json", "cpu.json"], "--input", str(volume),
                "--checkpoint", str(run / "model.pt"), "--output_dir", str(run / "pred"), "--patch_size", "[32,32,32]")
     written = list((run / "pred").glob("*_seg.nii.gz"))
     assert len(written) == 1

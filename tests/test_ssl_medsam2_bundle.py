@@ -62,7 +62,7 @@ def test_bundle_trains_scores_tffs_alone_and_evaluates(la_root, tmp_path):
         assert len(list((run / "nnunet_predictions").glob("*.nii.gz"))) == 1
 
     # evaluate the deployed ensemble (the harness writes its test masks this way)
-    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--checkpoint", str(run / "model.pt"),
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--checkpoint", str(run / "model.pt"),
                "--output_dir", str(run / "eval"), "--dataset_dir", str(subset), *FAST)
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 4
     # inference.json runs on a real LA volume in tests/test_model_zoo.py (packaged, in a fresh folder)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from tool_loading import TOOLS, load_tool  # same directory, on sys.path under pytest
 
-from samssl.utils.bundles import import_bundle_scripts
+from samssl.utils.bundles import config_with_base, import_bundle_scripts, merged_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +63,21 @@ def test_a_real_bundle_network_comes_through_the_helper(clean_scripts):
 def test_tools_import_without_path_edits(name, clean_scripts):
     """Each tool's imports resolve from the installed library (and the helper) alone."""
     assert callable(load_tool(name).main)
+
+
+def test_a_config_with_a_base_is_merged_onto_it_as_monai_merges_a_config_list(tmp_path):
+    import json
+
+    configs = tmp_path / "configs"
+    configs.mkdir()
+    (configs / "base_evaluate.json").write_text(json.dumps(
+        {"imports": ["$import os"], "size": 1, "validate": {"inferer": "plain", "batch_size": 4}, "run": "$@validate"}))
+    (configs / "evaluate.json").write_text(json.dumps(
+        {"+imports": ["$import scripts"], "_comment_base": "how this file is merged", "size": 2, "validate#inferer": "window"}))
+    (configs / "train.json").write_text("{}")
+    assert config_with_base(configs / "evaluate.json") == [configs / "base_evaluate.json", configs / "evaluate.json"]
+    assert config_with_base(configs / "train.json") == [configs / "train.json"]  # no base: the file alone
+    assert config_with_base(configs / "base_evaluate.json") == [configs / "base_evaluate.json"]
+    assert merged_config(configs / "evaluate.json") == {  # the note on merging is dropped from the whole
+        "imports": ["$import os", "$import scripts"], "size": 2, "validate": {"inferer": "window", "batch_size": 4},
+        "run": "$@validate"}

@@ -82,7 +82,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
 
     # Evaluation on a labelled folder, with the deployed (single-head) network.
-    run_bundle(BUNDLE, "evaluating", ["evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
             "--num_workers", "0", "--prediction_dir", str(run / "eval" / "masks"), "--output_postfix", "segmentation")
     assert json.loads((run / "eval" / "test_metrics.json").read_text())["num_cases"] == 11
@@ -96,7 +96,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     # Inference on a full-size ISIC original: the mask comes back at the image's own size, named as
     # the ISIC challenge expects with --output_postfix segmentation.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
-    run_bundle(BUNDLE, "inferring", ["inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
+    run_bundle(BUNDLE, "inferring", ["base_inference.json", "inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
             "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
             "--output_postfix", "segmentation")
     mask_file = run / "pred" / (Path(largest).stem + "_segmentation.png")
@@ -106,7 +106,7 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
 
     # The deployed weights export to TorchScript (run from the bundle folder, as the zoo does).
     exported = run / "model.ts"
-    run_bundle(BUNDLE, "network_def", ["inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
+    run_bundle(BUNDLE, "network_def", ["base_inference.json", "inference.json"], "--filepath", str(exported), "--ckpt_file", str(run / "models" / "model.pt"),
             "--meta_file", str(BUNDLE / "configs" / "metadata.json"), "--key_in_ckpt", "model",
             "--output_stride", "32", cwd=BUNDLE, verb="ckpt_export")
     scripted = torch.jit.load(str(exported))
@@ -152,9 +152,11 @@ def test_every_config_builds_the_tinyvit_student_it_is_asked_for():
     (a training run with it is ~40 s per iteration on 2 cores: the component test trains one step)."""
     from monai.bundle import ConfigParser
 
+    from samssl.utils.bundles import config_with_base
+
     for name, aux in (("train.json", True), ("evaluate.json", False), ("inference.json", False)):
         parser = ConfigParser()
-        parser.read_config(str(BUNDLE / "configs" / name))
+        parser.read_config([str(p) for p in config_with_base(BUNDLE / "configs" / name)])  # as the CLI merges it
         parser["student"] = "litemedsam_tinyvit"
         network = parser.get_parsed_content("network_def")
         assert type(network).__name__ == "SAMEncoderSegNet" and network.has_aux_head == aux, name

@@ -7,6 +7,13 @@ weights), ``models/model.ts`` (the same network as TorchScript, with the bundle'
 ``python -m monai.bundle download_large_files`` reads and verifies). ``python -m monai.bundle
 download --url <zip url or file://path> --bundle_dir <dir>`` unpacks it as is.
 
+In this repository a bundle's ``evaluate.json`` and ``inference.json`` hold only its own part,
+merged onto ``configs/base_<name>.json`` (a link to the family's shared base in ``bundles/_base/``),
+and ``configs/logging.conf`` is a link to the one shared file. The zip holds them flattened: each
+``configs/<name>.json`` is the merged whole (what ``monai.bundle run`` would merge), no
+``base_*.json``, a real ``logging.conf``, and no link or reference to a file outside the bundle, so
+``python -m monai.bundle run --config_file configs/inference.json`` works in the unzipped folder alone.
+
 The shared library is not copied into the zip: a downloaded bundle imports ``samssl`` from the
 ``samssl`` package that ``metadata.json`` pins under ``required_packages_version`` (``pip
 install samssl==<version>``, or ``pip install <checkout of this repository>``), exactly as
@@ -38,6 +45,8 @@ import warnings
 import zipfile
 from pathlib import Path
 
+from samssl.utils.bundles import BASE_PREFIX, config_with_base, merged_config
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 SCHEMA = ROOT / "tools" / "zoo" / "meta_schema_20240725.json"
@@ -49,6 +58,7 @@ __all__ = [
     "SCHEMA",
     "bundle_names",
     "file_sha256",
+    "flatten_configs",
     "package_bundle",
     "verify_metadata",
     "verify_network_shapes",
@@ -118,14 +128,15 @@ def verify_network_shapes(bundle_dir: Path) -> None:
     meta = json.loads((bundle_dir / "configs" / "metadata.json").read_text())
     image, pred = _declared_shapes(meta)
     configs = bundle_dir / "configs"
+    inference = [str(p) for p in config_with_base(configs / "inference.json")]  # with its shared base, if any
     # One subprocess for both checks (the bundle's `scripts` must not meet another bundle's).
     check = (
         "import json, torch\n"
         "from monai.bundle import ConfigParser, verify_net_in_out\n"
         f"verify_net_in_out(net_id='network_def', meta_file={str(configs / 'metadata.json')!r}, "
-        f"config_file={str(configs / 'inference.json')!r}, device='meta')\n"
+        f"config_file={inference!r}, device='meta')\n"
         "parser = ConfigParser()\n"
-        f"parser.read_config({str(configs / 'inference.json')!r})\n"
+        f"parser.read_config({inference!r})\n"
         "net = parser.get_parsed_content('network_def').eval().to('meta')\n"
         f"x = torch.rand(1, {image['num_channels']}, *{list(image['spatial_shape'])}, device='meta')\n"
         "with torch.no_grad():\n"
@@ -152,6 +163,49 @@ def _large_files_yml(entries: list[tuple[str, str]], url_base: str) -> str:
         url = f"{url_base.rstrip('/')}/{path}" if url_base else ""
         lines += [f'  - path: "{path}"', f'    url: "{url}"', f'    hash_val: "{sha}"', '    hash_type: "sha256"']
     return "\n".join(lines) + "\n"
+
+
+def _file_references(value, found: list[str]) -> list[str]:
+    """Every string in a config value that names a config file by a ``%`` macro (``%other.json#key``)."""
+    if isinstance(value, dict):
+        for v in value.values():
+            _file_references(v, found)
+    elif isinstance(value, list):
+        for v in value:
+            _file_references(v, found)
+    elif isinstance(value, str) and value.startswith("%") and any(s in value.lower() for s in (".json", ".yaml", ".yml")):
+        found.append(value)
+    return found
+
+
+def flatten_configs(bundle_dir: Path) -> None:
+    """Make a copied bundle's ``configs/`` self-contained, in place (the zoo's form).
+
+    Each ``configs/<name>.json`` with a ``configs/base_<name>.json`` becomes the two merged as
+    ``monai.bundle`` merges them, and the base is removed; every link under the bundle is replaced
+    by a copy of the file it points to (``logging.conf``). Raises ``ValueError`` when a config still
+    names another config file (a ``%file#key`` macro) or a link points to no file.
+    """
+    configs = bundle_dir / "configs"
+    for path in sorted(bundle_dir.rglob("*")):
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_file():
+                raise ValueError(f"{path} links to {target}, which is not a file.")
+            path.unlink()
+            shutil.copyfile(target, path)
+    for base in sorted(configs.glob(f"{BASE_PREFIX}*.json")):
+        own = base.with_name(base.name[len(BASE_PREFIX):])
+        if not own.is_file():
+            raise ValueError(f"{base} is the base of {own.name}, which the bundle does not have.")
+        merged = merged_config(own)
+        own.write_text(json.dumps(merged, indent=4) + "\n")
+        base.unlink()
+    for config in sorted(configs.rglob("*.json")):
+        macros = _file_references(json.loads(config.read_text()), [])
+        if macros:
+            raise ValueError(f"{config.relative_to(bundle_dir)} reads other config files ({macros}): "
+                             "a zoo bundle's configs must stand alone.")
 
 
 def package_bundle(name: str, checkpoint: Path, out_dir: Path, url_base: str = "", bundles_root: Path = BUNDLES) -> Path:
@@ -181,7 +235,8 @@ def package_bundle(name: str, checkpoint: Path, out_dir: Path, url_base: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"{name}_package_") as staging_root:
         staged = Path(staging_root) / name
-        shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_GENERATED, "*.pyc", "*.partial"))
+        shutil.copytree(source, staged, ignore=shutil.ignore_patterns(*_GENERATED, "*.pyc", "*.partial"))  # links copied as files
+        flatten_configs(staged)  # one whole file per config, a real logging.conf: nothing outside the bundle
         models = staged / "models"
         models.mkdir()
         shutil.copyfile(checkpoint, models / "model.pt")

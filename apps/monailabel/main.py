@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
 from monailabel.interfaces.datastore import Datastore
@@ -40,6 +41,7 @@ from monailabel.tasks.infer.bundle import BundleInferTask
 from monailabel.tasks.train.bundle import BundleTrainTask
 
 from samssl.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
+from samssl.utils.bundles import config_with_base
 
 logger = logging.getLogger(__name__)
 
@@ -99,10 +101,18 @@ class StashRequestFields:
 
 
 class SemiSupervisedBundleInferTask(BundleInferTask):
-    """MONAI Label's bundle infer task, loading ``model.pt`` strictly (a wrong file is an error, not noise)."""
+    """MONAI Label's bundle infer task, loading ``model.pt`` strictly (a wrong file is an error, not noise),
+    with ``configs/inference.json`` merged onto the bundle's shared ``configs/base_inference.json`` as
+    ``monai.bundle run`` merges them (MONAI Label itself reads the one file)."""
 
     def __init__(self, path: str, conf: dict[str, str]) -> None:
         super().__init__(path, conf, load_strict=True)
+
+    def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
+        bundle_config = ConfigParser()
+        bundle_config.read_config([str(p) for p in config_with_base(config)])
+        bundle_config.config.update({self.const.key_bundle_root(): path})  # type: ignore[union-attr]
+        return bundle_config
 
     def pre_transforms(self, data: dict[str, Any] | None = None) -> list:
         return [StashRequestFields(self.key_image), *super().pre_transforms(data)]

@@ -28,6 +28,7 @@ from typing import Any
 
 from samssl.experiments.records import Records, Results, differing_settings, project_relative
 from samssl.experiments.variants import BundleExperiment
+from samssl.utils.bundles import config_with_base
 
 __all__ = [
     "SETTINGS_FILE",
@@ -65,8 +66,10 @@ def train_command(spec: BundleExperiment, name: str, run_dir: Path, run_args: Se
 
 def predictions_command(spec: BundleExperiment, run_dir: Path, test_location: str, preset: str) -> list[str]:
     """The bundle's ``evaluate.json`` on the test set with the run's final model, writing every
-    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``."""
-    configs = ["configs/evaluate.json"] + ([f"configs/{preset}.json"] if preset else [])
+    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``
+    (merged onto the bundle's shared ``configs/base_evaluate.json``, as its docs' command lists it)."""
+    evaluate = config_with_base(spec.bundle_dir / "configs" / "evaluate.json")
+    configs = [str(p.relative_to(spec.bundle_dir)) for p in evaluate] + ([f"configs/{preset}.json"] if preset else [])
     out = run_dir / "test_predictions"
     return [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",

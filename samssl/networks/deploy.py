@@ -30,6 +30,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from samssl.utils.bundles import merged_config
+
 __all__ = ["export_torchscript", "fold_batch_norm"]
 
 
@@ -68,7 +70,9 @@ def export_torchscript(
         filepath: the file to write (``.ts`` is appended when it has no suffix; parent folders are created).
         meta_file: the bundle's ``metadata.json``, stored as the module's ``metadata.json``
             extra file, as ``ckpt_export --meta_file`` does.
-        config_files: bundle configs to embed, each under its file name (``inference.json``).
+        config_files: bundle configs to embed, each under its file name (``inference.json``), whole:
+            a bundle's own part merged onto its shared ``base_<name>.json`` when it has one, as
+            ``monai.bundle run`` reads it (:func:`samssl.utils.bundles.merged_config`).
         fold: fold batch norms into convolutions first (:func:`fold_batch_norm`).
 
     Returns:
@@ -83,7 +87,7 @@ def export_torchscript(
         name = Path(config).name
         if not name.endswith(".json"):
             raise ValueError(f"config files are embedded as JSON; {config} is not a .json file.")
-        extra_files[name] = json.dumps(json.loads(Path(config).read_text())).encode()
+        extra_files[name] = json.dumps(merged_config(config)).encode()
     filepath = Path(filepath)
     if not filepath.suffix:
         filepath = filepath.with_suffix(".ts")
