@@ -28,7 +28,8 @@ class DeferredDataset(torch.utils.data.Dataset):
     """A MONAI (cache) dataset over entries that a stage returns at run time.
 
     Args:
-        entries: ``() -> list of dicts``, called once on first use (e.g. a stage's result).
+        data: the entries, or ``() -> list of dicts`` called once on first use (a stage's result);
+            named ``data`` as in MONAI's datasets, so a config overrides ``<dataset>#data`` alike.
         transform: the dataset's transform.
         expected_length: the length a sampler sees before the entries are read (a sampler is built
             with the data loader and needs a positive length then); afterwards the real length.
@@ -37,11 +38,11 @@ class DeferredDataset(torch.utils.data.Dataset):
         cache: a :class:`monai.data.CacheDataset` (deterministic transforms cached) or a plain one.
     """
 
-    def __init__(self, entries: Callable[[], Sequence[Mapping[str, Any]]], transform: Callable | None,
-                 expected_length: int, cache: bool = True) -> None:
+    def __init__(self, data: Callable[[], Sequence[Mapping[str, Any]]] | Sequence[Mapping[str, Any]],
+                 transform: Callable | None, expected_length: int, cache: bool = True) -> None:
         if expected_length < 1:
             raise ValueError(f"expected_length must be >= 1 (a sampler needs a positive length), got {expected_length}")
-        self.entries = entries
+        self.data = data
         self.transform = transform
         self.expected_length = int(expected_length)
         self.cache = bool(cache)
@@ -50,7 +51,7 @@ class DeferredDataset(torch.utils.data.Dataset):
     def materialize(self) -> Dataset:
         """Read the entries (running their stage if needed) and build the dataset, once."""
         if self._dataset is None:
-            data = list(self.entries())
+            data = list(self.data() if callable(self.data) else self.data)
             if not data:
                 raise ValueError("the stage before this dataset returned no entries: nothing to train on")
             self._dataset = (CacheDataset(data, self.transform, cache_rate=1.0, num_workers=0, progress=False)
