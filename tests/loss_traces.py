@@ -73,6 +73,12 @@ class TraceSpec:
         overrides: config ids set after the files are merged (beyond the common ones that move every
             output into the trace's folder and take the data subset).
         note: what the trace covers, for the record.
+        build_first: config expressions evaluated just before the last ``training`` step (the
+            stages), so that objects are built in the order the config built them when the record
+            was made. Moving SFR's and SSL-MedSAM2's steps out of config resolution into ``"stages"``
+            changed that order, and with it the point of the global random stream at which each
+            network is initialised and each data loader seeded; replaying the old order shows that
+            nothing else changed (the numbers then match the record).
     """
 
     bundle: str
@@ -81,6 +87,7 @@ class TraceSpec:
     trainers: int = 1
     overrides: Mapping[str, Any] = field(default_factory=dict)
     note: str = ""
+    build_first: tuple[str, ...] = ()
 
 
 #: Every trace, by name (the key in ``loss_traces.json``).
@@ -96,14 +103,18 @@ TRACES: dict[str, TraceSpec] = {
         note="mean-teacher V-Net + SAM-assisted consistency (LiteMedSAM slice-wise), CPU preset"),
     "sfr_la": TraceSpec(
         "sfr_la", "la", trainers=2,
+        # before stages: the SAM-alone evaluator (V-Net, validation loader), the labelled loader, then
+        # SAM's stages ran while the unlabelled loader was being built
+        build_first=("$@validate#sam_alone_evaluator", "$@train#dataloader", "$@sfr_stages.run()"),
         note="trainer 0: stage 1 (StitchedSAM LoRA fine-tuning, terminated after the traced iterations, "
              "sfr#finetune#num_iterations kept at the preset's 200); stage 2 pseudo-labels the unlabelled "
              "volumes with that model; trainer 1: the V-Net re-training (mean teacher + pseudo-label term)"),
     "ssl_medsam2/suponly": TraceSpec(
         "ssl_medsam2", "la", configs=("train.json", "cpu.json", "baselines/suponly.json"),
+        build_first=("$@validate#dataloader",),  # before stages: the validation loader, then the pipeline
         note="SupOnly baseline: the planned DynUNet's supervised fold training on the labelled cases"),
     "ssl_medsam2/fsl": TraceSpec(
-        "ssl_medsam2", "la", overrides={"fsl#num_folds": 2},
+        "ssl_medsam2", "la", overrides={"fsl#num_folds": 2}, build_first=("$@validate#dataloader",),
         note="full method: TFFS (LiteMedSAM box chain) pseudo-labels the unlabelled volumes, then the first "
              "FSL fold's training (round 0, fold 0); fsl#num_folds lowered from 5 to 2 because the subset has "
              f"{LA_UNLABELLED} unlabelled volumes (K <= unlabelled cases)"),
@@ -345,6 +356,9 @@ def run_trace(name: str, data_dir: Path, out_dir: Path, iterations: int = ITERAT
     overrides = trace_overrides(spec, Path(data_dir).absolute(), out_dir.absolute(), parser.get())
     for key, value in overrides.items():
         parser[key] = value
+    if spec.build_first:
+        training = list(parser["training"])
+        parser["training"] = training[:-1] + list(spec.build_first) + training[-1:]
     tracer = LossTracer(iterations, spec.trainers)
     start = time.perf_counter()
     with _one_thread(), tracer.active():
