@@ -128,7 +128,7 @@ def test_export_writes_a_folded_torchscript_with_bundle_metadata(tmp_path):
     merged = export_torchscript(network, tmp_path / "merged.ts", config_files=[config])
     _, _, extra = load_net_with_metadata(str(merged), more_extra_files=["inference.json"])
     assert json.loads(extra["inference.json"]) == {"postprocessing": {"_target_": "Compose"},
-                                                   "network_def": {"_target_": "samssl.networks.MobileNetDualTaskUNet"}}
+                                                   "network_def": {"_target_": "scripts.mobilenet_unet.MobileNetDualTaskUNet"}}
 
     unfolded = export_torchscript(network, tmp_path / "plain.ts", fold=False)
     assert any(m.original_name == "BatchNorm2d" for m in torch.jit.load(str(unfolded)).modules())
