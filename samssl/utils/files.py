@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "atomic_save", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "file_sha256",
+__all__ = ["atomic_path", "atomic_save", "atomic_write_json", "atomic_write_text", "file_sha256",
            "fingerprint", "fsync_folder"]
 
 
@@ -57,12 +57,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    with atomic_path(path) as partial:
-        partial.write_bytes(data)
-    return Path(path)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
