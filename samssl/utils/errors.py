@@ -1,0 +1,89 @@
+"""The project's answer to a user's mistake: one exception family, and one clear last line.
+
+A bundle is run through ``python -m monai.bundle run ...``. MONAI evaluates every config
+expression and builds every component inside ``try``/``except`` blocks that re-raise as
+``RuntimeError("Failed to evaluate ConfigExpression ...")``, so an error that names the user's
+mistake ends up in the middle of a 60-100 line traceback whose last line is MONAI's wrapper.
+
+Errors about what the user gave (a folder, a file, a value, a key, a checkpoint) are raised as
+:class:`BundleInputError` subclasses. :func:`install_concise_errors` (called by each bundle
+config's ``initialize`` step, through :func:`samssl.utils.config_checks.check_command_line`)
+installs a ``sys.excepthook`` that, when such an error is anywhere in the chain of an uncaught
+exception, prints its message as the last line of the output (exit status 1) instead of the
+traceback; ``SAMSSL_DEBUG=1`` keeps the full traceback. Any other exception (a bug) is printed in
+full as usual.
+
+The subclasses also derive from the built-in type a caller would catch (``ValueError``,
+``FileNotFoundError``), so code and tests that catch those keep working.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from types import TracebackType
+
+__all__ = [
+    "DEBUG_ENV",
+    "BundleInputError",
+    "InvalidInputError",
+    "MissingInputError",
+    "UnknownKeyError",
+    "find_input_error",
+    "install_concise_errors",
+]
+
+#: Environment variable that keeps full tracebacks for the project's own input errors.
+DEBUG_ENV = "SAMSSL_DEBUG"
+
+
+class BundleInputError(Exception):
+    """A mistake in what the user gave a bundle: reported as one line, not as a traceback."""
+
+
+class InvalidInputError(BundleInputError, ValueError):
+    """A value, file content, shape or layout that cannot be used as given."""
+
+
+class MissingInputError(BundleInputError, FileNotFoundError):
+    """A file or folder the command needs is not there."""
+
+
+class UnknownKeyError(BundleInputError, KeyError):
+    """A config key (command-line override or preset) that the bundle does not define."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def find_input_error(error: BaseException | None) -> BundleInputError | None:
+    """The first :class:`BundleInputError` in the cause/context chain of ``error``, if any."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, BundleInputError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _concise_hook(previous):
+    def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        cause = find_input_error(error)
+        if cause is None or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+            previous(kind, error, tb)
+            return
+        where = traceback.extract_tb(cause.__traceback__)[-1:] if cause.__traceback__ else []
+        origin = f" (raised in {os.path.basename(where[0].filename)}:{where[0].lineno})" if where else ""
+        print(f"[{DEBUG_ENV}=1 shows the full traceback{origin}]", file=sys.stderr)
+        print(f"error: {cause}", file=sys.stderr)
+
+    hook.samssl_concise = True  # type: ignore[attr-defined]
+    return hook
+
+
+def install_concise_errors() -> None:
+    """Make an uncaught :class:`BundleInputError` end the output as one line (idempotent)."""
+    if not getattr(sys.excepthook, "samssl_concise", False):
+        sys.excepthook = _concise_hook(sys.excepthook)
