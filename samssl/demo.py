@@ -11,11 +11,14 @@ from real patient data.
   with bias field and bright distractor structures, 1.25 mm voxels.
 
 ``resolve_dataset_dir`` is what bundle configs call: the user's folder when given, the demo data
-(generated once, atomically) otherwise.
+(generated once, atomically) otherwise. Evaluation asks for the demo set's *held-out* part
+(``split="heldout"``): other cases, drawn from another seed, so a model trained on the demo set is
+never scored on its own training images.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tempfile
@@ -30,9 +33,11 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from samssl.data.datalists import write_msd_description
+from samssl.utils.errors import InvalidInputError, MissingInputError
 
 __all__ = [
     "DEMO_KINDS",
+    "DEMO_SPLITS",
     "DEMO_VOLUME_SPACING",
     "make_demo_dermoscopy",
     "make_demo_volumes",
@@ -46,6 +51,14 @@ DEMO_KINDS = ("dermoscopy", "volumes")
 #: Voxel size of the demo volumes, the LA CPU presets' resampled spacing.
 DEMO_VOLUME_SPACING = 1.25
 _STALE_PARTIAL_SECONDS = 3600
+#: The demo sets: ``train`` (what training reads: labelled and unlabelled cases) and ``heldout``
+#: (what evaluation reads when no folder is given), as (generator seed, cases per kind). Case ``i``
+#: depends only on ``(seed, i)``, so the two never share a case.
+DEMO_SPLITS = {
+    "train": (0, {"dermoscopy": 24, "volumes": 6}),
+    "heldout": (1, {"dermoscopy": 8, "volumes": 2}),
+}
+_logger = logging.getLogger(__name__)
 
 
 def _smooth_field(rng: np.random.Generator, shape: Sequence[int], scale: float) -> np.ndarray:
@@ -138,7 +151,7 @@ def make_demo_dermoscopy(out_dir: PathLike, num_cases: int = 24, size: int = 256
     depends only on ``(seed, i)``: more cases extend the set without changing the first ones.
     """
     if num_cases < 1:
-        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+        raise InvalidInputError(f"num_cases must be >= 1, got {num_cases}")
     out_dir = Path(out_dir)
     images, masks = out_dir / "Demo_Input", out_dir / "Demo_GroundTruth"
     images.mkdir(parents=True, exist_ok=True)
@@ -205,9 +218,9 @@ def make_demo_volumes(
     depends only on ``(seed, i)``.
     """
     if num_cases < 1:
-        raise ValueError(f"num_cases must be >= 1, got {num_cases}")
+        raise InvalidInputError(f"num_cases must be >= 1, got {num_cases}")
     if len(shape) != 3:
-        raise ValueError(f"shape must have 3 dimensions, got {tuple(shape)}")
+        raise InvalidInputError(f"shape must have 3 dimensions, got {tuple(shape)}")
     out_dir = Path(out_dir)
     (out_dir / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out_dir / "labelsTr").mkdir(parents=True, exist_ok=True)
@@ -232,7 +245,7 @@ _GENERATORS = {"dermoscopy": make_demo_dermoscopy, "volumes": make_demo_volumes}
 
 def _check_kind(kind: str) -> str:
     if kind not in _GENERATORS:
-        raise ValueError(f"unknown demo data kind '{kind}': use one of {', '.join(DEMO_KINDS)}")
+        raise InvalidInputError(f"unknown demo data kind '{kind}': use one of {', '.join(DEMO_KINDS)}")
     return kind
 
 
@@ -243,21 +256,30 @@ def _remove_stale_partials(root: Path, kind: str) -> None:
             shutil.rmtree(partial, ignore_errors=True)
 
 
-def ensure_demo_data(kind: str, root: PathLike) -> Path:
-    """``<root>/<kind>`` with the demo data of ``kind`` (``"dermoscopy"`` or ``"volumes"``), made if missing.
+def _check_split(split: str) -> str:
+    if split not in DEMO_SPLITS:
+        raise InvalidInputError(f"unknown demo split '{split}': use one of {', '.join(DEMO_SPLITS)}")
+    return split
 
-    Generation happens in a hidden sibling folder that is renamed into place when complete, so
+
+def ensure_demo_data(kind: str, root: PathLike, split: str = "train") -> Path:
+    """The demo data of ``kind`` (``"dermoscopy"`` or ``"volumes"``), made if missing.
+
+    ``<root>/<kind>`` for the training set, ``<root>/<kind>_heldout`` for the held-out set
+    (:data:`DEMO_SPLITS`). Generation happens in a hidden sibling folder that is renamed into place when complete, so
     the folder either holds a full data set or does not exist, even if a run is killed midway or
     two runs start at once.
     """
-    target = Path(root).expanduser() / _check_kind(kind)
+    name = _check_kind(kind) if _check_split(split) == "train" else f"{kind}_{split}"
+    target = Path(root).expanduser() / name
     if target.is_dir():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(target.parent, kind)
-    partial = Path(tempfile.mkdtemp(prefix=f".{kind}.partial-", dir=target.parent))
+    _remove_stale_partials(target.parent, name)
+    partial = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=target.parent))
+    seed, num_cases = DEMO_SPLITS[split]
     try:
-        _GENERATORS[kind](partial)
+        _GENERATORS[kind](partial, num_cases=num_cases[kind], seed=seed)
         os.rename(partial, target)
     except OSError:
         if not target.is_dir():  # not a lost race with another run: a real failure
@@ -267,18 +289,26 @@ def ensure_demo_data(kind: str, root: PathLike) -> Path:
     return target
 
 
-def resolve_dataset_dir(dataset_dir: PathLike | None, kind: str, demo_root: PathLike) -> Path:
+def resolve_dataset_dir(dataset_dir: PathLike | None, kind: str, demo_root: PathLike, split: str = "train") -> Path:
     """The user's dataset folder when given, else the demo data of ``kind`` under ``demo_root``.
 
     An empty string counts as not given (bundle configs default to ``""``); a given folder that
-    does not exist is an error, never a silent fall-back to demo data.
+    does not exist is an error, never a silent fall-back to demo data. Evaluation passes
+    ``split="heldout"``: without a folder it scores the demo set's held-out cases, never the
+    training ones, and says so in the log.
     """
     _check_kind(kind)
     if dataset_dir is None or not str(dataset_dir).strip():
-        return ensure_demo_data(kind, demo_root)
+        folder = ensure_demo_data(kind, demo_root, split)
+        if split != "train":
+            _logger.warning(
+                "no dataset_dir given: using the generated demo set's %s cases in %s (other cases than the demo "
+                "training set); pass --dataset_dir FOLDER to use your own labelled data", split, folder,
+            )
+        return folder
     path = Path(dataset_dir).expanduser()
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"dataset_dir {path} does not exist (leave dataset_dir empty to use the generated demo data)"
         )
     return path

@@ -14,7 +14,8 @@ from samssl.utils.bundles import BASE_NOTE_KEY, config_with_base, merged_config
 
 BUNDLES = sorted(p for p in (Path(__file__).resolve().parents[1] / "bundles").iterdir() if (p / "configs").is_dir())
 SHARED = Path(__file__).resolve().parents[1] / "bundles" / "_base"
-# evaluate.json / inference.json of every bundle as they were whole, before the family bases (git 048651d)
+# evaluate.json / inference.json of every bundle as they were whole, before the family bases (git 048651d),
+# with the later changes to the bases (the initialize step, held-out demo data for evaluation)
 WHOLE_BEFORE_BASES = Path(__file__).resolve().parent / "data" / "merged_configs"
 REQUIRED_FILES = [
     "configs/metadata.json", "configs/train.json", "configs/evaluate.json", "configs/inference.json",

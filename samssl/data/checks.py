@@ -16,6 +16,8 @@ from monai.data import MetaTensor
 from monai.transforms import MapTransform
 from monai.utils import ImageMetaKey
 
+from samssl.utils.errors import InvalidInputError
+
 __all__ = ["EnsureChannelsd", "BinarizeLabeld", "CheckSpatialShapesMatchd", "source_of"]
 
 
@@ -48,7 +50,7 @@ class EnsureChannelsd(MapTransform):
                 d[key] = image[:3]  # RGBA: the alpha channel carries no image content
             elif channels != self.num_channels:
                 kind = "an RGB image" if self.num_channels == 3 else "an image"
-                raise ValueError(
+                raise InvalidInputError(
                     f"expected {kind} with {self.num_channels} channels, got {channels} in {source_of(image)}"
                     + (" (convert it to RGB first, e.g. PIL's Image.convert('RGB'))" if self.num_channels == 3 else "")
                 )
@@ -93,7 +95,7 @@ class BinarizeLabeld(MapTransform):
         if any(values <= allowed for allowed in self.BINARY_VALUE_SETS):
             return
         shown = sorted(values)[:3]
-        raise ValueError(
+        raise InvalidInputError(
             f"{key} of {source_of(mask)} has values {shown}{' ...' if len(values) > 3 else ''}, not a binary mask "
             "(0/1 or 0/255). Save the lesion mask as a lossless 0/255 or 0/1 image (PNG/NIfTI, not JPEG, not "
             "resized with interpolation); for a multi-class label, keep the class of interest as 1 and the rest 0."
@@ -129,7 +131,7 @@ class CheckSpatialShapesMatchd(MapTransform):
             reference = present[0]
             for key in present[1:]:
                 if tuple(d[key].shape[1:]) != tuple(d[reference].shape[1:]):
-                    raise ValueError(
+                    raise InvalidInputError(
                         f"spatial size mismatch: {key} {tuple(d[key].shape[1:])} in {source_of(d[key])} vs "
                         f"{reference} {tuple(d[reference].shape[1:])} in {source_of(d[reference])}"
                     )

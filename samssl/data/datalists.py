@@ -27,6 +27,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from samssl.utils.errors import InvalidInputError, MissingInputError
+
 __all__ = [
     "IMAGE_SUFFIXES",
     "VOLUME_SUFFIXES",
@@ -57,7 +59,7 @@ _UAMT_CASE_DIRS = ("", "2018LA_Seg_Training Set")
 _MSD_JSON = "dataset.json"
 
 
-class UnknownLayoutError(ValueError):
+class UnknownLayoutError(InvalidInputError):
     """A folder matches none of the layouts an auto-detecting builder knows."""
 
 
@@ -69,15 +71,15 @@ def _absolute(path: PathLike) -> Path:
 def _existing_dir(root: PathLike, what: str) -> Path:
     path = _absolute(root)
     if not path.exists():
-        raise FileNotFoundError(f"{what} folder not found: {path}")
+        raise MissingInputError(f"{what} folder not found: {path}")
     if not path.is_dir():
-        raise NotADirectoryError(f"{what} path is not a folder: {path}")
+        raise InvalidInputError(f"{what} path is not a folder: {path}")
     return path
 
 
 def _nonempty(datalist: list[dict[str, str]], root: Path, expected: str) -> list[dict[str, str]]:
     if not datalist:
-        raise ValueError(f"no image/label pairs found in {root}: expected {expected}")
+        raise InvalidInputError(f"no image/label pairs found in {root}: expected {expected}")
     return sorted(datalist, key=lambda entry: entry["id"])
 
 
@@ -102,7 +104,7 @@ def _pair_or_raise(
     missing = sorted(set(images) - set(masks))
     if missing and not allow_unlabelled:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
-        raise ValueError(
+        raise InvalidInputError(
             f"{len(missing)} image(s) in {where} have no mask: {shown}; "
             "pass allow_unlabelled=True to keep them as unlabelled cases"
         )
@@ -173,7 +175,7 @@ def isic_datalist(root: PathLike, allow_unlabelled: bool = False, subset: str | 
         pairs = [(i, t) for i, t in pairs if subset.lower() in i.name.lower()]
     elif len(pairs) > 1:
         names = ", ".join(i.name for i, _ in pairs)
-        raise ValueError(f"{root} holds several ISIC input folders ({names}); pass subset= (e.g. 'Training')")
+        raise InvalidInputError(f"{root} holds several ISIC input folders ({names}); pass subset= (e.g. 'Training')")
 
     datalist: list[dict[str, str]] = []
     for input_dir, truth_dir in pairs:
@@ -252,7 +254,7 @@ def image_folder_datalist(root: PathLike, recursive: bool = False) -> list[dict[
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
     ]
     if not datalist:
-        raise ValueError(f"no images found in {root}: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
+        raise InvalidInputError(f"no images found in {root}: expected files ending in {', '.join(IMAGE_SUFFIXES)}")
     return sorted(datalist, key=lambda entry: entry["id"])
 
 
@@ -319,13 +321,13 @@ def uamt_h5_datalist(
     else:
         list_path = Path(list_file) if Path(list_file).is_absolute() else root / list_file
         if not list_path.is_file():
-            raise FileNotFoundError(f"case list not found: {list_path} (pass list_file=None to take every case folder)")
+            raise MissingInputError(f"case list not found: {list_path} (pass list_file=None to take every case folder)")
         found = {}
         for case_id in _read_list_file(list_path):
             path = _find_case_h5(root, case_id, h5_name)
             if path is None:
                 searched = " or ".join(str(root / sub / case_id / h5_name) for sub in _UAMT_CASE_DIRS)
-                raise FileNotFoundError(f"case '{case_id}' listed in {list_path} not found: looked for {searched}")
+                raise MissingInputError(f"case '{case_id}' listed in {list_path} not found: looked for {searched}")
             found[case_id] = path
     datalist = [{"image": str(p), "label": str(p), "id": case_id} for case_id, p in found.items()]
     return _nonempty(datalist, root, f"<id>/{h5_name} or '2018LA_Seg_Training Set/<id>/{h5_name}'")
@@ -341,10 +343,10 @@ def _strip_suffixes(name: str) -> str:
 
 def _msd_path(base: Path, value: Any, json_path: Path) -> Path:
     if not isinstance(value, str):
-        raise ValueError(f"{json_path}: expected a file path string, got {value!r}")
+        raise InvalidInputError(f"{json_path}: expected a file path string, got {value!r}")
     path = _absolute(base / value)
     if not path.exists():
-        raise FileNotFoundError(f"{path} listed in {json_path} does not exist")
+        raise MissingInputError(f"{path} listed in {json_path} does not exist")
     return path
 
 
@@ -358,10 +360,10 @@ def msd_datalist(root_or_json: PathLike, section: str = "training") -> list[dict
     path = _absolute(root_or_json)
     json_path = path / _MSD_JSON if path.is_dir() else path
     if not json_path.is_file():
-        raise FileNotFoundError(f"MSD dataset description not found: {json_path}")
+        raise MissingInputError(f"MSD dataset description not found: {json_path}")
     description = json.loads(json_path.read_text())
     if section not in description:
-        raise ValueError(f"{json_path} has no section '{section}' (sections: {', '.join(map(str, description))})")
+        raise InvalidInputError(f"{json_path} has no section '{section}' (sections: {', '.join(map(str, description))})")
     base = json_path.parent
     datalist = []
     for item in description[section]:
@@ -422,7 +424,7 @@ def describe_volume_folder(root: PathLike, image_glob: str, label_name: str, nam
             labels_seen.add(label)
     pairs = [(image, label) for image, label in pairs if image not in labels_seen]
     if not pairs:
-        raise FileNotFoundError(f"no image matches {image_glob!r} under {root}")
+        raise MissingInputError(f"no image matches {image_glob!r} under {root}")
     entries = [{"id": re.sub(r"[^A-Za-z0-9_-]", "_", _strip_suffixes(os.path.relpath(image, root))),
                 "image": os.path.relpath(image, root), "label": os.path.relpath(label, root) if label else None}
                for image, label in pairs]
@@ -481,10 +483,10 @@ def nifti_datalist(path: str) -> list[dict[str, str]]:
     """
     target = Path(str(path)).expanduser()
     if not str(path).strip() or not target.exists():
-        raise FileNotFoundError(f"inference input {str(path)!r} does not exist: pass --input <volume.nii.gz or folder>")
+        raise MissingInputError(f"inference input {str(path)!r} does not exist: pass --input <volume.nii.gz or folder>")
     if target.is_file():
         return [{"image": str(target.resolve())}]
     files = sorted(p for p in target.iterdir() if p.name.endswith((".nii", ".nii.gz")))
     if not files:
-        raise FileNotFoundError(f"no .nii/.nii.gz volume in {target}")
+        raise MissingInputError(f"no .nii/.nii.gz volume in {target}")
     return [{"image": str(p.resolve())} for p in files]

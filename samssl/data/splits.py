@@ -26,6 +26,7 @@ from samssl.data.datalists import (
     uamt_h5_datalist,
     volume_datalist,
 )
+from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import atomic_write_json
 
 __all__ = ["split_labelled", "kfold_splits", "write_datalist", "load_datalist", "prepare_split", "LAYOUTS"]
@@ -48,7 +49,7 @@ def _sorted_copy(datalist: Sequence[Entry]) -> list[Entry]:
     counts = Counter(entry["id"] for entry in datalist)
     duplicates = sorted(case_id for case_id, count in counts.items() if count > 1)
     if duplicates:
-        raise ValueError(f"case ids must be unique, found duplicates: {', '.join(duplicates[:5])}")
+        raise InvalidInputError(f"case ids must be unique, found duplicates: {', '.join(duplicates[:5])}")
     return [dict(entry) for entry in sorted(datalist, key=lambda entry: entry["id"])]
 
 
@@ -83,25 +84,25 @@ def split_labelled(
         num_val: validation cases, drawn first, kept with their labels.
     """
     if (num_labelled is None) == (fraction is None):
-        raise ValueError("give exactly one of num_labelled or fraction")
+        raise InvalidInputError("give exactly one of num_labelled or fraction")
     if not datalist:
-        raise ValueError("cannot split an empty datalist")
+        raise InvalidInputError("cannot split an empty datalist")
     if num_val < 0:
-        raise ValueError(f"num_val must be >= 0, got {num_val}")
+        raise InvalidInputError(f"num_val must be >= 0, got {num_val}")
     entries = _sorted_copy(datalist)
     candidates = [entry for entry in entries if "label" in entry]
     never_labelled = [entry for entry in entries if "label" not in entry]
     if num_val > len(candidates):
-        raise ValueError(f"num_val={num_val} exceeds the {len(candidates)} cases that have a label")
+        raise InvalidInputError(f"num_val={num_val} exceeds the {len(candidates)} cases that have a label")
     pool_size = len(candidates) - num_val
     if fraction is not None:
         if not 0.0 < fraction <= 1.0:
-            raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+            raise InvalidInputError(f"fraction must be in (0, 1], got {fraction}")
         count = max(1, round(fraction * pool_size))
     else:
         count = int(num_labelled)  # type: ignore[arg-type]  # exactly one of the two is set
     if not 1 <= count <= pool_size:
-        raise ValueError(
+        raise InvalidInputError(
             f"num_labelled must be between 1 and {pool_size} (cases with a label, less {num_val} for validation), "
             f"got {count}"
         )
@@ -119,7 +120,7 @@ def kfold_splits(datalist: Sequence[Entry], num_folds: int = 5, seed: int = 0) -
     """
     entries = _sorted_copy(datalist)
     if not 2 <= num_folds <= len(entries):
-        raise ValueError(f"num_folds must be between 2 and the number of cases ({len(entries)}), got {num_folds}")
+        raise InvalidInputError(f"num_folds must be between 2 and the number of cases ({len(entries)}), got {num_folds}")
     parts = partition_dataset(entries, num_partitions=num_folds, shuffle=True, seed=seed, even_divisible=False)
     return [
         {
@@ -145,7 +146,7 @@ def load_datalist(path: PathLike) -> dict:
     """Read a datalist JSON written by :func:`write_datalist` (or by hand)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"datalist file not found: {path}")
+        raise MissingInputError(f"datalist file not found: {path}")
     return json.loads(path.read_text())
 
 
@@ -159,7 +160,7 @@ def _build_datalist(dataset_dir: Path, layout: str) -> list[Entry]:
             except UnknownLayoutError as image_error:
                 raise UnknownLayoutError(f"{volume_error}; and {image_error}") from None
     if layout not in LAYOUTS:
-        raise ValueError(f"unknown layout '{layout}': use 'auto' or one of {', '.join(LAYOUTS)}")
+        raise InvalidInputError(f"unknown layout '{layout}': use 'auto' or one of {', '.join(LAYOUTS)}")
     return LAYOUTS[layout](dataset_dir)
 
 

@@ -21,6 +21,7 @@ from torch import nn
 
 # The specs are part of the variant table (one entry per model); they are checked here.
 from samssl.foundation.variants import KNOWN_CHECKPOINTS, CheckpointSpec
+from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import file_sha256  # re-exported: checkpoint checks use it
 
 #: Keys under which training scripts commonly nest the model's state dict.
@@ -37,26 +38,26 @@ def check_checkpoint_file(path: str | Path, spec: CheckpointSpec) -> Path:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInputError(
             f"{spec.model} checkpoint not found: {path}. Download it yourself ({spec.source}) and pass its local path; "
             "nothing is downloaded at run time."
         )
     size = path.stat().st_size
     if size == 0:
-        raise ValueError(f"{path} is empty; expected a {spec.model} checkpoint")
+        raise InvalidInputError(f"{path} is empty; expected a {spec.model} checkpoint")
     if spec.size_bytes is not None and path.name in spec.filenames and size != spec.size_bytes:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} has the name of the official {spec.model} checkpoint but {size:,} bytes instead of "
             f"{spec.size_bytes:,}: the download is truncated or the file was replaced"
         )
     for other in KNOWN_CHECKPOINTS.values():
         if other.model != spec.model and other.size_bytes == size:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} ({size:,} bytes) has the exact size of the {other.model} checkpoint "
                 f"({', '.join(other.filenames)}), not a {spec.model} checkpoint"
             )
     if spec.sha256 is not None and file_sha256(path) != spec.sha256:
-        raise ValueError(f"{path} does not match the SHA-256 of the {spec.model} checkpoint ({spec.sha256[:12]}...)")
+        raise InvalidInputError(f"{path} does not match the SHA-256 of the {spec.model} checkpoint ({spec.sha256[:12]}...)")
     return path
 
 
@@ -79,13 +80,13 @@ def read_state_dict(path: str | Path, spec: CheckpointSpec, allow_pickle: bool =
         hint = "" if allow_pickle else (
             " If the file is a trusted training checkpoint that pickles extra objects, load it with allow_pickle=True."
         )
-        raise ValueError(f"cannot read {path} as a {spec.model} checkpoint: {err}.{hint}") from err
+        raise InvalidInputError(f"cannot read {path} as a {spec.model} checkpoint: {err}.{hint}") from err
     for key in NESTED_STATE_KEYS:
         if isinstance(obj, Mapping) and key in obj and isinstance(obj[key], Mapping):
             obj = obj[key]
             break
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors; expected a {spec.model} checkpoint")
+        raise InvalidInputError(f"{path} does not hold a state dict of tensors; expected a {spec.model} checkpoint")
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
@@ -120,7 +121,7 @@ def load_weights(module: nn.Module, state: Mapping[str, torch.Tensor], spec: Che
         for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape)):
             if items:
                 details.append(f"{len(items)} {label} (e.g. {', '.join(items[:3])})")
-        raise ValueError(
+        raise InvalidInputError(
             f"{source} is not a {spec.model} checkpoint: it looks like {describe_state_dict(state)}; "
             f"keys: {'; '.join(details)}"
         )

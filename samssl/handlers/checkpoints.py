@@ -40,6 +40,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from samssl.networks.ema import EMATeacher, unwrap_model
+from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import fsync_folder
 
 Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
@@ -142,13 +143,13 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}.")
+        raise MissingInputError(f"no checkpoint file at {path}.")
     if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty (0 bytes): the save that wrote it was interrupted; use an older checkpoint.")
+        raise InvalidInputError(f"{path} is empty (0 bytes): the save that wrote it was interrupted; use an older checkpoint.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}): "
             "it is truncated or corrupt (a save interrupted by a kill or a full disk) or another kind of file; "
             "use an older checkpoint or train again."
@@ -199,7 +200,7 @@ def resumable_checkpoints(ckpt_dir: str | Path) -> list[Path]:
     if not folder.exists():
         return []
     if not folder.is_dir():
-        raise NotADirectoryError(f"checkpoint folder {folder} is a file, not a folder.")
+        raise InvalidInputError(f"checkpoint folder {folder} is a file, not a folder.")
     by_kind: dict[str, list[tuple[int, bool, float, Path]]] = {"iteration": [], "epoch": []}
     for path in folder.iterdir():
         progress = _progress(path)
@@ -240,11 +241,11 @@ def state_dict_mismatches(
 
 def _raise_if_unfit(path: Path, entry: str, module: nn.Module | EMATeacher, stored: Any, strict: bool) -> None:
     if not isinstance(stored, Mapping):
-        raise ValueError(f"{path}: entry {entry!r} is a {type(stored).__name__}, not a state dict.")
+        raise InvalidInputError(f"{path}: entry {entry!r} is a {type(stored).__name__}, not a state dict.")
     target = module if isinstance(module, EMATeacher) else unwrap_model(module)
     problems = state_dict_mismatches(target.state_dict(), stored, strict=strict)
     if problems:
-        raise ValueError(
+        raise InvalidInputError(
             f"{path}: the weights under {entry!r} do not fit {type(getattr(target, 'teacher', target)).__name__} "
             f"({len(problems)} mismatches, first: {'; '.join(problems[:5])}). "
             "Is this a checkpoint of a different model?"
@@ -277,7 +278,7 @@ class ResumeFromLatest:
         name: str | None = None,
     ) -> None:
         if not load_dict:
-            raise ValueError("ResumeFromLatest needs the objects to restore (load_dict), got none.")
+            raise InvalidInputError("ResumeFromLatest needs the objects to restore (load_dict), got none.")
         self.ckpt_dir = Path(ckpt_dir)
         self.load_dict = dict(load_dict)
         self.map_location = map_location
@@ -300,7 +301,7 @@ class ResumeFromLatest:
             to_load["trainer"] = engine
         for entry, obj in to_load.items():
             if entry not in checkpoint:
-                raise ValueError(
+                raise InvalidInputError(
                     f"{path} has no entry {entry!r} (it has {sorted(checkpoint)}): is this a checkpoint of a "
                     "different model or training setup?"
                 )
@@ -309,7 +310,7 @@ class ResumeFromLatest:
         prior_max_epochs = engine.state.max_epochs
         Checkpoint.load_objects(to_load=to_load, checkpoint={k: checkpoint[k] for k in to_load}, strict=self.strict)
         if prior_max_epochs is not None and engine.state.epoch > prior_max_epochs:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} was saved at epoch {engine.state.epoch}, beyond this run's max_epochs ({prior_max_epochs}); "
                 "give the trainer more epochs to train further."
             )
@@ -325,7 +326,7 @@ class ResumeFromLatest:
                 warnings.warn(f"skipping unreadable checkpoint {path} ({err}); trying an older one.", stacklevel=2)
                 continue
             if not isinstance(checkpoint, Mapping):
-                raise ValueError(f"{path} does not hold a dict of states (got {type(checkpoint).__name__}).")
+                raise InvalidInputError(f"{path} does not hold a dict of states (got {type(checkpoint).__name__}).")
             return path, checkpoint
         return None, {}
 
@@ -364,7 +365,7 @@ class TrainingCheckpointer:
         resume: bool = True,
     ) -> None:
         if save_interval < 1:
-            raise ValueError(f"save_interval must be a positive number of iterations, got {save_interval}.")
+            raise InvalidInputError(f"save_interval must be a positive number of iterations, got {save_interval}.")
         self.checkpoint_dir = Path(checkpoint_dir)
         self.network = network
         self.optimizer = optimizer
@@ -419,17 +420,17 @@ def load_network_weights(
     path = Path(path)
     stored = read_checkpoint(path)
     if not isinstance(stored, Mapping):
-        raise ValueError(f"{path} does not hold a state dict (got {type(stored).__name__}).")
+        raise InvalidInputError(f"{path} does not hold a state dict (got {type(stored).__name__}).")
     if key is not None:
         if key not in stored:
-            raise ValueError(f"{path} has no entry {key!r}; it has {sorted(stored)}.")
+            raise InvalidInputError(f"{path} has no entry {key!r}; it has {sorted(stored)}.")
         state, entry = stored[key], key
     elif stored and all(isinstance(v, torch.Tensor) for v in stored.values()):
         state, entry = stored, "<state dict>"
     else:
         entry = next((k for k in _NETWORK_KEYS if k in stored), None)
         if entry is None:
-            raise ValueError(
+            raise InvalidInputError(
                 f"{path} is neither a state dict nor a checkpoint with one of {list(_NETWORK_KEYS)} "
                 f"(it has {sorted(stored)}); pass key=... to choose an entry."
             )

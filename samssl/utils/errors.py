@@ -50,11 +50,8 @@ class MissingInputError(BundleInputError, FileNotFoundError):
     """A file or folder the command needs is not there."""
 
 
-class UnknownKeyError(BundleInputError, KeyError):
-    """A config key (command-line override or preset) that the bundle does not define."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0]) if self.args else ""
+class UnknownKeyError(BundleInputError, ValueError):
+    """A config key (command-line override or preset) or a settings name that the bundle does not define."""
 
 
 def find_input_error(error: BaseException | None) -> BundleInputError | None:
