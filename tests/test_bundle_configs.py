@@ -76,14 +76,15 @@ def test_training_refuses_switches_given_as_strings_before_anything_runs(bundle)
 
     use_bundle(bundle.name)  # the section may reference the bundle's scripts package
     config = json.loads((bundle / "configs" / "train.json").read_text())
-    first = config["training"][0]
-    assert first.startswith("$samssl.utils.config_checks.refuse_string_switches(@"), f"{bundle.name}: training starts with {first}"
+    check, first = config["training"][:2]
+    assert check == "$samssl.utils.config_checks.check_command_line()", f"{bundle.name}: training starts with {check}"
+    assert first.startswith("$samssl.utils.config_checks.refuse_string_switches(@"), f"{bundle.name}: training continues with {first}"
     section = first.split("@", 1)[1].split(",", 1)[0]
     assert any(isinstance(v, bool) for v in config[section].values()), f"{bundle.name}: {section} holds no switch"
     parser = ConfigParser(config)
     parser[f"{section}#{next(k for k, v in config[section].items() if isinstance(v, bool))}"] = "false"
     with pytest.raises(RuntimeError) as error:  # MONAI wraps what an expression raises
-        parser.get_parsed_content("training#0")
+        parser.get_parsed_content("training#1")
     assert isinstance(error.value.__cause__, ValueError) and "not a boolean" in str(error.value.__cause__)
 
 

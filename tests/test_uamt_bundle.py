@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -93,12 +96,26 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     assert Image.open(run / "eval" / "masks" / f"{first_case['id']}_segmentation.png").size == \
         Image.open(first_case["image"]).size
 
+    # The model carries its training settings: evaluated without them (as the docs show), it scores the
+    # same; a command that contradicts them is refused with both values, as the last line.
+    run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--dataset_dir", str(train_dir),
+               "--output_dir", str(run / "eval_plain"), "--checkpoint", str(run / "models" / "model.pt"), "--num_workers", "0")
+    scores = [json.loads((run / d / "test_metrics.json").read_text())["summary"] for d in ("eval", "eval_plain")]
+    assert scores[0] == scores[1]
+    refused = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file",
+         f"['{BUNDLE / 'configs' / 'base_evaluate.json'}','{BUNDLE / 'configs' / 'evaluate.json'}']",
+         "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval_wrong"), "--checkpoint",
+         str(run / "models" / "model.pt"), "--image_size", "128", "--num_workers", "0"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert refused.returncode == 1
+    assert "image_size: trained with 64, this command sets 128" in refused.stderr.strip().splitlines()[-1]
+
     # Inference on a full-size ISIC original: the mask comes back at the image's own size, named as
     # the ISIC challenge expects with --output_postfix segmentation.
     largest = max(data.isic_datalist(isic_root), key=lambda e: Path(e["image"]).stat().st_size)["image"]
     run_bundle(BUNDLE, "inferring", ["base_inference.json", "inference.json"], "--input", largest, "--output_dir", str(run / "pred"),
-            "--checkpoint", str(run / "models" / "model.pt"), "--image_size", "64", "--output_stride", "32",
-            "--output_postfix", "segmentation")
+            "--checkpoint", str(run / "models" / "model.pt"), "--output_postfix", "segmentation")  # the model's own size
     mask_file = run / "pred" / (Path(largest).stem + "_segmentation.png")
     mask = Image.open(mask_file)
     assert mask.size == Image.open(largest).size

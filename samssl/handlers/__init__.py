@@ -14,6 +14,7 @@ from samssl.handlers.checkpoints import (
     state_dict_mismatches,
     training_checkpoint_dict,
 )
+from samssl.handlers.deployment import TrainedSettings, check_trained_settings, read_trained_settings, trained_setting
 from samssl.handlers.distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
 from samssl.handlers.embedding_warmup import PrecomputeEmbeddings
 
@@ -25,6 +26,10 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "PrecomputeEmbeddings",
+    "TrainedSettings",
+    "check_trained_settings",
+    "read_trained_settings",
+    "trained_setting",
     "ResumeFromLatest",
     "TrainingCheckpointer",
     "latest_checkpoint",

@@ -39,6 +39,7 @@ from monai.handlers import CheckpointSaver
 from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
+from samssl.handlers.deployment import check_trained_settings
 from samssl.networks.ema import EMATeacher, unwrap_model
 from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import fsync_folder
@@ -402,6 +403,7 @@ def load_network_weights(
     key: str | None = None,
     strict: bool = True,
     ignore_prefixes: tuple[str, ...] | list[str] = (),
+    expected_settings: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Load weights into ``network`` from a plain state dict or a training checkpoint.
 
@@ -413,11 +415,21 @@ def load_network_weights(
         strict: require the same keys (shapes must always match).
         ignore_prefixes: stored keys to drop before loading, e.g. ``("fcn_head.",)`` for a
             training-only head that the deployed network does not have; the rest stays strict.
+        expected_settings: config id -> the value the caller uses (input size, spacing, ...):
+            refused when the model records another value for it
+            (:func:`samssl.handlers.deployment.check_trained_settings`).
 
     Returns:
         ``network``, with the weights loaded (``weights_only=True``: no code is run from the file).
     """
     path = Path(path)
+    if not path.is_file() and path.name == "model.pt" and path.parent.name == "models":
+        train = path.parent.parent / "configs" / "train.json"
+        raise MissingInputError(
+            f"no model at {path}: no weights ship with this bundle, train it first (python -m monai.bundle run "
+            f"training --config_file {train}) or pass --checkpoint FILE"
+        )
+    check_trained_settings(path, expected_settings)
     stored = read_checkpoint(path)
     if not isinstance(stored, Mapping):
         raise InvalidInputError(f"{path} does not hold a state dict (got {type(stored).__name__}).")

@@ -56,12 +56,21 @@ def fold_batch_norm(network: nn.Module) -> nn.Module:
     return folded
 
 
+def _set_id(config: dict, config_id: str, value: Any) -> None:
+    """``config[a][b] = value`` for MONAI's id ``a#b``."""
+    *parents, leaf = config_id.split("#")
+    for part in parents:
+        config = config.setdefault(part, {})
+    config[leaf] = value
+
+
 def export_torchscript(
     network: nn.Module,
     filepath: str | Path,
     meta_file: str | Path | None = None,
     config_files: Sequence[str | Path] = (),
     fold: bool = True,
+    settings: Mapping[str, Any] | None = None,
 ) -> Path:
     """Script ``network`` (batch norms folded unless ``fold=False``) on the CPU and save it with bundle metadata.
 
@@ -74,6 +83,10 @@ def export_torchscript(
             a bundle's own part merged onto its shared ``base_<name>.json`` when it has one, as
             ``monai.bundle run`` reads it (:func:`samssl.utils.bundles.merged_config`).
         fold: fold batch norms into convolutions first (:func:`fold_batch_norm`).
+        settings: config id -> value of the training settings the model was loaded with (input size
+            or spacing, window): written into each embedded config in place of the expression that
+            reads them from ``model.pt`` (which does not travel with the TorchScript file), and stored
+            as the ``trained_settings.json`` extra file.
 
     Returns:
         The path written.
@@ -87,7 +100,12 @@ def export_torchscript(
         name = Path(config).name
         if not name.endswith(".json"):
             raise ValueError(f"config files are embedded as JSON; {config} is not a .json file.")
-        extra_files[name] = json.dumps(merged_config(config)).encode()
+        content = merged_config(config)
+        for config_id, value in (settings or {}).items():
+            _set_id(content, config_id, value)
+        extra_files[name] = json.dumps(content).encode()
+    if settings:
+        extra_files["trained_settings.json"] = json.dumps(dict(settings)).encode()
     filepath = Path(filepath)
     if not filepath.suffix:
         filepath = filepath.with_suffix(".ts")

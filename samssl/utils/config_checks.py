@@ -8,7 +8,7 @@ sections before training, so the mistake stops the run with the fix in the messa
 
 MONAI also accepts any key: ``--num_labeled 8`` (one letter off) or a preset that sets a key the
 bundle does not define are merged into the config as new, unused keys, and the run goes on with
-the default. :func:`check_command_line`, each bundle config's ``initialize`` step, refuses them
+the default. :func:`check_command_line`, the first step of each bundle command, refuses them
 with the closest existing names, and makes the project's own input errors the last line of the
 output (:mod:`samssl.utils.errors`).
 """
@@ -24,7 +24,14 @@ from typing import Any
 
 from samssl.utils.errors import InvalidInputError, UnknownKeyError, install_concise_errors
 
-__all__ = ["SettingsDict", "check_command_line", "defined_ids", "refuse_string_switches", "refuse_unknown_keys"]
+__all__ = [
+    "SettingsDict",
+    "check_command_line",
+    "current_command",
+    "defined_ids",
+    "refuse_string_switches",
+    "refuse_unknown_keys",
+]
 
 #: File names of the configs that define a bundle's keys (MONAI's workflow configs and the shared
 #: bases). Every other config file of a command is a preset: it may only set keys these define.
@@ -34,6 +41,7 @@ _WORKFLOW_ARGUMENTS = frozenset(
     {"run_id", "init_id", "final_id", "meta_file", "logging_file", "tracking", "workflow_type", "properties_path"}
 )
 _ANNOTATION_PREFIXES = ("_comment", "_desc")
+_command: tuple[list[str], dict[str, Any]] | None = None  # set by check_command_line
 
 _BOOLEAN_WORDS = {"true", "false", "yes", "no", "on", "off"}
 
@@ -159,19 +167,26 @@ def refuse_unknown_keys(config_files: Sequence[str | Path], overrides: Mapping[s
 
 
 def _monai_command() -> tuple[list[str], dict[str, Any]] | None:
-    """The config files and overrides of the ``monai.bundle`` call that is building this workflow.
+    """The config files and overrides of the ``monai.bundle run`` call that is running this config.
 
-    MONAI's ``create_workflow`` (behind ``python -m monai.bundle run`` and ``monai.bundle.run``) merges
-    ``--args_file`` and the command line into its local ``_args`` and keeps ``config_file`` apart, then
-    initialises the workflow, which evaluates this config's ``initialize`` step: read them from its frame.
-    None when the config is parsed some other way (a ``ConfigParser`` in code, MONAI Label).
+    ``python -m monai.bundle run`` and ``monai.bundle.run(...)`` both call ``monai.bundle.scripts.run``,
+    whose frame holds ``config_file``, ``args_file`` and the ``--id value`` pairs (``override``): read
+    them from it (merged with the args file as MONAI merges them). None when the config runs some other
+    way (a ``ConfigWorkflow`` or ``ConfigParser`` built in code, MONAI Label).
     """
     frame = inspect.currentframe()
     while frame is not None:
-        code = frame.f_code
-        if code.co_name == "create_workflow" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
-            config_file, args = frame.f_locals.get("config_file"), frame.f_locals.get("_args")
-            if config_file is None or not isinstance(args, Mapping):
+        if frame.f_code.co_name == "run" and frame.f_globals.get("__name__") == "monai.bundle.scripts":
+            local = frame.f_locals
+            args = dict(local.get("override") or {})
+            if local.get("args_file"):
+                from monai.bundle.scripts import update_kwargs
+
+                args = update_kwargs(args=local["args_file"], config_file=local.get("config_file"), **args)
+            else:
+                args["config_file"] = local.get("config_file")
+            config_file = args.pop("config_file", None)
+            if config_file is None:
                 return None
             files = [config_file] if isinstance(config_file, (str, Path)) else list(config_file)
             return [str(f) for f in files], {k: v for k, v in args.items() if k not in _WORKFLOW_ARGUMENTS}
@@ -180,13 +195,23 @@ def _monai_command() -> tuple[list[str], dict[str, Any]] | None:
 
 
 def check_command_line() -> None:
-    """Each bundle config's ``initialize`` step: concise input errors, then no unknown keys.
+    """The first step of each bundle config's ``training`` / ``evaluating`` / ``inferring`` list.
+
+    (Not MONAI's ``initialize`` step: that runs before ``monai.bundle run`` puts the bundle root on
+    ``sys.path``, and the config's ``import scripts`` would fail.)
 
     Installs :func:`samssl.utils.errors.install_concise_errors` (a user's mistake ends the output as
     one line) and, when MONAI's command line or ``monai.bundle.run`` built this workflow, refuses
     presets and overrides that set keys the bundle does not define (:func:`refuse_unknown_keys`).
     """
+    global _command
     install_concise_errors()
-    command = _monai_command()
-    if command is not None:
-        refuse_unknown_keys(*command)
+    _command = _monai_command()
+    if _command is not None:
+        refuse_unknown_keys(*_command)
+
+
+def current_command() -> tuple[list[str], dict[str, Any]] | None:
+    """The config files and overrides of the ``monai.bundle`` command being run (as :func:`check_command_line`
+    found them), so a saved model can record which presets trained it; None outside such a command."""
+    return _command

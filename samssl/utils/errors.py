@@ -6,8 +6,8 @@ expression and builds every component inside ``try``/``except`` blocks that re-r
 mistake ends up in the middle of a 60-100 line traceback whose last line is MONAI's wrapper.
 
 Errors about what the user gave (a folder, a file, a value, a key, a checkpoint) are raised as
-:class:`BundleInputError` subclasses. :func:`install_concise_errors` (called by each bundle
-config's ``initialize`` step, through :func:`samssl.utils.config_checks.check_command_line`)
+:class:`BundleInputError` subclasses. :func:`install_concise_errors` (called by the first step of
+each bundle command, :func:`samssl.utils.config_checks.check_command_line`)
 installs a ``sys.excepthook`` that, when such an error is anywhere in the chain of an uncaught
 exception, prints its message as the last line of the output (exit status 1) instead of the
 traceback; ``SAMSSL_DEBUG=1`` keeps the full traceback. Any other exception (a bug) is printed in

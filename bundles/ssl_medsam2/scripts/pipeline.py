@@ -35,6 +35,7 @@ from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
+from samssl.handlers.deployment import SETTINGS_ENTRY, TrainedSettings
 from samssl.stages import FunctionStage, Step
 
 from .fsl import FoldRetraining, train_network
@@ -72,7 +73,8 @@ class SSLMedSAM2:
         datalist: ``{"labelled": [...], "unlabelled": [...]}`` (``prepare_split``); only the
             ``image`` of unlabelled entries is read.
         output_dir: run folder (``tffs/``, ``fsl/``, ``suponly/``).
-        model_file: where the deployed ensemble's state dict goes.
+        model_file: where the deployed ensemble's state dict goes (entry ``model``, beside the
+            ``trained_settings`` record that evaluation and inference read).
         build_network: ``() -> nn.Module`` one fold network (the planned DynUNet).
         tffs: the training-free few-shot pseudo-labeller (unused by SupOnly).
         tffs_fingerprint: identifies the propagator's weights and TFFS settings (cache key).
@@ -80,6 +82,8 @@ class SSLMedSAM2:
         num_folds, rounds, training: FSL's K, rounds and per-fold training settings.
         backend: ``"monai"`` (the planned DynUNet through the ignite engine) or ``"nnunetv2"``.
         nnunet: :class:`~scripts.nnunet_backend.NnUNetSettings` of the nnU-Net backend.
+        trained_settings: config id -> value of the settings inference needs (spacing, window, the
+            ensemble's architecture), saved in ``model_file`` (:mod:`samssl.handlers.deployment`).
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
             pseudo-labels and the deployed file, the folds are shared out (:class:`FoldRetraining`);
             the processes coordinate through the stages' manifests, no process group is needed.
@@ -91,7 +95,7 @@ class SSLMedSAM2:
                  method: str = "ssl_medsam2", num_folds: int = 5, rounds: int = 3,
                  training: Mapping[str, Any] | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, backend: str = "monai",
-                 nnunet: Mapping[str, Any] | None = None) -> None:
+                 nnunet: Mapping[str, Any] | None = None, trained_settings: Mapping[str, Any] | None = None) -> None:
         ensemble_size(method, num_folds)  # validates the method
         if backend not in BACKENDS:
             raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
@@ -119,6 +123,7 @@ class SSLMedSAM2:
         self.rank, self.world_size = int(rank), int(world_size)
         self.backend = backend
         self.nnunet_settings = NnUNetSettings(nnunet)
+        self.trained_settings = dict(trained_settings or {})
         self._nnunet: NnUNetFoldRetraining | None = None
         self._records: list[dict[str, Any]] | None = None
         self._fold_files: list[Path] | None = None
@@ -212,8 +217,8 @@ class SSLMedSAM2:
         files = self.fold_models()
         ensemble = FoldEnsemble([load_network_weights(self.build_network(), f) for f in files])
         if self.rank == 0:
-            AtomicDiskSaver(self.model_file.parent, filename=self.model_file.name)(ensemble.state_dict(),
-                                                                                  self.model_file.name)
+            deployed = {"model": ensemble.state_dict(), SETTINGS_ENTRY: TrainedSettings(self.trained_settings).state_dict()}
+            AtomicDiskSaver(self.model_file.parent, filename=self.model_file.name)(deployed, self.model_file.name)
         self.deployed.load_state_dict(ensemble.state_dict())
         print(f"deployed {self.method} model ({len(files)} network(s)) -> {self.model_file}", flush=True)
         return self.model_file
