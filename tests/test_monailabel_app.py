@@ -91,7 +91,7 @@ def server(data_root, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT), MONAI_LABEL_SESSION_PATH=str(work / "sessions"))
     log = open(work / "server.log", "w")
-    # The README's command, plus the test's own bundles folder, host and port.
+    # The README's command (--host 127.0.0.1 included), plus the test's own bundles folder and port.
     process = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies", str(studies),
          "--conf", "models", "all", "--conf", "bundles_dir", str(bundles), "--host", "127.0.0.1", "--port", str(port)],

@@ -4,7 +4,11 @@ Each folder under the bundles directory with ``configs/inference.json`` becomes 
 it holds a trained ``models/model.pt``) and, with ``configs/train.json``, a train task; a new bundle
 is served by existing. Start it with::
 
-    monailabel start_server --app apps/monailabel --studies /data/my_studies --conf models all
+    monailabel start_server --app apps/monailabel --studies /data/my_studies --conf models all --host 127.0.0.1
+
+``--host 127.0.0.1`` serves this machine only (MONAI Label's own default, 0.0.0.0, listens on every
+network interface, and the server has no authentication); connect the viewer to
+``http://127.0.0.1:8000``.
 
 Options (``--conf key value``):
 
