@@ -56,6 +56,24 @@ def test_metadata_fields(bundle):
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
+def test_package_pins_survive_monai_metadata_parser(bundle):
+    """MONAI reads metadata.json through `ConfigParser.read_meta`, which renames the deprecated
+    `optional_packages_version` onto `required_packages_version` and so wipes the pins: read it the
+    way MONAI does (`load_bundle_config`, as `monai.bundle run` and the zoo tools) and compare."""
+    import warnings
+
+    from monai.bundle import load_bundle_config
+
+    pins = json.loads((bundle / "configs" / "metadata.json").read_text())["required_packages_version"]
+    assert pins and "samssl" in pins, f"{bundle.name}: no package pins in metadata.json"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*deprecated name.*")  # MONAI's renaming warning
+        parser = load_bundle_config(str(bundle))
+    assert parser.get_parsed_content("_meta_#required_packages_version") == pins
+    assert "optional_packages_version" not in parser["_meta_"]
+
+
+@pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_train_config_contract(bundle):
     parser = ConfigParser()
     parser.read_config(str(bundle / "configs" / "train.json"))

@@ -55,6 +55,10 @@ def test_schema_check_names_the_missing_or_wrong_field(tmp_path):
     (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="num_channels|integer"):
         zoo.verify_metadata(tmp_path)
+    broken = dict(meta, optional_packages_version={})  # MONAI would replace the pins with {}
+    (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
+    with pytest.raises(ValueError, match="'optional_packages_version'.*deprecated.*'required_packages_version'"):
+        zoo.verify_metadata(tmp_path)
     broken = dict(meta, schema="https://example.org/meta_schema_21000101.json")
     (tmp_path / "configs" / "metadata.json").write_text(json.dumps(broken))
     with pytest.raises(ValueError, match="meta_schema_21000101.json"):

@@ -4,13 +4,15 @@ One server is started with ``monailabel start_server`` on 127.0.0.1 over a tempo
 real PH2 images and LA volumes (some labelled, some not) and copies of the bundles, each with an
 untrained ``model.pt`` so that every bundle is served from the start. A short ``/train`` of a 2D
 and a 3D bundle must write a new model, which ``/infer`` then uses on an unlabelled study: the
-mask has the input's size (and affine) and overlaps the ground truth the training never saw.
+mask comes back lossless (PNG in 2D, equal to the bundle's own inference; NIfTI in 3D), has the
+input's size (and affine) and overlaps the ground truth the training never saw.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,10 +24,12 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_testing import BUNDLES, ROOT, untrained_weights
+from bundle_testing import BUNDLES, ROOT, untrained_weights, use_bundle
+from monai.bundle import ConfigParser
 from PIL import Image
 
 import samssl.data as data
+from samssl.utils.bundles import config_with_base
 
 pytest.importorskip("monailabel", reason="the MONAI Label extra is not installed (pip install -e '.[label]')")
 requests = pytest.importorskip("requests")
@@ -91,7 +95,7 @@ def server(data_root, tmp_path_factory):
     port = _free_port()
     env = dict(os.environ, OMP_NUM_THREADS="2", PYTHONPATH=str(ROOT), MONAI_LABEL_SESSION_PATH=str(work / "sessions"))
     log = open(work / "server.log", "w")
-    # The README's command, plus the test's own bundles folder, host and port.
+    # The README's command (--host 127.0.0.1 included), plus the test's own bundles folder and port.
     process = subprocess.Popen(
         [sys.executable, "-m", "monailabel.main", "start_server", "--app", str(APP), "--studies", str(studies),
          "--conf", "models", "all", "--conf", "bundles_dir", str(bundles), "--host", "127.0.0.1", "--port", str(port)],
@@ -140,31 +144,69 @@ def _train(server: dict, name: str, overrides: dict) -> Path:
     return model
 
 
-def _infer(server: dict, name: str, study: str, params: dict) -> bytes:
-    response = requests.post(f"{server['url']}/infer/{name}", params={"image": study, "output": "image"},
-                             files={"params": (None, json.dumps(params))}, timeout=600)
+def _infer_request(server: dict, name: str, study: str, params: dict) -> requests.Response:
+    return requests.post(f"{server['url']}/infer/{name}", params={"image": study, "output": "image"},
+                         files={"params": (None, json.dumps(params))}, timeout=600)
+
+
+def _infer(server: dict, name: str, study: str, params: dict) -> tuple[bytes, str]:
+    """The returned mask file's bytes and its name (its extension is the format the server wrote)."""
+    response = _infer_request(server, name, study, params)
     assert response.ok, f"{response.status_code}: {response.text[:500]}\n{server['log'].read_text()[-4000:]}"
-    return response.content
+    filename = re.search(r'filename="?([^";]+)"?', response.headers.get("content-disposition", ""))
+    assert filename, f"no file name in {dict(response.headers)}"
+    return response.content, filename.group(1)
+
+
+def _direct_inference(bundle: Path, image: Path, out: Path) -> np.ndarray:
+    """The bundle's own ``inferring`` (what ``monai.bundle run inferring`` does) on ``image`` with the
+    served ``model.pt``, in this process (seconds, no server): the mask it writes, 0/255 PNG."""
+    use_bundle(bundle.name)  # the copy's scripts are the same code; bundle_root points at the copy
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_with_base(bundle / "configs" / "inference.json")])
+    parser.update({"bundle_root": str(bundle), "input": str(image), "output_dir": str(out)})
+    parser.get_parsed_content("inferring")
+    return np.asarray(Image.open(out / f"{image.stem}_seg.png"))
 
 
 def test_train_then_infer_a_dermoscopy_image(server, tmp_path):
+    """The mask of a JPEG study comes back as a PNG (lossless; MONAI Label's default would be the
+    input's JPEG, whose compression put 2s into a binary mask), 0/1, and is the very mask the bundle's
+    own inference writes (0/255) with the same model on the same image."""
     _train(server, "uamt_skin", {"epoch_length": 6, "batch_size": 2, "unlabelled_batch_size": 2, "checkpoint_interval": 4,
                                  **FAST_2D})
     study = sorted(k for k in server["truth"] if k.startswith("IMD"))[0]
-    (tmp_path / "mask.png").write_bytes(_infer(server, "uamt_skin", study, {"result_extension": ".png"}))
-    mask = np.asarray(Image.open(tmp_path / "mask.png"))
+    image = next(server["studies"].glob(f"{study}.*"))
+    assert image.suffix.lower() == ".jpg"  # the case the default format used to lose
+    content, filename = _infer(server, "uamt_skin", study, {})
+    assert filename.endswith(".png") and content.startswith(b"\x89PNG\r\n\x1a\n"), filename
+    (tmp_path / "mask.png").write_bytes(content)
+    served = Image.open(tmp_path / "mask.png")
+    assert served.format == "PNG" and served.mode == "L"
+    mask = np.asarray(served)
     truth = np.asarray(Image.open(server["truth"][study]))
     assert mask.shape == truth.shape[:2]
     assert set(np.unique(mask)) <= {0, 1} and 0 < (mask > 0).mean() < 0.9
+    direct = _direct_inference(server["bundles"] / "uamt_skin", image, tmp_path / "direct")
+    assert set(np.unique(direct)) <= {0, 255}
+    np.testing.assert_array_equal(mask, direct // 255)
     dice = _dice(mask, truth)
     print(f"uamt_skin via MONAI Label on unlabelled {study}: Dice {dice:.3f}")
     assert dice > 0.1
 
 
+def test_a_lossy_mask_format_is_refused_with_the_reason(server):
+    study = sorted(k for k in server["truth"] if k.startswith("IMD"))[0]
+    response = _infer_request(server, "uamt_skin", study, {"result_extension": ".jpg"})
+    assert response.status_code == 400 and "lossy" in response.json()["detail"], response.text[:500]
+
+
 def test_train_then_infer_an_la_volume(server, tmp_path):
     _train(server, "semisam_la", {"num_iterations": 4, "epoch_length": 2, "checkpoint_interval": 2, **FAST_3D})
     study = next(k for k in server["truth"] if not k.startswith("IMD"))
-    (tmp_path / "mask.nii.gz").write_bytes(_infer(server, "semisam_la", study, {}))
+    content, filename = _infer(server, "semisam_la", study, {})
+    assert filename.endswith(".nii.gz") and content.startswith(b"\x1f\x8b"), filename  # NIfTI, gzipped
+    (tmp_path / "mask.nii.gz").write_bytes(content)
     mask, source = nib.load(tmp_path / "mask.nii.gz"), nib.load(server["studies"] / f"{study}.nii.gz")
     assert mask.shape == source.shape
     np.testing.assert_allclose(mask.affine, source.affine, atol=1e-4)

@@ -46,6 +46,7 @@ import zipfile
 from pathlib import Path
 
 from samssl.utils.bundles import BASE_PREFIX, config_with_base, merged_config
+from samssl.utils.errors import InvalidInputError
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
@@ -60,6 +61,7 @@ __all__ = [
     "file_sha256",
     "flatten_configs",
     "package_bundle",
+    "refuse_deprecated_metadata",
     "verify_metadata",
     "verify_network_shapes",
 ]
@@ -97,12 +99,35 @@ def _monai_bundle(args: list[str], bundle_dir: Path) -> str:
     return result.stdout + result.stderr
 
 
+def refuse_deprecated_metadata(meta: dict, meta_file: Path) -> None:
+    """Refuse MONAI's deprecated metadata names, which silently replace the keys they were renamed to.
+
+    MONAI's parser (``ConfigParser.read_meta``, used by ``monai.bundle run`` and ``load_bundle_config``)
+    renames ``optional_packages_version`` to ``required_packages_version`` and in doing so overwrites
+    the real pins (with ``{}`` when the old key was empty). The schema cannot say why the key is wrong,
+    so this check does.
+    """
+    from monai.bundle import utils as bundle_utils
+
+    deprecated = {"optional_packages_version": "required_packages_version",
+                  **getattr(bundle_utils, "DEPRECATED_ID_MAPPING", {})}
+    for old, new in deprecated.items():
+        if old in meta:
+            raise InvalidInputError(
+                f"{meta_file} has {old!r}, MONAI's deprecated name for {new!r}: MONAI's parser replaces "
+                f"{new!r} with its value, so the pins in {new!r} are lost. Remove {old!r} (put packages the "
+                f"bundle needs under {new!r}; name optional ones in the bundle's docs/README.md)."
+            )
+
+
 def verify_metadata(bundle_dir: Path, schema: Path = SCHEMA) -> None:
     """``monai.bundle verify_metadata`` against the shipped zoo schema; raises ``ValueError`` naming the field."""
     from monai.bundle import verify_metadata as monai_verify_metadata
 
     meta_file = bundle_dir / "configs" / "metadata.json"
-    declared = Path(json.loads(meta_file.read_text()).get("schema", "")).name
+    meta = json.loads(meta_file.read_text())
+    refuse_deprecated_metadata(meta, meta_file)
+    declared = Path(meta.get("schema", "")).name
     if declared != schema.name:
         raise ValueError(f"{meta_file} names the schema {declared!r}; the shipped schema is {schema.name} "
                          "(update the 'schema' field or ship the schema it names in tools/zoo/).")

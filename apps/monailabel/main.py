@@ -4,7 +4,11 @@ Each folder under the bundles directory with ``configs/inference.json`` becomes 
 it holds a trained ``models/model.pt``) and, with ``configs/train.json``, a train task; a new bundle
 is served by existing. Start it with::
 
-    monailabel start_server --app apps/monailabel --studies /data/my_studies --conf models all
+    monailabel start_server --app apps/monailabel --studies /data/my_studies --conf models all --host 127.0.0.1
+
+``--host 127.0.0.1`` serves this machine only (MONAI Label's own default, 0.0.0.0, listens on every
+network interface, and the server has no authentication); connect the viewer to
+``http://127.0.0.1:8000``.
 
 Options (``--conf key value``):
 
@@ -19,6 +23,12 @@ dermoscopy bundles, volumes for the 3D ones). Each train request is a fresh run 
 ``runs/monailabel_<time>`` of the bundle; its final model replaces ``models/model.pt``, which
 the infer task reloads. A request may carry ``bundle_overrides`` (config id -> value, e.g.
 ``{"image_size": 128}``) for anything else the bundle's ``train.json`` exposes.
+
+Masks come back losslessly: PNG for the 2D bundles (uint8, 0 background, 1 lesion) and NIfTI
+(``.nii.gz``, on the input volume's grid) for the 3D ones, whatever the input's format. MONAI Label
+would otherwise write the mask in the input's format, a JPEG for a ``.jpg`` image, whose compression
+changes a binary mask's values. A request may ask for another lossless format with
+``result_extension`` (e.g. ``.nrrd``); a lossy one (``.jpg``) is refused.
 """
 
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from fastapi import HTTPException
 from monai.bundle import ConfigParser
 from monai.transforms import MapTransform
 from monailabel.interfaces.app import MONAILabelApp
@@ -42,11 +53,17 @@ from monailabel.tasks.train.bundle import BundleTrainTask
 
 from samssl.data import IMAGE_SUFFIXES, VOLUME_SUFFIXES
 from samssl.utils.bundles import config_with_base
+from samssl.utils.errors import InvalidInputError
 
 logger = logging.getLogger(__name__)
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 SUFFIXES_BY_DIMENSIONS = {2: IMAGE_SUFFIXES, 3: VOLUME_SUFFIXES}
+# The format a mask is returned in unless the request names another (MONAI Label's writer would use
+# the input image's, e.g. JPEG); both keep a label map's values exactly.
+MASK_EXTENSIONS = {2: ".png", 3: ".nii.gz"}
+# Formats that compress with loss: a mask written in them no longer holds only its label values.
+LOSSY_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif")
 
 
 def bundle_dimensions(bundle: Path) -> int:
@@ -103,10 +120,26 @@ class StashRequestFields:
 class SemiSupervisedBundleInferTask(BundleInferTask):
     """MONAI Label's bundle infer task, loading ``model.pt`` strictly (a wrong file is an error, not noise),
     with ``configs/inference.json`` merged onto the bundle's shared ``configs/base_inference.json`` as
-    ``monai.bundle run`` merges them (MONAI Label itself reads the one file)."""
+    ``monai.bundle run`` merges them (MONAI Label itself reads the one file), and masks returned in a
+    lossless format (:data:`MASK_EXTENSIONS`) rather than the input image's."""
 
     def __init__(self, path: str, conf: dict[str, str]) -> None:
         super().__init__(path, conf, load_strict=True)
+        if self.is_valid():  # an invalid task (no model.pt yet) never ran BasicInferTask's __init__
+            # the request starts from this config, so a request's own result_extension still wins
+            self._config["result_extension"] = MASK_EXTENSIONS[self.dimension]
+
+    def __call__(self, request: dict[str, Any], callbacks: Any = None) -> tuple[Any, dict]:
+        """Refuse a lossy ``result_extension`` before running the model: a JPEG mask is not the model's
+        mask (compression changes its values). Answered as HTTP 400 with the reason, not a bare 500."""
+        requested = str(request.get("result_extension") or self._config.get("result_extension") or "")
+        if requested.lower().endswith(LOSSY_EXTENSIONS):
+            error = InvalidInputError(
+                f"result_extension {requested!r} is a lossy format, which changes a mask's label values; "
+                f"ask for {MASK_EXTENSIONS[self.dimension]!r} (the default) or another lossless format."
+            )
+            raise HTTPException(status_code=400, detail=str(error)) from error
+        return super().__call__(request, callbacks)
 
     def _load_bundle_config(self, path: str, config: str) -> ConfigParser:
         bundle_config = ConfigParser()
