@@ -26,6 +26,7 @@ from samssl.data.datalists import (
     volume_datalist,
     write_msd_description,
 )
+from samssl.data.readability import Unreadable, check_readable, find_unreadable
 from samssl.data.readers import UAMT_LA_SPACING, H5VolumeReader
 from samssl.data.save_predictions import PREDICTION_FORMATS, SavePredictiond
 from samssl.data.sdf import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
@@ -57,10 +58,13 @@ __all__ = [
     "StitchSlicesd",
     "UAMT_LA_SPACING",
     "UnknownLayoutError",
+    "Unreadable",
     "VOLUME_SUFFIXES",
+    "check_readable",
     "dermoscopy_datalist",
     "dermoscopy_transforms",
     "describe_volume_folder",
+    "find_unreadable",
     "grid_size",
     "image_folder_datalist",
     "isic_datalist",
