@@ -18,11 +18,14 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from bundle_testing import BUNDLES, ROOT, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import BUNDLES, ROOT, untrained_weights, use_bundle  # same directory, on sys.path under pytest
 from monai.bundle import ConfigParser
+from monai.data import DataLoader
+from monai.transforms import LoadImaged
 from PIL import Image
 
-from samssl.data import check_readable, find_unreadable
+from samssl.data import SkipFailedCases, TolerantDataset, check_readable, find_unreadable
+from samssl.utils.bundles import config_with_base
 from samssl.utils.errors import InvalidInputError, find_input_error
 
 RNG = np.random.default_rng(0)
@@ -119,6 +122,47 @@ def test_uamt_training_refuses_a_folder_with_damaged_files_before_training(tmp_p
         parser.get_parsed_content(f"training#{step}")
     message = str(find_input_error(error.value))
     assert "2 file(s)" in message and "IMD001.jpg" in message and "IMD003_lesion.png" in message
+
+
+def test_tolerant_dataset_skips_what_it_cannot_load_and_keeps_the_list(tmp_path):
+    files = [_image(tmp_path / "a.png"), tmp_path / "b.png", _image(tmp_path / "c.png")]
+    files[1].write_bytes(RNG.bytes(300))
+    dataset = TolerantDataset([{"image": str(f)} for f in files], LoadImaged("image", image_only=True))
+    cases = SkipFailedCases(DataLoader(dataset, batch_size=1), what="input images")
+    loaded = [batch["image"].meta["filename_or_obj"][0] for batch in cases]
+    assert loaded == [str(files[0]), str(files[2])]
+    assert len(cases.failures) == 1 and cases.failures[0].startswith(f"{files[1]} (")
+    with pytest.raises(InvalidInputError, match=r"^1 of 3 input images could not be read and were skipped; "
+                                                r"the other 2 were processed: .*b\.png"):
+        cases.raise_failures()
+
+
+def test_inference_processes_every_readable_image_then_fails_with_the_list(tmp_path):
+    use_bundle("uamt_skin")
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("img0.png", "img2.png"):
+        _image(inputs / name, (32, 32))
+    (inputs / "img1.jpg").write_bytes(RNG.bytes(500))  # comes between the two in the folder's order
+    weights = untrained_weights("uamt_skin", tmp_path / "model.pt")
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_with_base(BUNDLES / "uamt_skin" / "configs" / "inference.json")])
+    parser.update({"input": str(inputs), "output_dir": str(tmp_path / "out"), "checkpoint": str(weights),
+                   "image_size": 64, "output_stride": 32})
+    with pytest.raises(RuntimeError) as error:
+        parser.get_parsed_content("inferring")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img0_seg.png", "img2_seg.png"]
+    message = str(find_input_error(error.value))
+    assert message.startswith("1 of 3 input images could not be read and were skipped; the other 2 were processed")
+    assert str(inputs / "img1.jpg") in message
+
+
+def test_both_inference_bases_skip_and_report_failed_cases():
+    for family in ("2d", "3d"):
+        config = json.loads((BUNDLES / "_base" / family / "inference.json").read_text())
+        assert config["dataset"]["_target_"] == "samssl.data.TolerantDataset"
+        assert config["evaluator"]["val_data_loader"] == "@cases" and config["cases"]["loader"] == "@dataloader"
+        assert config["inferring"] == ["$@evaluator.run()", "$@cases.raise_failures()"]
 
 
 def test_an_error_while_pool_threads_are_busy_exits_with_status_1_not_an_abort(tmp_path):

@@ -8,6 +8,7 @@ and ``"$samssl.data.dermoscopy_transforms('labelled', 256)"``.
 """
 
 
+from samssl.data.case_failures import FAILED_CASE_KEY, SkipFailedCases, TolerantDataset
 from samssl.data.checks import BinarizeLabeld, CheckSpatialShapesMatchd, EnsureChannelsd
 from samssl.data.datalists import (
     IMAGE_SUFFIXES,
@@ -46,6 +47,7 @@ __all__ = [
     "BinarizeLabeld",
     "CheckSpatialShapesMatchd",
     "EnsureChannelsd",
+    "FAILED_CASE_KEY",
     "H5VolumeReader",
     "IMAGE_SUFFIXES",
     "PREDICTION_FORMATS",
@@ -54,8 +56,10 @@ __all__ = [
     "SignedDistanceMap",
     "SignedDistanceMapd",
     "SimplifiedStitch",
+    "SkipFailedCases",
     "StitchSlices",
     "StitchSlicesd",
+    "TolerantDataset",
     "UAMT_LA_SPACING",
     "UnknownLayoutError",
     "Unreadable",
