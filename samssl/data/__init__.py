@@ -8,6 +8,7 @@ and ``"$samssl.data.dermoscopy_transforms('labelled', 256)"``.
 """
 
 
+from samssl.data.case_failures import FAILED_CASE_KEY, SkipFailedCases, TolerantDataset
 from samssl.data.checks import BinarizeLabeld, CheckSpatialShapesMatchd, EnsureChannelsd
 from samssl.data.datalists import (
     IMAGE_SUFFIXES,
@@ -26,6 +27,7 @@ from samssl.data.datalists import (
     volume_datalist,
     write_msd_description,
 )
+from samssl.data.readability import Unreadable, check_readable, find_unreadable
 from samssl.data.readers import UAMT_LA_SPACING, H5VolumeReader
 from samssl.data.save_predictions import PREDICTION_FORMATS, SavePredictiond
 from samssl.data.sdf import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
@@ -45,6 +47,7 @@ __all__ = [
     "BinarizeLabeld",
     "CheckSpatialShapesMatchd",
     "EnsureChannelsd",
+    "FAILED_CASE_KEY",
     "H5VolumeReader",
     "IMAGE_SUFFIXES",
     "PREDICTION_FORMATS",
@@ -53,14 +56,19 @@ __all__ = [
     "SignedDistanceMap",
     "SignedDistanceMapd",
     "SimplifiedStitch",
+    "SkipFailedCases",
     "StitchSlices",
     "StitchSlicesd",
+    "TolerantDataset",
     "UAMT_LA_SPACING",
     "UnknownLayoutError",
+    "Unreadable",
     "VOLUME_SUFFIXES",
+    "check_readable",
     "dermoscopy_datalist",
     "dermoscopy_transforms",
     "describe_volume_folder",
+    "find_unreadable",
     "grid_size",
     "image_folder_datalist",
     "isic_datalist",

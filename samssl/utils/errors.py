@@ -15,12 +15,23 @@ full as usual.
 
 The subclasses also derive from the built-in type a caller would catch (``ValueError``,
 ``FileNotFoundError``), so code and tests that catch those keep working.
+
+Before printing, the hook lets the worker threads of any ``multiprocessing`` thread pool finish
+the item they are working on (:func:`finish_pool_workers`). MONAI's ``CacheDataset`` fills its cache
+with such a pool; when one case fails, the pool is terminated but its other workers are still
+inside a transform (in torch's C++ code). Python then finalises with those daemon threads running,
+and a thread that wakes up in C++ during finalisation is unwound by ``pthread_exit`` through a
+``noexcept`` frame: the process aborts ("terminate called without an active exception", exit
+status 134) after the message instead of ending with it.
 """
 
 from __future__ import annotations
 
+import multiprocessing.pool
 import os
 import sys
+import threading
+import time
 import traceback
 from types import TracebackType
 
@@ -30,12 +41,21 @@ __all__ = [
     "InvalidInputError",
     "MissingInputError",
     "UnknownKeyError",
+    "debug_requested",
     "find_input_error",
+    "finish_pool_workers",
     "install_concise_errors",
 ]
 
 #: Environment variable that keeps full tracebacks for the project's own input errors.
 DEBUG_ENV = "SAMSSL_DEBUG"
+#: Longest wait (seconds) for thread-pool workers to finish their item before the process exits.
+POOL_WORKER_GRACE_S = 60.0
+
+
+def debug_requested() -> bool:
+    """Whether the user asked for full tracebacks (``SAMSSL_DEBUG`` set to anything but ``0``)."""
+    return os.environ.get(DEBUG_ENV, "").strip() not in ("", "0")
 
 
 class BundleInputError(Exception):
@@ -65,10 +85,35 @@ def find_input_error(error: BaseException | None) -> BundleInputError | None:
     return None
 
 
+def _busy_pool_workers() -> list[threading.Thread]:
+    """Threads of ``multiprocessing`` thread pools that are inside a task (not waiting for one)."""
+    frames = sys._current_frames()
+    return [
+        thread
+        for thread in threading.enumerate()
+        if getattr(thread, "_target", None) is multiprocessing.pool.worker
+        and (frame := frames.get(thread.ident)) is not None
+        and frame.f_code is not multiprocessing.pool.worker.__code__  # deeper than the worker loop: busy
+    ]
+
+
+def finish_pool_workers(timeout: float = POOL_WORKER_GRACE_S) -> None:
+    """Wait (at most ``timeout`` seconds) until no ``multiprocessing`` thread-pool worker is inside a task.
+
+    A terminated pool's workers exit after their current item; waiting for that keeps a failed run
+    from aborting at interpreter exit (see the module docstring). An idle worker of a pool still in
+    use waits in C for its next task, harmless at exit, and is not waited for; nor is any other thread.
+    """
+    deadline = time.monotonic() + timeout
+    while _busy_pool_workers() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def _concise_hook(previous):
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
+        finish_pool_workers()
         cause = find_input_error(error)
-        if cause is None or os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
+        if cause is None or debug_requested():
             previous(kind, error, tb)
             return
         where = traceback.extract_tb(cause.__traceback__)[-1:] if cause.__traceback__ else []
