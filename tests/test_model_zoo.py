@@ -21,7 +21,7 @@ import pytest
 import torch
 from bundle_testing import BUNDLES, untrained_weights
 from monai.apps.utils import HashCheckError
-from monai.bundle import download, download_large_files
+from monai.bundle import ConfigParser, download, download_large_files
 from PIL import Image
 from tool_loading import load_tool  # same directory, on sys.path under pytest
 
@@ -133,9 +133,15 @@ def _real_labelled(meta: dict, data_root: Path, dest: Path) -> tuple[Path, int]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUNDLE_NAMES)
 def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(name, data_root, tmp_path):
-    checkpoint = untrained_weights(name, tmp_path / "model.pt", key=None)
-    archive = zoo.package_bundle(name, checkpoint, tmp_path / "dist")
     meta = json.loads((BUNDLES / name / "configs" / "metadata.json").read_text())
+    # the model records the (CPU-preset) settings it was trained with: the packaged bundle uses them
+    # with no preset and no flag, in its inference.json and in the TorchScript file's embedded config
+    volumes = len(meta["network_data_format"]["inputs"]["image"]["spatial_shape"]) == 3
+    settings = {"target_spacing": 1.25, "patch_size": [64, 64, 48]} if volumes else {"image_size": 128}
+    checkpoint = untrained_weights(name, tmp_path / "model.pt")
+    stored = torch.load(checkpoint, weights_only=True)
+    torch.save({**stored, "trained_settings": {"settings": settings, "configs": ["train.json", "cpu.json"]}}, checkpoint)
+    archive = zoo.package_bundle(name, checkpoint, tmp_path / "dist")
     assert archive.name == f"{name}_v{meta['version']}.zip"
     with zipfile.ZipFile(archive) as zf:
         members = zf.namelist()
@@ -170,15 +176,21 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     assert zoo.file_sha256(bundle / "models" / "model.pt") == zoo.file_sha256(checkpoint)
 
     # the TorchScript export is the deployed network with the bundle's metadata embedded
-    extra = {"metadata.json": "", "inference.json": ""}
+    extra = {"metadata.json": "", "inference.json": "", "trained_settings.json": ""}
     scripted = torch.jit.load(str(bundle / "models" / "model.ts"), _extra_files=extra)
-    assert json.loads(extra["metadata.json"])["version"] == meta["version"] and json.loads(extra["inference.json"])
+    assert json.loads(extra["metadata.json"])["version"] == meta["version"]
+    exported = json.loads(extra["trained_settings.json"])
+    assert {k: exported[k] for k in settings} == settings
+    embedded = json.loads(extra["inference.json"])
+    assert all(embedded[k] == v for k, v in settings.items())
+    zoo_inference = ConfigParser()
+    zoo_inference.read_config(str(bundle / "configs" / "inference.json"))
+    zoo_inference["checkpoint"] = str(bundle / "models" / "model.pt")
+    assert all(zoo_inference.get_parsed_content(k) == v for k, v in settings.items())
 
     image, size = _real_input(meta, data_root)
-    inference = json.loads((bundle / "configs" / "inference.json").read_text())
-    faster = ["--target_spacing", "1.25", "--patch_size", "[64,64,48]"] if "target_spacing" in inference else []
     run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "--config_file", "configs/inference.json",
-                          "--input", str(image), *faster], cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
+                          "--input", str(image)], cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     written = [p for p in (bundle / "predictions").rglob("*") if p.is_file()]
     assert len(written) == 1 and written[0].name.startswith(image.name.split(".")[0])
@@ -193,7 +205,7 @@ def test_packaged_bundle_downloads_into_a_fresh_folder_and_infers_on_real_data(n
     # evaluate.json, flattened too, scores real labelled cases in the same folder
     labelled, count = _real_labelled(meta, data_root, tmp_path / "labelled")
     run = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "evaluating", "--config_file", "configs/evaluate.json",
-                          "--dataset_dir", str(labelled), "--num_workers", "0", *faster],
+                          "--dataset_dir", str(labelled), "--num_workers", "0"],
                          cwd=bundle, env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-4000:]
     assert json.loads((bundle / "eval" / "test_metrics.json").read_text())["num_cases"] == count
