@@ -155,3 +155,37 @@ def test_cli_missing_folder_ends_with_one_clear_line(tmp_path: Path) -> None:
     assert result.stderr.strip().splitlines()[-1] == f"error: dataset_dir {tmp_path / 'not_here'} does not exist " \
         "(leave dataset_dir empty to use the generated demo data)"
     assert "Traceback" not in result.stderr
+
+
+def test_inference_before_training_says_no_weights_ship_and_how_to_train(tmp_path: Path) -> None:
+    import torch
+
+    from samssl.handlers import load_network_weights
+
+    bundle = tmp_path / "my_bundle"
+    with pytest.raises(MissingInputError, match=r"no weights ship with this bundle, train it first .*run training "
+                       r"--config_file .*my_bundle.configs.train\.json.* or pass --checkpoint FILE"):
+        load_network_weights(torch.nn.Linear(2, 2), bundle / "models" / "model.pt")
+
+
+def test_a_model_records_its_settings_and_refuses_a_contradiction(tmp_path: Path, caplog) -> None:
+    import torch
+
+    from samssl.handlers import TrainedSettings, load_network_weights, read_trained_settings, trained_setting
+
+    network = torch.nn.Linear(2, 2)
+    record = TrainedSettings({"image_size": 128, "patch_size": (64, 64, 48)}, configs=["a/train.json", "a/demo.json"])
+    path = tmp_path / "model.pt"
+    torch.save({"model": network.state_dict(), "trained_settings": record.state_dict()}, path)
+    assert read_trained_settings(path)["configs"] == ["train.json", "demo.json"]
+    assert trained_setting(path, "image_size", 256) == 128 and trained_setting(path, "spacing", 1.0) == 1.0
+    assert trained_setting(tmp_path / "absent.pt", "image_size", 256) == 256  # the loader reports the missing file
+    load_network_weights(network, path, expected_settings={"image_size": 128, "patch_size": [64, 64, 48]})
+    with pytest.raises(InvalidInputError, match=r"\(train\.json, demo\.json\): image_size: trained with 128, "
+                       r"this command sets 256\. Leave these keys out"):
+        load_network_weights(network, path, expected_settings={"image_size": 256})
+    old = tmp_path / "old.pt"  # saved before models recorded their settings: the config's values, with a warning
+    torch.save({"model": network.state_dict()}, old)
+    with caplog.at_level("WARNING"):
+        load_network_weights(network, old, expected_settings={"image_size": 256})
+    assert "records no training settings" in caplog.text
