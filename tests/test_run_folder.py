@@ -89,3 +89,31 @@ def test_a_folder_from_before_records_is_adopted_when_its_split_is_the_same(tmp_
     claim_run_folder(legacy, _split("/demo"), SETTINGS)
     assert (legacy / RECORD_FILE).is_file()
 
+
+def test_bundle_config_refuses_another_run_when_its_split_is_resolved(tmp_path):
+    """The hook in a bundle: ``datalist`` (the first thing a training command resolves that writes into
+    the run folder) raises the project's input error, reported as the last line, before any write."""
+    from bundle_testing import BUNDLES  # same directory, on sys.path under pytest
+    from monai.bundle import ConfigParser
+
+    data = tmp_path / "data"
+    for folder in ("images", "masks"):
+        (data / folder).mkdir(parents=True)
+    for index in range(4):  # PH2 layout, found by its file names only
+        (data / "images" / f"IMD{index:03d}.jpg").write_bytes(b"")
+        (data / "masks" / f"IMD{index:03d}_lesion.png").write_bytes(b"")
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLES / "uamt_skin" / "configs" / "train.json"))
+    parser.update({"output_dir": str(tmp_path / "run"), "demo_dir": str(tmp_path / "demo"), "dataset_dir": str(data),
+                   "num_labelled": 1, "imports": ["$import samssl", "$import samssl.data", "$import samssl.demo"]})
+    first = parser.get_parsed_content("datalist")
+    assert len(first["labelled"]) == 1 and (tmp_path / "run" / RECORD_FILE).is_file()
+
+    before = _snapshot(tmp_path / "run")
+    parser.update({"num_labelled": 2})
+    parser.parse(reset=True)
+    with pytest.raises(Exception) as refused:
+        parser.get_parsed_content("datalist")
+    cause = find_input_error(refused.value)
+    assert isinstance(cause, InvalidInputError) and "num_labelled 1 -> 2" in str(cause)
+    assert _snapshot(tmp_path / "run") == before
