@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from monai.data import partition_dataset
 
@@ -28,6 +29,7 @@ from samssl.data.datalists import (
 )
 from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import atomic_write_json
+from samssl.utils.run_folder import claim_run_folder
 
 __all__ = ["split_labelled", "kfold_splits", "write_datalist", "load_datalist", "prepare_split", "LAYOUTS"]
 
@@ -131,13 +133,20 @@ def kfold_splits(datalist: Sequence[Entry], num_folds: int = 5, seed: int = 0) -
     ]
 
 
-def write_datalist(path: PathLike, datalist_dict: dict) -> Path:
+def write_datalist(path: PathLike, datalist_dict: dict, run_settings: Mapping[str, Any] | None = None) -> Path:
     """Write a datalist dict as pretty JSON (key order kept), creating parent folders.
 
     The file is written next to its destination and renamed, so a killed run never leaves a
     half-written split behind.
+
+    With ``run_settings`` (a bundle's settings that define its training), ``path``'s folder is a run
+    folder: it is claimed for this split and these settings first
+    (:func:`samssl.utils.run_folder.claim_run_folder`), and a folder that holds another run is
+    refused before anything in it, this file included, is overwritten.
     """
     path = Path(path).expanduser()
+    if run_settings is not None:
+        return claim_run_folder(path.parent, datalist_dict, run_settings, datalist_file=path.name)
     atomic_write_json(path, datalist_dict, indent=2)
     return path
 
@@ -172,19 +181,23 @@ def prepare_split(
     seed: int = 0,
     num_val: int = 0,
     layout: str = "auto",
+    run_settings: Mapping[str, Any] | None = None,
 ) -> dict[str, list[Entry]]:
     """Build the datalist of ``dataset_dir``, split it, write the split to ``output_json``, return it.
 
     Meant to be called from a bundle config
-    (``"$samssl.data.prepare_split(@dataset_dir, @output_dir + '/datalist.json', num_labelled=8)"``)
-    so that every run leaves the exact cases it used on disk.
+    (``"$samssl.data.prepare_split(@dataset_dir, @output_dir + '/datalist.json', num_labelled=8,
+    run_settings=@run_settings)"``) so that every run leaves the exact cases it used on disk, and a
+    run folder that holds another run is refused before its split is overwritten.
 
     Args:
         layout: ``"auto"`` (volume layouts first, then dermoscopy), or one of
             ``"isic"``, ``"ph2"``, ``"dermoscopy"``, ``"msd"``, ``"h5"``, ``"volume"``.
+        run_settings: the settings that define the run training in ``output_json``'s folder (see
+            :func:`write_datalist`); None writes the file without a run record.
         other args: see :func:`split_labelled`.
     """
     datalist = _build_datalist(Path(dataset_dir).expanduser(), layout)
     split = split_labelled(datalist, num_labelled=num_labelled, fraction=fraction, seed=seed, num_val=num_val)
-    write_datalist(output_json, split)
+    write_datalist(output_json, split, run_settings=run_settings)
     return split

@@ -10,7 +10,8 @@ MONAI's ``CheckpointSaver`` writes the files (``checkpoint_iteration=N.pt``, ``c
   counters, the ramps that depend on them, and the LR schedule carry on; so re-running the same
   command after a kill resumes, and a first run starts fresh;
 * :class:`TrainingCheckpointer`: both in one handler for a bundle config, which cannot name the
-  trainer inside the trainer's own handler list; it takes the engine when attached;
+  trainer inside the trainer's own handler list; it takes the engine when attached, and keeps the
+  folder at the configured number of files across restarts;
 * :func:`load_network_weights`: weights for evaluation or inference from any of these files;
 * :class:`AtomicCheckpointSaver`: MONAI's ``CheckpointSaver`` whose files are written to a
   temporary name, flushed to disk and renamed into place, and whose older files are deleted only
@@ -40,6 +41,7 @@ from monai.utils import IgniteInfo, min_version, optional_import
 from torch import nn
 
 from samssl.handlers.deployment import check_trained_settings
+from samssl.handlers.engine_log import quiet_fresh_start_line
 from samssl.networks.ema import EMATeacher, unwrap_model
 from samssl.utils.errors import InvalidInputError, MissingInputError
 from samssl.utils.files import fsync_folder
@@ -74,6 +76,10 @@ __all__ = [
 _RESUMABLE_NAME = re.compile(r"_(?P<kind>final_iteration|iteration|epoch)=(?P<number>\d+)\.pth?$")
 
 _NETWORK_KEYS = ("network", "student", "model")
+
+# The files TrainingCheckpointer's saver writes (no prefix): the ones it may prune.
+_OWN_FILE = re.compile(r"^checkpoint_(?P<kind>final_iteration|iteration)=(?P<number>\d+)\.pt$")
+
 
 
 class AtomicDiskSaver(BaseSaveHandler):
@@ -290,6 +296,7 @@ class ResumeFromLatest:
     def attach(self, engine: Engine) -> None:
         if self._name is None:
             self.logger = engine.logger
+        quiet_fresh_start_line(engine.logger)
         engine.add_event_handler(Events.STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
@@ -335,11 +342,20 @@ class ResumeFromLatest:
 class TrainingCheckpointer:
     """Save a resumable checkpoint every ``save_interval`` iterations and resume from the newest.
 
-    One handler for a bundle's ``train_handlers``: when attached it builds
-    :func:`training_checkpoint_dict` with the engine itself, attaches :class:`ResumeFromLatest` (at
-    ``Events.STARTED``) and a MONAI ``CheckpointSaver`` (iteration level, plus
+    One handler for a bundle's ``train_handlers``: when training starts it builds
+    :func:`training_checkpoint_dict` with the engine itself, resumes like :class:`ResumeFromLatest`
+    and saves through a MONAI ``CheckpointSaver`` (iteration level, plus
     ``checkpoint_final_iteration=N.pt`` when the run completes). Re-running the same command after a
     kill therefore continues the run; a completed run is not trained again.
+
+    A checkpoint holds only what resuming needs: the teacher is left out when the trainer has none
+    (``engine.teacher is None``: a SupOnly baseline, whose config still builds the EMA copy), since
+    an unused copy of the initial weights would double the file for nothing.
+
+    The folder keeps ``n_saved`` interval files and one final file, counted on disk after each save:
+    ignite only knows the files its own process wrote, so without this a restarted run would keep
+    every interval file of the earlier processes (786 MB each for UAMT). When the run completes, the
+    interval file of its last iteration, a copy of the final file, is removed.
 
     No checkpoint is written when the run fails (``CheckpointSaver``'s ``save_final`` would): after a
     non-finite loss the BatchNorm statistics of that forward pass may already hold NaN, and such a
@@ -367,6 +383,8 @@ class TrainingCheckpointer:
     ) -> None:
         if save_interval < 1:
             raise InvalidInputError(f"save_interval must be a positive number of iterations, got {save_interval}.")
+        if n_saved is not None and n_saved < 1:
+            raise InvalidInputError(f"n_saved must be a positive number of files or None (all), got {n_saved}.")
         self.checkpoint_dir = Path(checkpoint_dir)
         self.network = network
         self.optimizer = optimizer
@@ -375,15 +393,34 @@ class TrainingCheckpointer:
         self.save_interval = save_interval
         self.n_saved = n_saved
         self.resume = resume
+        self._saver: AtomicCheckpointSaver | None = None
 
     def attach(self, engine: Engine) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         for stale in self.checkpoint_dir.glob("*.partial"):  # a save that was killed half-way
             stale.unlink(missing_ok=True)
-        save_dict = training_checkpoint_dict(engine, self.network, self.optimizer, self.teacher, self.lr_scheduler)
+        quiet_fresh_start_line(engine.logger)
+        # The save dict is built when training starts: a trainer sets its teacher after its handlers
+        # are attached, and only then is it known whether the teacher is used.
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), self._save_interval)
+        # CheckpointSaver.attach would also save on EXCEPTION_RAISED (see the class docstring).
+        engine.add_event_handler(Events.COMPLETED, self._save_final)
+
+    def save_dict(self, engine: Engine) -> dict[str, Any]:
+        """What a checkpoint of ``engine`` holds (:func:`training_checkpoint_dict`, the unused teacher left out)."""
+        teacher = self.teacher
+        if teacher is not None and hasattr(engine, "teacher") and engine.teacher is None:
+            teacher = None
+        return training_checkpoint_dict(engine, self.network, self.optimizer, teacher, self.lr_scheduler)
+
+    def _start(self, engine: Engine) -> None:
+        save_dict = self.save_dict(engine)
         if self.resume:
-            ResumeFromLatest(self.checkpoint_dir, save_dict).attach(engine)
-        saver = AtomicCheckpointSaver(
+            resume = ResumeFromLatest(self.checkpoint_dir, save_dict)
+            resume.logger = engine.logger
+            resume(engine)
+        self._saver = AtomicCheckpointSaver(
             str(self.checkpoint_dir),
             save_dict,
             save_final=True,
@@ -391,10 +428,38 @@ class TrainingCheckpointer:
             epoch_level=False,
             n_saved=self.n_saved,
         )
-        saver.logger = engine.logger
-        # CheckpointSaver.attach would also save on EXCEPTION_RAISED (see the class docstring).
-        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.save_interval), saver.interval_completed)
-        engine.add_event_handler(Events.COMPLETED, saver.completed)
+        self._saver.logger = engine.logger
+
+    def _save_interval(self, engine: Engine) -> None:
+        assert self._saver is not None, "TrainingCheckpointer saves after Events.STARTED"
+        self._saver.interval_completed(engine)
+        if self.n_saved is not None:
+            self._prune(final=False, keep=self.n_saved)
+
+    def _save_final(self, engine: Engine) -> None:
+        assert self._saver is not None, "TrainingCheckpointer saves after Events.STARTED"
+        self._saver.completed(engine)
+        self._prune(final=True, keep=1)
+        # the interval file of the last iteration holds what the final file holds: one copy is enough
+        final = self.checkpoint_dir / f"checkpoint_final_iteration={engine.state.iteration}.pt"
+        if idist.get_rank() == 0 and final.is_file():
+            (self.checkpoint_dir / f"checkpoint_iteration={engine.state.iteration}.pt").unlink(missing_ok=True)
+
+    def _prune(self, final: bool, keep: int) -> None:
+        """Delete this checkpointer's interval (or final) files beyond the ``keep`` newest, by iteration.
+
+        An older final file is the end of an earlier, shorter run of the same training, superseded
+        once the run was given more iterations and completed again.
+        """
+        if idist.get_rank() != 0:
+            return
+        files = []
+        for path in self.checkpoint_dir.iterdir():
+            match = _OWN_FILE.match(path.name)
+            if match is not None and (match["kind"] == "final_iteration") == final:
+                files.append((int(match["number"]), path))
+        for _, path in sorted(files, reverse=True)[keep:]:
+            path.unlink(missing_ok=True)
 
 
 def load_network_weights(

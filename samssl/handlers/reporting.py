@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageDraw
 from skimage.segmentation import find_boundaries
 
+from samssl.handlers.engine_log import quiet_fresh_start_line
 from samssl.metrics import case_metrics, results_table, summarise
 
 logger = logging.getLogger(__name__)
@@ -115,6 +116,8 @@ class SegmentationReport:
     def attach(self, engine: Any) -> None:
         from ignite.engine import Events
 
+        if isinstance(getattr(engine, "logger", None), logging.Logger):  # each pass would log "resuming from iteration 0"
+            quiet_fresh_start_line(engine.logger)
         engine.add_event_handler(Events.STARTED, self._reset)
         engine.add_event_handler(Events.ITERATION_COMPLETED, self._collect)
         engine.add_event_handler(Events.COMPLETED, self._report)

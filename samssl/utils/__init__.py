@@ -1,4 +1,5 @@
-"""Small utilities every layer may use: atomic file writes and fingerprints, RNG state, config checks.
+"""Small utilities every layer may use: atomic file writes and fingerprints, RNG state, config checks,
+the record that keeps a run folder to one run.
 
 Nothing here imports another ``samssl`` package (ARCHITECTURE.md).
 """
