@@ -47,6 +47,7 @@ from torch.utils.data.distributed import DistributedSampler
 from samssl.losses.auxiliary import Batch, LossTerms
 from samssl.losses.ramps import Constant
 from samssl.networks.ema import EMATeacher, unwrap_model
+from samssl.utils.errors import NonFiniteLossError
 from samssl.utils.reproducibility import (
     capture_global_rng,
     capture_pass_start,
@@ -423,7 +424,7 @@ class SemiSupervisedTrainer(Trainer):
             for name, value in values.items()
             if not isinstance(value, torch.Tensor) or value.numel() == 1
         )
-        raise FloatingPointError(
+        raise NonFiniteLossError(
             f"non-finite loss at iteration {engine.state.iteration} ({described}); the optimiser did not step, "
             "so the weights are those of the previous iteration. Lower the learning rate (or clip gradients), "
             "or check the inputs of this iteration for NaN/Inf (e.g. intensity normalisation of a constant image)."

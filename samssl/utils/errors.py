@@ -40,6 +40,7 @@ __all__ = [
     "BundleInputError",
     "InvalidInputError",
     "MissingInputError",
+    "NonFiniteLossError",
     "UnknownKeyError",
     "debug_requested",
     "find_input_error",
@@ -68,6 +69,10 @@ class InvalidInputError(BundleInputError, ValueError):
 
 class MissingInputError(BundleInputError, FileNotFoundError):
     """A file or folder the command needs is not there."""
+
+
+class NonFiniteLossError(BundleInputError, FloatingPointError):
+    """Training diverged (a NaN or infinite loss): a setting to change (learning rate) or inputs to check."""
 
 
 class UnknownKeyError(BundleInputError, ValueError):
