@@ -8,8 +8,10 @@ numbers is intended, re-record with ``python tests/record_loss_traces.py <trace>
 
 The traces were recorded on one x86-64 CPU thread; another CPU family (or a different torch/oneDNN
 build) may round convolutions differently, and 20 optimiser steps can carry that past 1e-5.
-``ssl_medsam2/fsl`` runs TFFS over every frame of the unlabelled volumes first (several minutes on
-a CPU): it runs only when ``LOSS_TRACES_SLOW=1``.
+``ssl_medsam2/fsl`` runs TFFS over every frame of the unlabelled volumes first, and ``sfr_la``
+pseudo-labels every unlabelled volume with the fine-tuned SAM between its two traced trainers
+(several minutes each on a CPU, the longest tests of the suite): they run only when
+``LOSS_TRACES_SLOW=1``. Run them when SFR's or SSL-MedSAM2's training code changes.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SLOW_TRACES = {"ssl_medsam2/fsl"}  # minutes of TFFS before the traced fold: opt-in
+SLOW_TRACES = {"ssl_medsam2/fsl", "sfr_la"}  # minutes of SAM before the traced iterations: opt-in
 
 
 @pytest.fixture(scope="module")
