@@ -305,7 +305,8 @@ def _config_ids(config: Any, prefix: str = "") -> Iterator[str]:
 
 
 def trace_overrides(spec: TraceSpec, data_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
-    """The config values a trace sets: data subset, outputs into ``out_dir``, seed 0, no workers, no validation.
+    """The config values a trace sets: data subset, outputs into ``out_dir``, seed 0, no workers, no
+    validation, float32 (``amp`` False, whatever the CPU supports).
 
     Every id whose last part ends in ``cache_dir`` (SAM embedding caches, some default to
     ``<bundle>/runs``) is moved into ``out_dir`` too, so nothing is written into the project and no
@@ -321,6 +322,7 @@ def trace_overrides(spec: TraceSpec, data_dir: Path, out_dir: Path, config: Mapp
         "num_val": 0,
         "val_dataset_dir": None,
         "num_labelled": num_labelled(spec.data),
+        "amp": False,  # the record is float32; "auto" would autocast to bfloat16 on a CPU that has it
     }
     for config_id in _config_ids(config):
         name = config_id.split("#")[-1]

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from ignite.engine import Events
+from monai.engines.utils import IterationEvents
 from monai.handlers import CheckpointSaver, StatsHandler
 from PIL import Image
 from torch import nn
@@ -457,21 +458,36 @@ def test_mean_teacher_learns_on_real_dermoscopy(ph2_root):
     assert outputs[12]["supervised"] < 0.8 * outputs[1]["supervised"]
 
 
-def test_amp_autocasts_the_forward_passes():
-    dtypes: list[torch.dtype] = []
+def test_bf16_step_autocasts_the_forward_passes_and_keeps_losses_weights_ema_and_optimizer_in_float32():
+    """amp 'bf16': every forward pass (student, EMA teacher) runs in bfloat16, what reaches the losses
+    is float32, and weights, EMA teacher, BatchNorm statistics and Adam's moments stay float32."""
+    forward_dtypes: list[torch.dtype] = []
+    logit_dtypes: list[torch.dtype] = []
 
     class DtypeRecordingTrainer(MeanTeacherTrainer):
         def student_forward(self, images):
             logits = super().student_forward(images)
-            dtypes.append(logits.dtype)
+            logit_dtypes.append(logits.dtype)
             return logits
 
-    trainer, _, _ = _mean_teacher(0, DtypeRecordingTrainer, max_epochs=1, epoch_length=2, amp=True)
+    trainer, network, optimizer = _mean_teacher(0, DtypeRecordingTrainer, max_epochs=1, epoch_length=2, amp="bf16")
+    network.layers[-1].register_forward_hook(lambda m, i, o: forward_dtypes.append(o.dtype))
+    trainer.ema.teacher.layers[-1].register_forward_hook(lambda m, i, o: forward_dtypes.append(o.dtype))
+    losses: list[torch.dtype] = []
+    trainer.add_event_handler(IterationEvents.LOSS_COMPLETED,
+                              lambda e: losses.extend(v.dtype for v in e.state.output.values()
+                                                      if isinstance(v, torch.Tensor)))
     outputs = _record_outputs(trainer)
     trainer.run()
-    assert trainer.scaler is None  # loss scaling is for CUDA float16 only; CPU autocast uses bfloat16
-    assert dtypes == [torch.bfloat16] * 4
+    assert trainer.precision.name == "bf16" and trainer.scaler is None  # bfloat16 needs no loss scaling
+    assert forward_dtypes and set(forward_dtypes) == {torch.bfloat16}
+    assert logit_dtypes == [torch.float32] * 4
+    assert losses and set(losses) == {torch.float32}
     assert all(math.isfinite(o["loss"]) for o in outputs.values())
+    for module in (network, trainer.ema.teacher):
+        assert all(t.dtype == torch.float32 for t in module.state_dict().values() if t.is_floating_point())
+    moments = [t for state in optimizer.state.values() for t in state.values() if t.is_floating_point() and t.ndim]
+    assert moments and all(t.dtype == torch.float32 for t in moments)
 
 
 def test_an_empty_unlabelled_stream_is_refused_before_training():

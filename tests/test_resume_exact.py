@@ -48,8 +48,9 @@ def _loaders():
             DataLoader(Dataset(unlabelled, augment_u), batch_size=2, shuffle=True))
 
 
-def train(ckpt_dir: Path, kill_at: int | None = None) -> dict[str, torch.Tensor]:
-    """A small mean-teacher run with a checkpoint every iteration; SIGKILL itself after ``kill_at``."""
+def train(ckpt_dir: Path, kill_at: int | None = None, amp: bool | str = False) -> dict[str, torch.Tensor]:
+    """A small mean-teacher run with a checkpoint every iteration; SIGKILL itself after ``kill_at``.
+    ``amp`` is the precision switch ('bf16': forward passes autocast, the rest float32)."""
     from monai.losses import DiceCELoss
     from monai.utils import set_determinism
 
@@ -62,7 +63,7 @@ def train(ckpt_dir: Path, kill_at: int | None = None) -> dict[str, torch.Tensor]
     trainer = MeanTeacherTrainer(
         "cpu", EPOCHS, labelled, network, optimizer, DiceCELoss(to_onehot_y=True, softmax=True),
         unlabeled_data_loader=unlabelled, consistency_weight=GaussianRampUp(1.0, length=8),
-        epoch_length=ITERATIONS_PER_EPOCH,
+        epoch_length=ITERATIONS_PER_EPOCH, amp=amp,
     )
     TrainingCheckpointer(ckpt_dir, network, optimizer, teacher=trainer.ema, save_interval=1).attach(trainer)
     if kill_at is not None:
@@ -74,8 +75,8 @@ def train(ckpt_dir: Path, kill_at: int | None = None) -> dict[str, torch.Tensor]
     return {k: v.clone() for k, v in network.state_dict().items()}
 
 
-def _run_in_subprocess(ckpt_dir: Path, kill_at: int | None) -> subprocess.CompletedProcess:
-    command = [sys.executable, __file__, str(ckpt_dir)] + ([str(kill_at)] if kill_at else [])
+def _run_in_subprocess(ckpt_dir: Path, kill_at: int | None, amp: str = "false") -> subprocess.CompletedProcess:
+    command = [sys.executable, __file__, str(ckpt_dir), str(kill_at or 0), amp]
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
@@ -101,6 +102,23 @@ def test_kill_9_mid_pass_then_resume_gives_the_weights_of_an_uninterrupted_run(t
     found = torch.load(tmp_path / "run" / FINAL, weights_only=True)
     for entry in ("model", "teacher"):
         for name, value in reference[entry].items():
+            torch.testing.assert_close(found[entry][name], value, rtol=0, atol=0, msg=f"{entry}.{name}")
+
+
+def test_kill_9_mid_pass_then_resume_is_exact_under_bf16_autocast(tmp_path_factory, tmp_path):
+    """bfloat16 forward passes are deterministic on one thread, and what is checkpointed (weights,
+    EMA teacher, Adam's moments) stays float32, so the resume is exact in bfloat16 too."""
+    folder = tmp_path_factory.mktemp("reference_bf16")
+    assert _run_in_subprocess(folder, None, "bf16").returncode == 0
+    reference = torch.load(folder / FINAL, weights_only=True)
+    killed = _run_in_subprocess(tmp_path / "run", 7, "bf16")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    resumed = _run_in_subprocess(tmp_path / "run", None, "bf16")
+    assert resumed.returncode == 0, resumed.stderr
+    found = torch.load(tmp_path / "run" / FINAL, weights_only=True)
+    for entry in ("model", "teacher"):
+        for name, value in reference[entry].items():
+            assert value.dtype == found[entry][name].dtype
             torch.testing.assert_close(found[entry][name], value, rtol=0, atol=0, msg=f"{entry}.{name}")
 
 
@@ -137,4 +155,4 @@ def test_pass_start_state_round_trips_and_refuses_another_configuration():
 
 
 if __name__ == "__main__":
-    train(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else None)
+    train(Path(sys.argv[1]), int(sys.argv[2]) or None, False if sys.argv[3] == "false" else sys.argv[3])

@@ -179,7 +179,7 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         self.ema.train_mode(stochastic)
         try:
             mean_probability = sum(
-                torch.softmax(as_class_logits(self.inferer(self.add_input_noise(images), self.ema)).float(), dim=1)
+                torch.softmax(as_class_logits(self.forward_float32(self.ema, self.add_input_noise(images))), dim=1)
                 for _ in range(passes)
             ) / passes
         finally:
@@ -195,8 +195,8 @@ class MeanTeacherTrainer(SemiSupervisedTrainer):
         return self.student_forward(self.add_input_noise(images) if self.student_noise else images)
 
     def teacher_targets(self, engine: MeanTeacherTrainer, unlabelled: Batch) -> torch.Tensor:
-        """The teacher's logits on differently perturbed unlabelled images (no gradient)."""
-        return self.inferer(self.add_input_noise(unlabelled[Keys.IMAGE]), self.ema)
+        """The teacher's logits on differently perturbed unlabelled images (no gradient), in float32."""
+        return self.forward_float32(self.ema, self.add_input_noise(unlabelled[Keys.IMAGE]))
 
     def consistency_terms(
         self,

@@ -20,6 +20,7 @@ from monai.handlers import LrScheduleHandler
 from torch import nn
 
 from samssl.data import volume_transforms
+from samssl.engines.precision import AmpSetting
 from samssl.engines.semi_supervised import SemiSupervisedTrainer
 from samssl.handlers.checkpoints import TrainingCheckpointer
 from samssl.handlers.progress import TrainingProgressBar
@@ -34,13 +35,15 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
                             patch_size: Sequence[int], target_spacing: float | Sequence[float] | None,
                             num_iterations: int, batch_size: int, checkpoint_dir: str | Path,
                             checkpoint_interval: int, seed: int = 0, device: torch.device | str = "cpu",
-                            lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> nn.Module:
+                            lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+                            amp: AmpSetting = False) -> nn.Module:
     """Train ``model`` for ``num_iterations`` on random ``patch_size`` patches of ``training_set``.
 
     ``training_set`` entries carry ``image`` and ``label`` (other keys are ignored); they are read with
     ``volume_transforms("labelled")`` (resampled to ``target_spacing``, flips and rotations) and
     cached. Checkpoints (model, optimiser, scheduler, engine) go to ``checkpoint_dir`` every
-    ``checkpoint_interval`` iterations; a killed run resumes from the latest one. Returns ``model``.
+    ``checkpoint_interval`` iterations; a killed run resumes from the latest one. ``amp`` is the
+    precision switch of :mod:`samssl.engines.precision` (default float32). Returns ``model``.
     """
     if not training_set:
         raise ValueError(f"nothing to train on for {checkpoint_dir}: the training set is empty")
@@ -63,7 +66,7 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
     trainer = SemiSupervisedTrainer(
         device=torch.device(device), max_epochs=max(1, -(-iterations // epoch_length)), epoch_length=epoch_length,
         train_data_loader=loader, network=model, optimizer=optimizer, loss_function=loss_function,
-        train_handlers=handlers,
+        train_handlers=handlers, amp=amp,
     )
     trainer.run()
     return model

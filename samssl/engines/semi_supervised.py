@@ -11,8 +11,9 @@ epoch.
 A method is a subclass that overrides one of two levels:
 
 * ``compute_losses(engine, labelled, unlabelled) -> dict``: the usual case. Return the named loss
-  terms with the total under ``"loss"``; the base ``train_step`` runs it under autocast, checks the
-  total is finite, back-propagates, steps the optimiser and updates the EMA teacher.
+  terms with the total under ``"loss"``; the base ``train_step`` runs it under autocast (the run's
+  ``amp`` precision; a network output that reaches a loss is cast to float32 first, as
+  ``student_forward`` and ``forward_float32`` do), checks the total is finite, back-propagates, steps the optimiser and updates the EMA teacher.
 * ``train_step(engine, labelled, unlabelled) -> dict``: for methods with several optimiser steps per
   iteration (e.g. a two-stage student); call :meth:`optimize` and :meth:`update_teacher` yourself.
 
@@ -44,6 +45,7 @@ from torch.optim.optimizer import Optimizer
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
 
+from samssl.engines.precision import AmpSetting, announce_precision, resolve_precision, to_float32
 from samssl.losses.auxiliary import Batch, LossTerms
 from samssl.losses.ramps import Constant
 from samssl.networks.ema import EMATeacher, unwrap_model
@@ -101,8 +103,11 @@ class SemiSupervisedTrainer(Trainer):
         loss_function: the supervised loss ``loss_function(logits, label)`` on labelled batches.
         epoch_length: iterations per epoch; default ``len(train_data_loader)``.
         optim_set_to_none: ``optimizer.zero_grad(set_to_none=...)``; default True (torch's default).
-        amp: autocast the forward passes (``torch.autocast`` on the device's type, ``amp_kwargs``
-            passed on) and, on CUDA, scale the loss with a ``GradScaler``.
+        amp: the precision of the forward passes (:mod:`samssl.engines.precision`): ``"auto"``
+            (bfloat16 autocast on a CPU with native bfloat16, float16 + ``GradScaler`` on CUDA),
+            ``True`` (the same), ``"bf16"``, ``"fp16"`` or ``False`` (float32). ``amp_kwargs`` go to
+            ``torch.autocast``. Network outputs are cast to float32 before the losses; weights,
+            gradients, optimiser state and the EMA teacher stay float32.
 
     Each iteration hands ``train_step`` two dicts on the device: ``labelled`` with ``"image"`` and
     ``"label"``, ``unlabelled`` with ``"image"``; other tensor entries of a batch dict (e.g. cached
@@ -145,7 +150,7 @@ class SemiSupervisedTrainer(Trainer):
         additional_metrics: dict[str, Metric] | None = None,
         metric_cmp_fn: Callable = default_metric_cmp_fn,
         train_handlers: Sequence | None = None,
-        amp: bool = False,
+        amp: AmpSetting = False,
         event_names: list[str | EventEnum | type[EventEnum]] | None = None,
         event_to_attr: dict | None = None,
         decollate: bool = True,
@@ -165,6 +170,8 @@ class SemiSupervisedTrainer(Trainer):
             raise TypeError(f"teacher must be an EMATeacher or None, got {type(teacher).__name__}.")
         if teacher is not None and teacher.student is not unwrap_model(network):
             raise ValueError("the EMA teacher follows a different network than the one this trainer trains.")
+        self.precision = resolve_precision(amp, device)
+        announce_precision(self.precision, "training run")
         super().__init__(
             device=device,
             max_epochs=max_epochs,
@@ -178,7 +185,7 @@ class SemiSupervisedTrainer(Trainer):
             additional_metrics=additional_metrics,
             metric_cmp_fn=metric_cmp_fn,
             handlers=train_handlers,
-            amp=amp,
+            amp=self.precision.enabled,
             event_names=event_names,
             event_to_attr=event_to_attr,
             decollate=decollate,
@@ -212,18 +219,17 @@ class SemiSupervisedTrainer(Trainer):
     # ------------------------------------------------------------------ running
     def run(self) -> None:  # type: ignore[override]
         """Run training (continuing from the current state, e.g. after a checkpoint was loaded)."""
-        use_scaler = self.amp and self._device_type() == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision.uses_grad_scaler else None
         Workflow.run(self)
 
-    def _device_type(self) -> str:
-        return self.state.device.type if self.state.device is not None else "cpu"
-
     def autocast(self) -> contextlib.AbstractContextManager:
-        """Context for forward passes: ``torch.autocast`` when ``amp`` is on, else a no-op."""
-        if not self.amp:
-            return contextlib.nullcontext()
-        return torch.autocast(self._device_type(), **self.amp_kwargs)
+        """Context for forward passes: ``torch.autocast`` in the run's precision, a no-op in float32."""
+        return self.precision.autocast(**self.amp_kwargs)
+
+    def forward_float32(self, network: Callable, images: torch.Tensor) -> Any:
+        """``inferer(images, network)`` under autocast, its output cast to float32 for the losses."""
+        with self.autocast():
+            return to_float32(self.inferer(images, network))
 
     # ------------------------------------------------------------------ checkpointed state
     def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
@@ -364,7 +370,8 @@ class SemiSupervisedTrainer(Trainer):
         return engine.state.output
 
     def train_step(self, engine: SemiSupervisedTrainer, labelled: Batch, unlabelled: Batch | None) -> LossTerms:
-        """One optimisation step: losses under autocast, finite check, backward, step, EMA update."""
+        """One optimisation step: losses (forward passes autocast, loss arithmetic on float32 outputs),
+        finite check, backward, step, EMA update."""
         with self.autocast():
             terms = self.compute_losses(engine, labelled, unlabelled)
         if "loss" not in terms:
@@ -383,8 +390,9 @@ class SemiSupervisedTrainer(Trainer):
         return {"loss": supervised, "supervised": supervised}
 
     def student_forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The student's logits for ``images`` (through the inferer, as in ``SupervisedTrainer``)."""
-        return self.inferer(images, self.network)
+        """The student's logits for ``images`` (through the inferer, as in ``SupervisedTrainer``),
+        computed under autocast and returned in float32."""
+        return self.forward_float32(self.network, images)
 
     def supervised_loss(self, engine: SemiSupervisedTrainer, labelled: Batch) -> torch.Tensor:
         """``loss_function(student(image), label)`` on the labelled batch, averaged to a scalar."""

@@ -221,7 +221,10 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         if requires_grad:
             return self._encode_uncached(images, grad=True)
         if self.embedding_cache is not None:
-            return self.embedding_cache.encode(self, images)
+            # cached embeddings are computed in float32 even inside an autocast training step: the
+            # cache key does not hold the precision, and a float32 run must never read bfloat16 ones
+            with torch.autocast(torch.device(self.device).type, enabled=False):
+                return self.embedding_cache.encode(self, images)
         return self._encode_uncached(images, grad=False)
 
     def _encode_uncached(self, images: torch.Tensor, grad: bool = False) -> ImageEmbeddings:

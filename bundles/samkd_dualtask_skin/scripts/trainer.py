@@ -31,6 +31,7 @@ import torch
 from ignite.engine import Engine
 
 from samssl.engines import SemiSupervisedTrainer
+from samssl.engines.precision import to_float32
 from samssl.foundation import DensePromptDecoder, PromptableSegmenter
 from samssl.foundation.base import ImageEmbeddings
 from samssl.losses import (
@@ -124,7 +125,9 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
         return invert_dihedral(logits, codes), invert_dihedral(sdf, codes)
 
     def main_forward(self, image: torch.Tensor, codes: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        return self._in_image_frame(self.network, image, codes)
+        """The main network's ``(logits, sdf)`` in the image's frame, autocast, returned in float32."""
+        with self.autocast():
+            return to_float32(self._in_image_frame(self.network, image, codes))
 
     def embedding_segmenter(self) -> PromptableSegmenter | None:
         """The frozen segmenter whose (cached) embeddings a step reads: SAM's, or a frozen-encoder
@@ -150,12 +153,13 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
         embedding cannot be flipped exactly); a fine-tuned encoder sees the main network's
         augmented view.
         """
-        if unwrap_model(self.teacher_network).encoder is None:
-            assert embeddings is not None
-            device = next(self.teacher_network.parameters()).device
-            return self.teacher_network(batch.get(self.sam_image_key, batch["image"]),
-                                        embeddings=embeddings.features.to(device))
-        return self._in_image_frame(self.teacher_network, batch["image"], codes)
+        with self.autocast():
+            if unwrap_model(self.teacher_network).encoder is None:
+                assert embeddings is not None
+                device = next(self.teacher_network.parameters()).device
+                return to_float32(self.teacher_network(batch.get(self.sam_image_key, batch["image"]),
+                                                       embeddings=embeddings.features.to(device)))
+            return to_float32(self._in_image_frame(self.teacher_network, batch["image"], codes))
 
     def sam_forward(self, embeddings: ImageEmbeddings, logits: torch.Tensor,
                     sdf: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,10 +167,11 @@ class DualTaskSamKDTrainer(SemiSupervisedTrainer):
         assert self.sam is not None
         prompts = fused_prompts(logits, sdf, use_box=self.use_box_prompt, alpha=self.fused_alpha, k=self.fused_k)
         dense = None
-        if self.prompt_decoder is not None:
-            dense = self.prompt_decoder(embeddings.features.to(self.sam.device))
-        out = self.sam.decode(embeddings, dense_prompt=dense, **prompts.as_kwargs())
-        return out.mask_logits, prompts.valid[:, 0]
+        with self.autocast():
+            if self.prompt_decoder is not None:
+                dense = self.prompt_decoder(embeddings.features.to(self.sam.device))
+            out = self.sam.decode(embeddings, dense_prompt=dense, **prompts.as_kwargs())
+        return to_float32(out.mask_logits), prompts.valid[:, 0]
 
     # ------------------------------------------------------------------ losses
     def compute_losses(self, engine: Engine, labelled: Batch, unlabelled: Batch | None) -> dict[str, Any]:

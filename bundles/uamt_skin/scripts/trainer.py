@@ -37,6 +37,7 @@ from typing import Any
 import torch
 from monai.losses import DiceCELoss
 
+from samssl.engines.precision import to_float32
 from samssl.engines.semi_supervised import SemiSupervisedTrainer
 from scripts.uncertainty import mixture_entropy, uncertainty_guided_mix
 
@@ -110,7 +111,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
 
         if unlabelled is None:  # SupOnly baseline: labelled data only, no ramp
             with self.autocast():
-                main, aux = self.network(image, return_aux=True)
+                main, aux = to_float32(self.network(image, return_aux=True))
                 supervised = self.labelled_loss(main, aux, label)
             self.optimize(engine, supervised, terms={"supervised": supervised})
             return {"loss": supervised, "supervised": supervised}
@@ -119,13 +120,13 @@ class UAMTTrainer(SemiSupervisedTrainer):
         unlabelled_image = unlabelled["image"]
         teacher = self.teacher.teacher
         with torch.no_grad(), self.autocast():
-            teacher_logits = teacher(unlabelled_image)
+            teacher_logits = to_float32(teacher(unlabelled_image))
         pseudo = teacher_logits.argmax(dim=1, keepdim=True)
 
         # Stage 1: dual-head mean teacher on the labelled and unlabelled batches.
         with self.autocast():
-            main_l, aux_l = self.network(image, return_aux=True)
-            main_u, aux_u = self.network(unlabelled_image, return_aux=True)
+            main_l, aux_l = to_float32(self.network(image, return_aux=True))
+            main_u, aux_u = to_float32(self.network(unlabelled_image, return_aux=True))
             supervised = self.labelled_loss(main_l, aux_l, label)
             unsupervised = self.unlabelled_loss(main_u, aux_u, pseudo)
             stage1 = self._combine(supervised, unsupervised, lam)
@@ -140,7 +141,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
                 unlabelled_image, pseudo, uncertainty, grid_size=self.grid_size, num_patches=self.num_patches
             )
             with self.autocast():
-                main_m, aux_m = self.network(mixed_image, return_aux=True)
+                main_m, aux_m = to_float32(self.network(mixed_image, return_aux=True))
                 mixed = self.unlabelled_loss(main_m, aux_m, mixed_pseudo)
                 stage2 = self._combine(0.0, mixed, lam)
             self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
