@@ -29,6 +29,19 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("SAM_SSL_DATA_DIR", PROJECT_ROOT.parent / "shared" / "data"))
 
 
+@pytest.fixture(autouse=True)
+def _private_embedding_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the shared SAM embedding cache (``$SAMSSL_CACHE_DIR``) at a fresh folder for each test.
+
+    Bundles cache embeddings in one user-wide folder by default; a test must neither fill the
+    user's cache nor find embeddings an earlier test left there (tests count encodes). Bundle
+    subprocesses inherit the variable.
+    """
+    folder = tmp_path_factory.mktemp("embedding_cache")
+    monkeypatch.setenv("SAMSSL_CACHE_DIR", str(folder))
+    return folder
+
+
 def _require(path: Path) -> Path:
     if not path.exists():
         pytest.skip(f"real data not found at {path} (set SAM_SSL_DATA_DIR to the shared data folder)")

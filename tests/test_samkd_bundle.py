@@ -32,6 +32,7 @@ from scripts.vit_dual_task import ViTDualTaskNet  # noqa: E402
 
 import samssl.data as data  # noqa: E402
 from samssl.foundation import DensePromptDecoder  # noqa: E402
+from samssl.foundation.cache_store import default_cache_dir  # noqa: E402
 from samssl.handlers import PrecomputeEmbeddings, load_network_weights
 from samssl.losses import (
     Constant,  # noqa: E402
@@ -88,13 +89,16 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     split = json.loads((run / "datalist.json").read_text())
     assert (len(split["labelled"]), len(split["unlabelled"]), len(split["validation"])) == (2, 2, 2)
     assert all("label" not in e for e in split["unlabelled"])
-    assert len(list((run / "sam_embeddings").rglob("*.pt"))) == 4  # every training image embedded once, on disk
+    # every training image embedded once, in the shared folder ($SAMSSL_CACHE_DIR: the test's own), and counted
+    assert len(list(default_cache_dir().rglob("*.pt"))) == 4
+    assert "embedding cache: 4 encoded" in first.stdout + first.stderr
     report = json.loads((run / "validation_metrics.json").read_text())
     assert report["num_cases"] == 2 and 0.0 <= report["summary"]["dice"]["mean"] <= 1.0
 
     # Running again with more epochs continues from the last checkpoint instead of starting over.
     second = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "2")
     assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
+    assert "embedding cache: 0 encoded" in second.stdout + second.stderr  # a second run on the same data embeds nothing
     state = torch.load(next((run / "checkpoints").glob("checkpoint_final_iteration=4.pt")), weights_only=True)
     assert {"main", "teacher", "prompt_decoder", "sam_adapters"} == {k.split(".")[0] for k in state["model"]}
 

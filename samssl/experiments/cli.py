@@ -72,7 +72,8 @@ def parser_for(spec: BundleExperiment) -> argparse.ArgumentParser:
                         help="where runs and the report go")
     if spec.sam_cache_key:
         parser.add_argument("--sam_cache_dir", default=None,
-                            help="shared SAM embedding cache (default: <out>/sam_embeddings)")
+                            help="SAM embedding cache folder (default: the bundle's, i.e. $SAMSSL_CACHE_DIR or "
+                                 "~/.cache/samssl/embeddings, shared by every run and bundle)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write each run's test-set masks in the test folder's own layout "

@@ -157,9 +157,8 @@ def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) 
         notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of "
                  f"the first {args.pool} cases by id; test: the last {args.test}.")
     run_args += ["--num_labelled", str(args.num_labelled)]
-    if spec.sam_cache_key:
-        cache = Path(args.sam_cache_dir).resolve() if args.sam_cache_dir else out / "sam_embeddings"
-        run_args += [f"--{spec.sam_cache_key}", str(cache)]
+    if spec.sam_cache_key and args.sam_cache_dir:  # else the bundle's default: the folder every run shares
+        run_args += [f"--{spec.sam_cache_key}", str(Path(args.sam_cache_dir).resolve())]
     return run_args, notes
 
 

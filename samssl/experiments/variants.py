@@ -93,8 +93,9 @@ class BundleExperiment:
         dataset: name of the data set of the bundle's reported comparisons (groups the leaderboard).
         metrics: table columns (``samssl.metrics`` names); ``tested_metrics`` get paired tests.
         distance_unit: unit printed next to HD95/ASD.
-        sam_cache_key: the bundle's config key for its SAM embedding cache; the harness points every
-            run at one shared folder so each image is encoded once for all runs.
+        sam_cache_key: the bundle's config key for its SAM embedding cache folder; the harness's
+            ``--sam_cache_dir`` sets it (by default every run uses the bundle's default, the one
+            folder shared by all runs and bundles, so each image is encoded once for all runs).
         seed_shared_key: a config key for work that depends on the seed but not on the variant
             (SFR's fine-tuned SAM and pseudo-labels): every run of one seed gets ``<out>/seed<k>/shared``.
         notes: printed under the tables.

@@ -6,10 +6,20 @@ given image never changes. Entries are keyed by
 
     sha256(backend name | weights identity | preprocessing signature | image bytes + shape + dtype)
 
-so a different checkpoint, a different input transform or a single changed pixel is a miss,
-and a hit is bit-for-bit what a fresh encode returned when the entry was stored. Memory is
-bounded (least recently used entries are evicted by byte size); an optional directory keeps
-entries across runs (``torch.save``/``torch.load(weights_only=True)``, one file per entry).
+so a different checkpoint, a different input transform (its signature names the input size,
+intensity scaling, mean/std and channels) or a single changed pixel is a miss, and the key never
+depends on a file path: that is what makes one folder safe to share between every run, seed and
+bundle (:mod:`samssl.foundation.cache_store`: the shared default location, the size bound with
+least-recently-used eviction, multi-process safety, float16 storage). Memory is bounded too
+(least recently used entries are evicted by byte size).
+
+A memory-only cache returns bit-for-bit what a fresh encode returned. With a folder, entries are
+stored in float16 and every use of an embedding, the first included, returns the float16 round
+trip (in the encoder's dtype), so a run on an empty cache and a run on a full one compute the
+same numbers.
+
+:meth:`EmbeddingCache.summary` counts what a run encoded and reused, e.g.
+``embedding cache: 0 encoded, 48 reused (48 from disk; ~/.cache/samssl/embeddings, 96 MiB)``.
 
 Caching is refused while the encoder has trainable parameters (LoRA being tuned): its
 embeddings change with every step, and a cache would silently return stale ones.
@@ -20,12 +30,14 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from samssl.foundation.base import ImageEmbeddings
-from samssl.utils.files import atomic_save
+from samssl.foundation.cache_store import DiskStore, default_cache_dir, resolve_cache_dir
+
+__all__ = ["EmbeddingCache", "default_cache_dir", "image_key", "resolve_cache_dir"]
 
 if TYPE_CHECKING:
     from samssl.foundation.base import PromptableSegmenter
@@ -45,34 +57,54 @@ def _nbytes(item: ImageEmbeddings) -> int:
 
 
 class EmbeddingCache:
-    """Bounded LRU cache of per-image embeddings, optionally mirrored on disk.
+    """Bounded LRU cache of per-image embeddings, optionally mirrored in a bounded folder.
 
     Args:
         max_bytes: memory budget of the in-memory part (LiteMedSAM: 4 MiB per image).
-        directory: optional folder for a persistent cache; created if missing.
+        directory: folder of the persistent part, created if missing; ``None`` keeps everything in
+            memory. (Configs go through :meth:`from_settings`, where ``None`` means the shared
+            default folder.)
         store_device: where cached tensors live (CPU by default, so GPU memory stays free).
+        disk_max_bytes: bound on the folder's size (default: ``$SAMSSL_CACHE_MAX_BYTES`` or 4 GiB).
+        disk_dtype: storage dtype on disk (float16 halves the disk; ``None`` stores as encoded).
     """
 
     def __init__(self, max_bytes: int = 1 << 30, directory: str | Path | None = None,
-                 store_device: str | torch.device = "cpu") -> None:
+                 store_device: str | torch.device = "cpu", disk_max_bytes: int | str | None = None,
+                 disk_dtype: torch.dtype | None = torch.float16) -> None:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
-        self.directory = None if directory is None else Path(directory).expanduser()
-        if self.directory is not None:
-            self.directory.mkdir(parents=True, exist_ok=True)
+        self.disk = None if directory is None else DiskStore(directory, disk_max_bytes, dtype=disk_dtype)
         self.store_device = torch.device(store_device)
         self._items: OrderedDict[str, ImageEmbeddings] = OrderedDict()
         self._bytes = 0
-        self.hits = 0
-        self.misses = 0
+        self.hits = 0  # images served without encoding (memory or disk)
+        self.misses = 0  # images that had to be encoded
+        self.disk_hits = 0  # of the hits, read from the folder
+        self.encoded = 0  # images this cache sent through the encoder
+
+    @classmethod
+    def from_settings(cls, max_bytes: int = 1 << 30, directory: Any = None, disk_max_bytes: int | str | None = None,
+                      **kwargs: Any) -> "EmbeddingCache":
+        """The cache a config describes: ``directory`` ``None`` is the shared default folder, ``False``/``""`` none.
+
+        This is what ``build_foundation_model(..., cache={...})`` and the bundles' ``cache_dir``
+        keys use (:func:`~samssl.foundation.cache_store.resolve_cache_dir`).
+        """
+        return cls(max_bytes=max_bytes, directory=resolve_cache_dir(directory), disk_max_bytes=disk_max_bytes,
+                   **kwargs)
+
+    @property
+    def directory(self) -> Path | None:
+        return None if self.disk is None else self.disk.directory
 
     # ------------------------------------------------------------------ mapping
     def __len__(self) -> int:
         return len(self._items)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._items or (self._path(key) is not None and self._path(key).is_file())
+        return key in self._items or (self.disk is not None and key in self.disk)
 
     @property
     def nbytes(self) -> int:
@@ -84,28 +116,32 @@ class EmbeddingCache:
         self._bytes = 0
 
     def _path(self, key: str) -> Path | None:
-        return None if self.directory is None else self.directory / key[:2] / f"{key}.pt"
+        return None if self.disk is None else self.disk.path(key)
 
     def get(self, key: str) -> ImageEmbeddings | None:
         item = self._items.get(key)
         if item is not None:
             self._items.move_to_end(key)
             return item
-        path = self._path(key)
-        if path is not None and path.is_file():
-            item = _load_entry(path)
-            self._remember(key, item)
-            return item
+        if self.disk is not None:
+            item = self.disk.get(key)
+            if item is not None:
+                self.disk_hits += 1
+                item = item.to(self.store_device)
+                self._remember(key, item)
+                return item
         return None
 
-    def put(self, key: str, item: ImageEmbeddings) -> None:
+    def put(self, key: str, item: ImageEmbeddings) -> ImageEmbeddings:
+        """Store ``item``; returns what a later :meth:`get` returns (its float16 round trip with a folder)."""
         if len(item) != 1:
             raise ValueError(f"cache entries hold one image, got {len(item)}")
         item = item.to(self.store_device)
+        if self.disk is not None:
+            item = self.disk.round_trip(item)
+            self.disk.put(key, item)
         self._remember(key, item)
-        path = self._path(key)
-        if path is not None and not path.is_file():
-            _save_entry(path, item)
+        return item
 
     def _remember(self, key: str, item: ImageEmbeddings) -> None:
         size = _nbytes(item)
@@ -142,31 +178,27 @@ class EmbeddingCache:
         self.misses += len(missing)
         if missing:
             fresh = backend._encode_uncached(images[missing])
+            self.encoded += len(missing)
             for j, i in enumerate(missing):
-                item = fresh[j]
-                self.put(keys[i], item)
-                found[i] = item
+                found[i] = self.put(keys[i], fresh[j])
         device = backend.device
         return ImageEmbeddings.cat(found[i] for i in range(len(keys))).to(device)
 
+    # ------------------------------------------------------------------ report
+    def summary(self, encoded: int | None = None, reused: int | None = None) -> str:
+        """One line for the log: images encoded and reused, and the folder with its size.
 
-def _save_entry(path: Path, item: ImageEmbeddings) -> None:
-    """Write atomically, so a crashed run never leaves a half-written entry behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {
-        "features": item.features.contiguous(),
-        "high_res_features": [t.contiguous() for t in item.high_res_features],
-        "original_sizes": [list(s) for s in item.original_sizes],
-        "input_sizes": [list(s) for s in item.input_sizes],
-    }
-    atomic_save(path, lambda partial: torch.save(payload, partial))
+        ``encoded`` / ``reused`` default to this cache's counts since it was made (a warm-up
+        passes the counts of its own pass). Measuring the folder walks it once.
+        """
+        encoded = self.encoded if encoded is None else encoded
+        reused = self.hits if reused is None else reused
+        if self.disk is None:
+            where = "memory only"
+        else:
+            where = f"{self.disk_hits} from disk; {self.disk.directory}, {_mib(self.disk.usage())}"
+        return f"embedding cache: {encoded} encoded, {reused} reused ({where})"
 
 
-def _load_entry(path: Path) -> ImageEmbeddings:
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    return ImageEmbeddings(
-        features=payload["features"],
-        high_res_features=tuple(payload["high_res_features"]),
-        original_sizes=tuple(tuple(s) for s in payload["original_sizes"]),
-        input_sizes=tuple(tuple(s) for s in payload["input_sizes"]),
-    )
+def _mib(nbytes: int) -> str:
+    return f"{nbytes / (1 << 20):.0f} MiB"

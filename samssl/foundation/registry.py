@@ -68,8 +68,10 @@ def build_foundation_model(
         name: one of :data:`VARIANT_NAMES`.
         checkpoint: local weights file (required except for variants with packaged weights,
             i.e. ``litemedsam``, whose packaged weights are used when it is ``None``).
-        cache: an :class:`EmbeddingCache`, or its keyword arguments as a mapping (handy in
-            bundle configs), attached to the model's ``encode``.
+        cache: an :class:`EmbeddingCache`, or the keyword arguments of
+            :meth:`EmbeddingCache.from_settings` as a mapping (handy in bundle configs: its
+            ``directory`` ``None`` or absent is the shared default folder, ``False`` or ``""``
+            keeps the cache in memory), attached to the model's ``encode``.
         device: where to put the model (default: stay on CPU).
         random_init: build without weights (tests only).
         allow_pickle: let ``torch.load`` unpickle non-tensor objects (trusted files only).
@@ -89,7 +91,7 @@ def build_foundation_model(
             )
         model = variant.load_builder()(variant=variant, checkpoint=checkpoint, allow_pickle=allow_pickle, **kwargs)
     if cache is not None:
-        model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(**cache)
+        model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache.from_settings(**cache)
     if device is not None:
         model.to(device)
     return model

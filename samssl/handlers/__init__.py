@@ -16,7 +16,7 @@ from samssl.handlers.checkpoints import (
 )
 from samssl.handlers.deployment import TrainedSettings, check_trained_settings, read_trained_settings, trained_setting
 from samssl.handlers.distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
-from samssl.handlers.embedding_warmup import PrecomputeEmbeddings
+from samssl.handlers.embedding_warmup import PrecomputeEmbeddings, log_embedding_cache
 
 __all__ = [
     "RANK_ZERO_ONLY_HANDLERS",
@@ -26,6 +26,7 @@ __all__ = [
     "AtomicCheckpointSaver",
     "AtomicDiskSaver",
     "PrecomputeEmbeddings",
+    "log_embedding_cache",
     "TrainedSettings",
     "check_trained_settings",
     "read_trained_settings",

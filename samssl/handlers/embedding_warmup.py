@@ -7,8 +7,11 @@ no sign of why, and an interrupted first epoch leaves the cache half filled. Thi
 the same encoding up front, at ``Events.STARTED``, with a progress bar and a log line that says
 how many images were already cached. It reads each item only up to its first random transform,
 so it leaves the training's random streams untouched. The embeddings are exactly the ones the training step
-would compute (same cache keys), so results do not change; with the cache mirrored on disk a
-resumed or repeated run finds them all and skips the pass in seconds.
+would compute (same cache keys), so results do not change; with the cache mirrored on disk (by
+default one folder shared by every run and bundle, :mod:`samssl.foundation.cache_store`) a
+resumed or repeated run finds them all and skips the pass in seconds. The pass ends with one log
+line that shows it, e.g. ``embedding cache: 0 encoded, 48 reused (...)``;
+:func:`log_embedding_cache` writes the same line for a whole run (a bundle's last step).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from samssl.foundation.cache import image_key
 tqdm, has_tqdm = optional_import("tqdm", name="tqdm")
 Events, _ = optional_import("ignite.engine", name="Events")
 
-__all__ = ["PrecomputeEmbeddings"]
+__all__ = ["PrecomputeEmbeddings", "log_embedding_cache"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +97,22 @@ class PrecomputeEmbeddings:
                 bar.update(len(chunk))
         if bar is not None:
             bar.close()
+        logger.info("SAM warm-up %s", cache.summary(encoded=len(missing), reused=len(images) - len(missing)))
         return len(missing)
+
+
+def log_embedding_cache(segmenter: Any) -> str | None:
+    """Log (and return) what ``segmenter``'s embedding cache encoded and reused since it was built.
+
+    A bundle calls it as the last step of a run, so that a second run on the same data shows
+    ``embedding cache: 0 encoded, N reused``. Does nothing without a segmenter or a cache.
+    """
+    cache = getattr(segmenter, "embedding_cache", None)
+    if cache is None:
+        return None
+    line = cache.summary()
+    logger.info(line)
+    return line
 
 
 def _deterministic_items(dataset: Any) -> Iterator[Mapping[str, Any]]:

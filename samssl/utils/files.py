@@ -4,8 +4,9 @@ A training run is killed at any moment (a time limit, Ctrl-C, a preempted node);
 written at that moment must never be read back as a finished one. Every writer here writes a
 sibling temporary file in the same folder (same filesystem, so the rename is atomic), flushes it
 to disk and renames it over the target: a reader sees the old file or the new one, never a part.
-Temporary names carry the process id, so several processes writing the same target (ranks of a
-multi-process run) never write into each other's temporary file.
+Temporary names carry the process and thread ids, so several processes or threads writing the
+same target (ranks of a multi-process run, runs sharing the embedding cache) never write into each
+other's temporary file; the last rename wins and every reader sees one whole file.
 
 Fingerprints (SHA-256 of a file's bytes, or of a JSON-able description) are how caches and stages
 know that their inputs are the ones they were computed from.
@@ -17,6 +18,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    partial = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.partial")
     try:
         yield partial
         with contextlib.suppress(OSError):  # flush the data before the rename makes it visible

@@ -18,17 +18,20 @@ __all__ = ["build_segmenter", "sam_adapters", "parameter_groups", "training_stat
 
 
 def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | None = None,
-                    cache_dir: str | Path | None = None, cache_bytes: int = 2 << 30, adapters: bool = True,
+                    cache_dir: str | Path | bool | None = None, cache_bytes: int = 2 << 30,
+                    cache_disk_bytes: int | str | None = None, adapters: bool = True,
                     adapter_ratio: float = 0.25, device: str | torch.device | None = None) -> PromptableSegmenter | None:
     """The frozen SAM-family model whose encoder serves SAM and the teacher network (``None`` if not ``needed``).
 
-    Its image embeddings are cached in memory (``cache_bytes``) and on disk (``cache_dir``), so
-    each training image is encoded once per run, and once ever when ``cache_dir`` is shared.
+    Its image embeddings are cached in memory (``cache_bytes``) and on disk, by default in the
+    folder every run and bundle shares (``cache_dir`` ``None``; a path for another folder, ``False``
+    for none; ``cache_disk_bytes`` bounds it: :mod:`samssl.foundation.cache_store`), so each
+    training image is encoded once for all runs on the same data.
     ``adapters`` inserts trainable bottleneck adapters into its mask decoder (paper 2.2).
     """
     if not needed:
         return None
-    cache = {"max_bytes": int(cache_bytes), "directory": None if cache_dir is None else str(cache_dir)}
+    cache = {"max_bytes": int(cache_bytes), "directory": cache_dir, "disk_max_bytes": cache_disk_bytes}
     segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache)
     if device is not None:
         segmenter.to(device)
