@@ -102,7 +102,9 @@ def build_foundation_model(
         model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(**cache)
     if device is not None:
         model.to(device)
-    return model.set_encoder_runtime(encoder_runtime)
+    if encoder_runtime != "fp32":  # every model starts in fp32
+        model.set_encoder_runtime(encoder_runtime)
+    return model
 
 
 def build_teacher(*args: Any, **kwargs: Any) -> PromptableSegmenter:
