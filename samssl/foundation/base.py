@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import nn
 
+from samssl.foundation import encoder_runtime as runtimes
 from samssl.foundation.preprocessing import InputTransform
 from samssl.foundation.prompt_batch import FlatPrompts, flatten_prompts
 
@@ -190,12 +191,18 @@ class PromptableSegmenter(nn.Module, abc.ABC):
     spatial_dims: int = 2
     #: whether the prompt encoder has a box embedding (SAM-Med3D's has none)
     accepts_boxes: bool = True
+    #: the ``encoder_runtime`` values this backend accepts (:mod:`samssl.foundation.encoder_runtime`);
+    #: a backend adopts the faster runtimes by listing them once its encoder is known to export
+    encoder_runtimes: tuple[str, ...] = ("fp32",)
 
     def __init__(self, transform: InputTransform, weights_id: str | None = None) -> None:
         super().__init__()
         self.transform = transform
         self.weights_id = weights_id or f"random-init-{id(self):x}"
         self.embedding_cache = None  # set by the registry or the caller
+        self.encoder_runtime = "fp32"
+        self._auto_runtime: tuple[str, str] | None = None  # (weights_id, choice) once ``auto`` is resolved
+        self._encoder_runners: dict[tuple, runtimes.EncoderRunner] = {}
 
     # ------------------------------------------------------------------ encoding
     @property
@@ -208,18 +215,105 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         """Model input ``(B, C, *target)`` -> ``(features, high_res_features)``."""
 
     def cache_namespace(self) -> str:
-        """Everything besides the pixels that determines an embedding (cache key prefix)."""
-        return f"{self.name}|{self.weights_id}|{self.transform.signature()}"
+        """Everything besides the pixels that determines an embedding (cache key prefix).
 
+        A runtime other than fp32 changes the embedding in its last bits, so it is part of the
+        key; fp32 adds nothing, so caches written before runtimes existed stay valid.
+        """
+        namespace = f"{self.name}|{self.weights_id}|{self.transform.signature()}"
+        runtime = self.effective_encoder_runtime()
+        return namespace if runtime == "fp32" else f"{namespace}|encoder={runtime}"
+
+    # ------------------------------------------------------------------ encoder runtime
+    def set_encoder_runtime(self, name: str) -> "PromptableSegmenter":
+        """Run the frozen encoder by ``name`` (``fp32``, ``bf16``, ``onnxruntime``, ``openvino``, ...).
+
+        Raises:
+            InvalidInputError: ``name`` is not a runtime this backend accepts (the message lists them).
+        """
+        runtimes.check_encoder_runtime(name, self.encoder_runtimes)
+        self.encoder_runtime = name
+        self._auto_runtime = None
+        self._encoder_runners.clear()
+        return self
+
+    def effective_encoder_runtime(self, images: torch.Tensor | None = None) -> str:
+        """The runtime the next no-grad encode uses (``auto`` resolved, calibrating on ``images`` once).
+
+        fp32 whenever another runtime could be wrong or cannot run: a model off the CPU, or an
+        encoder with trainable parameters (LoRA being tuned).
+        """
+        if self.encoder_runtime == "fp32" or self.device.type != "cpu":
+            return "fp32"
+        if any(p.requires_grad for p in self.image_encoder.parameters()):
+            return "fp32"
+        if self.encoder_runtime != "auto":
+            return self.encoder_runtime
+        if self._auto_runtime is None or self._auto_runtime[0] != self.weights_id:
+            frames = self._calibration_frames(images)
+            choice = runtimes.choose_auto(self.image_encoder, self._runtime_identity(), frames,
+                                          lambda features: self._calibration_masks(features, frames))
+            self._auto_runtime = (self.weights_id, choice)
+        return self._auto_runtime[1]
+
+    def _runtime_identity(self) -> str:
+        return f"{self.name}|{self.weights_id}"
+
+    def _calibration_frames(self, images: torch.Tensor | None) -> torch.Tensor:
+        """Model-input frames for ``auto``: the first two images it is asked to encode, else a phantom."""
+        if images is None or images.shape[0] == 0:
+            grid = torch.linspace(-1, 1, 192)
+            yy, xx = torch.meshgrid(grid, grid, indexing="ij")
+            blob = ((xx / 0.6) ** 2 + (yy / 0.4) ** 2 < 1).float()
+            texture = 0.1 * torch.sin(12 * xx) * torch.cos(9 * yy)
+            images = (0.3 + 0.5 * blob + texture).expand(1, 3, -1, -1) * 255
+        x, _, _ = self.transform.images_to_input(images[:2].to(self.device))
+        return x
+
+    def _calibration_masks(self, features: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """Masks of three centred boxes (40, 70, 90 % of the side) per frame, for ``auto``'s parity check."""
+        size = tuple(frames.shape[2:])
+        n = features.shape[0]
+        embeddings = ImageEmbeddings(features=features, original_sizes=(size,) * n, input_sizes=(size,) * n)
+        extent = torch.tensor([size[-1], size[-2], size[-1], size[-2]], dtype=torch.float32)
+        boxes = torch.stack([torch.tensor([0.5 - f / 2, 0.5 - f / 2, 0.5 + f / 2, 0.5 + f / 2]) * extent
+                             for f in (0.4, 0.7, 0.9)])
+        with torch.inference_mode():
+            return self.decode(embeddings, boxes=boxes.expand(n, -1, -1)).mask_logits > 0
+
+    def _run_image_encoder(self, x: torch.Tensor) -> torch.Tensor:
+        """``image_encoder(x)``, by the configured runtime when no gradient is wanted (backends call this)."""
+        if torch.is_grad_enabled():
+            return self.image_encoder(x)
+        runtime = self.effective_encoder_runtime()
+        if runtime == "fp32":
+            return self.image_encoder(x)
+        key = (runtime, self.weights_id, tuple(x.shape[1:]))
+        runner = self._encoder_runners.get(key)
+        if runner is None:
+            self._encoder_runners.clear()  # an older key means other weights: never reuse its engine
+            runner = self._encoder_runners[key] = runtimes.build_runner(
+                self.image_encoder, runtime, self._runtime_identity(), (1, *x.shape[1:]))
+        return runner(x)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles leave the compiled engines behind (they rebuild on first use)."""
+        state = dict(super().__getstate__())
+        state["_encoder_runners"] = {}
+        return state
+
+    # ------------------------------------------------------------------ encode
     def encode(self, images: torch.Tensor, *, requires_grad: bool = False) -> ImageEmbeddings:
         """Embed a batch of images ``(B, C, *spatial)`` given in the caller's space.
 
         Runs without autograd, so it can be called inside a training step at no memory cost
         and its result can be cached. ``requires_grad=True`` is for tuning the encoder itself
-        (LoRA): it bypasses the cache and keeps the graph.
+        (LoRA): it bypasses the cache and keeps the graph. The frozen path runs the encoder by
+        :attr:`encoder_runtime` (``auto`` is resolved here, on the first images it sees).
         """
         if requires_grad:
             return self._encode_uncached(images, grad=True)
+        self.effective_encoder_runtime(images)
         if self.embedding_cache is not None:
             # cached embeddings are computed in float32 even inside an autocast training step: the
             # cache key does not hold the precision, and a float32 run must never read bfloat16 ones

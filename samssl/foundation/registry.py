@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.cache import EmbeddingCache
+from samssl.foundation.encoder_runtime import check_encoder_runtime
 from samssl.foundation.variants import VARIANT_NAMES, VARIANTS, ModelVariant
 
 __all__ = ["TEACHER_NAMES", "VARIANTS", "VARIANT_NAMES", "ModelVariant", "build_foundation_model", "build_teacher",
@@ -60,6 +61,7 @@ def build_foundation_model(
     device: str | None = None,
     random_init: bool = False,
     allow_pickle: bool = False,
+    encoder_runtime: str = "fp32",
     **kwargs: Any,
 ) -> PromptableSegmenter:
     """Build a frozen SAM-family foundation model from its entry in :data:`VARIANTS`.
@@ -75,9 +77,17 @@ def build_foundation_model(
         device: where to put the model (default: stay on CPU).
         random_init: build without weights (tests only).
         allow_pickle: let ``torch.load`` unpickle non-tensor objects (trusted files only).
+        encoder_runtime: how the frozen encoder runs on the CPU: ``fp32`` (eager, the default),
+            ``bf16``, ``onnxruntime``, ``openvino``, ``openvino_bf16`` or ``auto`` (the fastest one
+            whose masks match fp32's); see :mod:`samssl.foundation.encoder_runtime`. Backends
+            other than LiteMedSAM accept ``fp32`` only for now.
         kwargs: backend-specific options (e.g. ``image_size`` for SAM2).
+
+    Raises:
+        InvalidInputError: ``encoder_runtime`` is not a runtime (checked before anything is built).
     """
     variant = get_variant(name)
+    check_encoder_runtime(encoder_runtime)
     if random_init:
         if checkpoint is not None:
             raise ValueError("give either checkpoint or random_init=True, not both")
@@ -94,6 +104,8 @@ def build_foundation_model(
         model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache.from_settings(**cache)
     if device is not None:
         model.to(device)
+    if encoder_runtime != "fp32":  # every model starts in fp32
+        model.set_encoder_runtime(encoder_runtime)
     return model
 
 

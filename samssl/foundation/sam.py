@@ -87,7 +87,7 @@ class SamSegmenter(PromptableSegmenter):
         return self.encoder
 
     def _encode_input(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        return self.encoder(x), ()
+        return self._run_image_encoder(x), ()
 
     def _run_decoder(self, features: torch.Tensor, sparse: torch.Tensor, dense: torch.Tensor,
                      multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:
