@@ -28,7 +28,6 @@ them plan memory once); the eager paths take the whole batch.
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -40,10 +39,10 @@ from typing import Callable, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from samssl.utils.errors import InvalidInputError
 from samssl.utils.files import atomic_save
+from samssl.utils.modules import fold_batch_norm
 
 __all__ = [
     "AUTO_MAX_DICE_DROP",
@@ -112,23 +111,12 @@ def available_runtimes() -> tuple[str, ...]:
 
 
 def fold_conv_batch_norms(encoder: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``encoder`` with each ``Conv2d -> BatchNorm2d`` pair of a Sequential folded.
+    """A frozen, eval-mode copy of ``encoder`` with each ``Conv2d -> BatchNorm2d`` pair of a Sequential folded.
 
-    TinyViT is built of ``Conv2d_BN`` Sequentials; folding removes a full pass over every
-    activation at no cost in accuracy (same arithmetic as ``samssl.networks.deploy.fold_batch_norm``,
-    which the foundation package may not import). The original module is left as it is.
+    TinyViT is built of ``Conv2d_BN`` Sequentials; folding removes a full pass over every activation
+    at no cost in accuracy (:func:`samssl.utils.modules.fold_batch_norm`). The original is left as it is.
     """
-    folded = copy.deepcopy(encoder).eval()
-    for module in folded.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for conv_name, norm_name in zip(names[:-1], names[1:]):
-            conv, norm = module._modules[conv_name], module._modules[norm_name]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
-                module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
-                module._modules[norm_name] = nn.Identity()
-    return folded.requires_grad_(False)
+    return fold_batch_norm(encoder).requires_grad_(False)
 
 
 class Bf16Runner:

@@ -23,37 +23,17 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
-from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from samssl.utils.bundles import merged_config
+from samssl.utils.modules import fold_batch_norm
 
 __all__ = ["export_torchscript", "fold_batch_norm"]
-
-
-def fold_batch_norm(network: nn.Module) -> nn.Module:
-    """An eval-mode copy of ``network`` with every ``Conv2d -> BatchNorm2d`` pair of a Sequential folded.
-
-    Each folded batch norm is replaced by ``nn.Identity`` so indices and names of the other
-    modules stay as they were. Batch norms without running statistics (which normalise with
-    batch statistics even in eval mode) are left in place. Outputs match the original network
-    in eval mode up to float rounding.
-    """
-    folded = copy.deepcopy(network).eval()
-    for module in folded.modules():
-        if not isinstance(module, nn.Sequential):
-            continue
-        names = list(module._modules)
-        for conv_name, norm_name in zip(names[:-1], names[1:]):
-            conv, norm = module._modules[conv_name], module._modules[norm_name]
-            if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d) and norm.track_running_stats:
-                module._modules[conv_name] = fuse_conv_bn_eval(conv, norm)
-                module._modules[norm_name] = nn.Identity()
-    return folded
 
 
 def _set_id(config: dict, config_id: str, value: Any) -> None:
