@@ -73,8 +73,8 @@ class TraceSpec:
         overrides: config ids set after the files are merged (beyond the common ones that move every
             output into the trace's folder and take the data subset).
         note: what the trace covers, for the record.
-        build_first: config expressions evaluated just before the last ``training`` step (the
-            stages), so that objects are built in the order the config built them when the record
+        build_first: config expressions evaluated just before the ``training`` step that runs the
+            stages (``run_stages``), so that objects are built in the order the config built them when the record
             was made. Moving SFR's and SSL-MedSAM2's steps out of config resolution into ``"stages"``
             changed that order, and with it the point of the global random stream at which each
             network is initialised and each data loader seeded; replaying the old order shows that
@@ -360,7 +360,8 @@ def run_trace(name: str, data_dir: Path, out_dir: Path, iterations: int = ITERAT
         parser[key] = value
     if spec.build_first:
         training = list(parser["training"])
-        parser["training"] = training[:-1] + list(spec.build_first) + training[-1:]
+        work = next(i for i, step in enumerate(training) if "run_stages(" in str(step))  # later steps only report
+        parser["training"] = training[:work] + list(spec.build_first) + training[work:]
     tracer = LossTracer(iterations, spec.trainers)
     start = time.perf_counter()
     with _one_thread(), tracer.active():
