@@ -13,6 +13,12 @@ finished fold is not trained again, an interrupted one resumes from its last che
 predictions are cached under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``),
 and with several processes each fold has an owner rank that computes it while the others wait
 for its manifest.
+
+Beyond the paper, the rounds are guarded against collapsing onto weak pseudo-labels
+(:mod:`scripts.fsl_guards`, ``fsl#guards``): a labelled floor in every batch, implausible
+pseudo-labels left out of a round's training (recorded in the fold's ``stage.json`` inputs and in
+``round<r>/round.json``), and a stop when the rounds' agreement drops, deploying the previous
+round's folds (``round<r>/round.json`` holds the agreements and the decision). ``fsl#guards: false`` runs the plain Algorithm 1.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import warnings
 
 import torch
 from monai.inferers import SlidingWindowInferer
@@ -32,7 +40,16 @@ from samssl.losses import dice_ce_loss
 from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
-from samssl.utils.files import file_sha256
+from samssl.utils.files import atomic_write_json, file_sha256
+
+from .fsl_guards import (
+    FSLGuards,
+    agreement_decision,
+    foreground_volume_mm3,
+    label_agreement,
+    plausible_volume_range,
+    screen_pseudo_labels,
+)
 
 from .planned_unet import FoldEnsemble
 
@@ -40,6 +57,9 @@ __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 
 MODEL_FILE = "model.pt"
 HELD_OUT = "held_out_pseudo_labels"
+# per round: screened pseudo-labels, agreement, the decision so far. Only rounds <= r decide it, so
+# runs sharing the rounds (TFFS + 1 round is the full run's first round) write the same record.
+ROUND_RECORD = "round.json"
 
 
 class FoldTrainingSettings(SettingsDict):
@@ -59,11 +79,14 @@ class FoldTrainingSettings(SettingsDict):
 
 def train_network(build_network: Callable[[], nn.Module], training_set: Sequence[Mapping[str, Any]], out_dir: Path,
                   patch_size: Sequence[int], target_spacing: float | None, settings: Mapping[str, Any] | None = None,
-                  seed: int = 0, device: torch.device | str = "cpu") -> Path:
+                  seed: int = 0, device: torch.device | str = "cpu", num_labelled: int | None = None,
+                  labelled_share: float = 0.0) -> Path:
     """Supervised training of a fresh network on ``training_set`` (image + label); ``out_dir/model.pt``.
 
     nnU-Net's recipe (:class:`FoldTrainingSettings`) on random patches. Returns at once if the
-    model file exists; resumes from ``out_dir/checkpoints`` after a kill.
+    model file exists; resumes from ``out_dir/checkpoints`` after a kill. The first
+    ``num_labelled`` entries are the labelled ones; ``labelled_share`` > 0 keeps that floor of
+    labelled patches in every batch when pseudo-labelled entries follow them (SupOnly: unchanged).
     """
     out_dir = Path(out_dir)
     model_file = out_dir / MODEL_FILE
@@ -81,7 +104,8 @@ def train_network(build_network: Callable[[], nn.Module], training_set: Sequence
           f"-> {model_file}", flush=True)
     train_on_volume_patches(network, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), training_set,
                             patch_size, target_spacing, iterations, int(s["batch_size"]), out_dir / "checkpoints",
-                            int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler)
+                            int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler,
+                            num_labelled=num_labelled, labelled_share=labelled_share)
     AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
     return model_file
 
@@ -102,13 +126,15 @@ class FoldRetraining:
         rank, world_size: with several processes (``multi_gpu_train.json``), process ``rank`` trains
             and re-predicts the folds ``k`` with ``k % world_size == rank`` (nnU-Net's "one fold per
             GPU") and waits for the others' fold manifests before the next round.
+        guards: :class:`~scripts.fsl_guards.FSLGuards` values, ``True`` (the defaults) or ``False``
+            (the paper's plain Algorithm 1). With the stopping rule, ``rounds`` is the most rounds run.
     """
 
     def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
                  pseudo_labelled: Sequence[Mapping[str, Any]], work_dir: str | Path, patch_size: Sequence[int],
                  target_spacing: float | None, training: Mapping[str, Any] | None = None, num_folds: int = 5,
                  rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, guards: bool | Mapping[str, Any] | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if rounds < 1:
@@ -133,12 +159,32 @@ class FoldRetraining:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.guards = FSLGuards.resolve(guards)
+        self._volume_range: tuple[float, float] | None = None
+        self.agreements: list[float | None] = []
+        self.deployed_round: int | None = None
+
+    # ------------------------------------------------------------------ guards
+    def volume_range(self) -> tuple[float, float]:
+        """The plausible pseudo-label foreground (mm^3), from the labelled volumes' labels (read once)."""
+        if self._volume_range is None:
+            volumes = [foreground_volume_mm3(e["label"]) for e in self.labelled]
+            self._volume_range = plausible_volume_range(volumes, float(self.guards["min_volume_factor"]),
+                                                        float(self.guards["max_volume_factor"]))
+        return self._volume_range
+
+    def screen(self, r: int, pseudo: Mapping[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """Round ``r``'s pseudo-labels as ``(kept, excluded)``; all kept when the filter is off."""
+        if not self.guards.filtering:
+            return dict(pseudo), []
+        return screen_pseudo_labels(pseudo, self.volume_range(), f"FSL round {r}")
 
     # ------------------------------------------------------------------ one fold
     def train_fold(self, training_set: Sequence[Mapping[str, Any]], fold_dir: Path) -> Path:
         """Train a fresh network on ``training_set``; return its ``model.pt`` (cached)."""
         return train_network(self.build_network, training_set, fold_dir, self.patch_size, self.target_spacing,
-                             self.settings, self.seed, self.device)
+                             self.settings, self.seed, self.device, num_labelled=len(self.labelled),
+                             labelled_share=self.guards.share)
 
     def load(self, model_file: Path) -> nn.Module:
         return load_network_weights(self.build_network(), model_file).to(self.device).eval()
@@ -148,14 +194,27 @@ class FoldRetraining:
                                     overlap=float(self.settings["sw_overlap"]), mode="gaussian")
 
     # ------------------------------------------------------------------ all rounds
-    def fold_stage(self, r: int, k: int, fold: Mapping[str, Any], pseudo: Mapping[str, str]) -> FunctionStage:
-        """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own."""
+    def fold_stage(self, r: int, k: int, fold: Mapping[str, Any], pseudo: Mapping[str, str],
+                   excluded: Sequence[Mapping[str, Any]] = ()) -> FunctionStage:
+        """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own.
+
+        ``excluded``: the round's implausible pseudo-labels (:meth:`screen`), left out of the training
+        set and listed in the fold's ``stage.json`` inputs; the held-out fold is re-predicted whole.
+        """
         fold_dir = self.root / f"round{r}" / f"fold{k}"
-        training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
+        left_out = {e["image"]: e for e in excluded}
+        training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]
+                                        if e["image"] not in left_out]
         held_out = [{"image": e["image"]} for e in fold["val"]]
         inputs = {"round": r, "fold": k, "training_set": training_set, "held_out": [e["image"] for e in held_out],
                   "settings": dict(self.settings), "patch": list(self.patch_size), "spacing": self.target_spacing,
                   "seed": self.seed}
+        # only what changes the training enters the fingerprint: a plain (unguarded) run keeps its old one
+        if self.guards.share > 0 and len(training_set) > len(self.labelled):
+            inputs["labelled_share"] = self.guards.share
+        fold_excluded = [dict(left_out[e["image"]]) for e in fold["train"] if e["image"] in left_out]
+        if fold_excluded:
+            inputs["excluded_pseudo_labels"] = fold_excluded
 
         def compute(out_dir: Path) -> dict[str, Any]:
             model_file = self.train_fold(training_set, out_dir)
@@ -169,26 +228,63 @@ class FoldRetraining:
                              owner=k % self.world_size)
 
     def run(self) -> list[Path]:
-        """Every round; the last round's K fold model files.
+        """Every round (until the stopping rule stops them); the deployed round's K fold model files.
 
         A process computes the folds it owns first, then reads (waiting if need be) the others'.
+        After each round the agreement between its re-predictions and the (kept) pseudo-labels it
+        trained from is logged and recorded with the decision (``round<r>/round.json``).
         """
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
-        models: list[Path] = []
+        models_of: list[list[Path]] = []
+        self.agreements = []
+        stopped_after: int | None = None
         for r in range(self.rounds):
+            kept, excluded = self.screen(r, pseudo)
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            stages = [self.fold_stage(r, k, fold, pseudo) for k, fold in enumerate(folds)]
+            stages = [self.fold_stage(r, k, fold, pseudo, excluded) for k, fold in enumerate(folds)]
             for stage in sorted(stages, key=lambda s: s.owner != self.rank):
                 stage.run()
             outputs = [stage.run() for stage in stages]  # kept by each stage: nothing runs twice
-            models = [Path(o["model"]) for o in outputs]
-            pseudo = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
-            print(f"round {r}: {len(models)} fold models, {len(pseudo)} pseudo-labels refreshed", flush=True)
-        return models
+            models_of.append([Path(o["model"]) for o in outputs])
+            refreshed = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
+            agreement, per_case = label_agreement(kept, refreshed)
+            self.agreements.append(agreement)
+            stop, deploy = agreement_decision(self.agreements)
+            stop = stop and self.guards.stopping
+            shown = "n/a (no plausible pseudo-label)" if agreement is None else f"{100 * agreement:.2f}"
+            print(f"round {r}: {len(outputs)} fold models, {len(refreshed)} pseudo-labels refreshed, "
+                  f"{len(excluded)} left out as implausible; agreement with the pseudo-labels trained from "
+                  f"(mean Dice, %): {shown}", flush=True)
+            self._record_round(r, kept, excluded, agreement, per_case, stop, deploy if stop else r)
+            pseudo = refreshed
+            if stop:
+                stopped_after = r
+                warnings.warn(f"FSL stopped after round {r}: its agreement ({100 * agreement:.2f}) fell below round "
+                              f"{r - 1}'s ({100 * self.agreements[-2]:.2f}), so round {r} drifted from the "
+                              f"pseudo-labels it learnt from; deploying round {deploy}'s folds "
+                              "(fsl#guards#stop_on_agreement_drop False runs every round)", stacklevel=2)
+                break
+        self.deployed_round = deploy if stopped_after is not None else len(models_of) - 1
+        print(f"FSL: deploying round {self.deployed_round}'s {len(models_of[self.deployed_round])} fold models "
+              f"(agreement per round: {[None if a is None else round(100 * a, 2) for a in self.agreements]})",
+              flush=True)
+        return models_of[self.deployed_round]
+
+    def _record_round(self, r: int, kept: Mapping[str, str], excluded: Sequence[Mapping[str, Any]],
+                      agreement: float | None, per_case: Mapping[str, float], stop: bool, deploy: int) -> None:
+        """``round<r>/round.json``: what the round trained from, what it left out, how far it agreed (process 0)."""
+        if self.rank != 0:
+            return
+        record = {"round": r, "pseudo_labels_kept": len(kept), "excluded_pseudo_labels": list(excluded),
+                  "plausible_volume_mm3": list(self._volume_range) if self._volume_range else None,
+                  "agreement": agreement, "agreement_per_case": dict(per_case),
+                  "agreement_per_round": list(self.agreements), "stopped_here": stop, "deploy_round": deploy,
+                  "guards": dict(self.guards)}
+        atomic_write_json(self.root / f"round{r}" / ROUND_RECORD, record)
 
     def ensemble(self, models: Sequence[Path] | None = None) -> FoldEnsemble:
-        """The fold ensemble of the last round (running every round not run yet)."""
+        """The fold ensemble of the deployed round (running every round not run yet)."""
         files = list(models) if models is not None else self.run()
         return FoldEnsemble([self.load(f) for f in files]).eval()
 
