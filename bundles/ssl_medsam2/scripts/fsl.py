@@ -27,8 +27,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import warnings
-
 import torch
 from monai.inferers import SlidingWindowInferer
 from torch import nn
@@ -40,16 +38,9 @@ from samssl.losses import dice_ce_loss
 from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
-from samssl.utils.files import atomic_write_json, file_sha256
+from samssl.utils.files import file_sha256
 
-from .fsl_guards import (
-    FSLGuards,
-    agreement_decision,
-    foreground_volume_mm3,
-    label_agreement,
-    plausible_volume_range,
-    screen_pseudo_labels,
-)
+from .fsl_guards import FSLGuards, RoundGuard
 
 from .planned_unet import FoldEnsemble
 
@@ -57,9 +48,6 @@ __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
 
 MODEL_FILE = "model.pt"
 HELD_OUT = "held_out_pseudo_labels"
-# per round: screened pseudo-labels, agreement, the decision so far. Only rounds <= r decide it, so
-# runs sharing the rounds (TFFS + 1 round is the full run's first round) write the same record.
-ROUND_RECORD = "round.json"
 
 
 class FoldTrainingSettings(SettingsDict):
@@ -160,24 +148,16 @@ class FoldRetraining:
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
         self.guards = FSLGuards.resolve(guards)
-        self._volume_range: tuple[float, float] | None = None
-        self.agreements: list[float | None] = []
-        self.deployed_round: int | None = None
+        self.round_guard = RoundGuard(self.guards, [e["label"] for e in self.labelled], write=self.rank == 0)
 
-    # ------------------------------------------------------------------ guards
-    def volume_range(self) -> tuple[float, float]:
-        """The plausible pseudo-label foreground (mm^3), from the labelled volumes' labels (read once)."""
-        if self._volume_range is None:
-            volumes = [foreground_volume_mm3(e["label"]) for e in self.labelled]
-            self._volume_range = plausible_volume_range(volumes, float(self.guards["min_volume_factor"]),
-                                                        float(self.guards["max_volume_factor"]))
-        return self._volume_range
+    @property
+    def agreements(self) -> list[float | None]:
+        """The agreement of each round run so far (:mod:`scripts.fsl_guards`)."""
+        return list(self.round_guard.agreements)
 
-    def screen(self, r: int, pseudo: Mapping[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
-        """Round ``r``'s pseudo-labels as ``(kept, excluded)``; all kept when the filter is off."""
-        if not self.guards.filtering:
-            return dict(pseudo), []
-        return screen_pseudo_labels(pseudo, self.volume_range(), f"FSL round {r}")
+    @property
+    def deployed_round(self) -> int | None:
+        return self.round_guard.deployed_round
 
     # ------------------------------------------------------------------ one fold
     def train_fold(self, training_set: Sequence[Mapping[str, Any]], fold_dir: Path) -> Path:
@@ -237,10 +217,8 @@ class FoldRetraining:
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
         models_of: list[list[Path]] = []
-        self.agreements = []
-        stopped_after: int | None = None
         for r in range(self.rounds):
-            kept, excluded = self.screen(r, pseudo)
+            kept, excluded = self.round_guard.screen(r, pseudo)
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
             stages = [self.fold_stage(r, k, fold, pseudo, excluded) for k, fold in enumerate(folds)]
             for stage in sorted(stages, key=lambda s: s.owner != self.rank):
@@ -248,40 +226,11 @@ class FoldRetraining:
             outputs = [stage.run() for stage in stages]  # kept by each stage: nothing runs twice
             models_of.append([Path(o["model"]) for o in outputs])
             refreshed = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
-            agreement, per_case = label_agreement(kept, refreshed)
-            self.agreements.append(agreement)
-            stop, deploy = agreement_decision(self.agreements)
-            stop = stop and self.guards.stopping
-            shown = "n/a (no plausible pseudo-label)" if agreement is None else f"{100 * agreement:.2f}"
-            print(f"round {r}: {len(outputs)} fold models, {len(refreshed)} pseudo-labels refreshed, "
-                  f"{len(excluded)} left out as implausible; agreement with the pseudo-labels trained from "
-                  f"(mean Dice, %): {shown}", flush=True)
-            self._record_round(r, kept, excluded, agreement, per_case, stop, deploy if stop else r)
             pseudo = refreshed
-            if stop:
-                stopped_after = r
-                warnings.warn(f"FSL stopped after round {r}: its agreement ({100 * agreement:.2f}) fell below round "
-                              f"{r - 1}'s ({100 * self.agreements[-2]:.2f}), so round {r} drifted from the "
-                              f"pseudo-labels it learnt from; deploying round {deploy}'s folds "
-                              "(fsl#guards#stop_on_agreement_drop False runs every round)", stacklevel=2)
+            if self.round_guard.after_round(r, kept, excluded, refreshed, self.root / f"round{r}"):
                 break
-        self.deployed_round = deploy if stopped_after is not None else len(models_of) - 1
-        print(f"FSL: deploying round {self.deployed_round}'s {len(models_of[self.deployed_round])} fold models "
-              f"(agreement per round: {[None if a is None else round(100 * a, 2) for a in self.agreements]})",
-              flush=True)
+        print(self.round_guard.summary(), flush=True)
         return models_of[self.deployed_round]
-
-    def _record_round(self, r: int, kept: Mapping[str, str], excluded: Sequence[Mapping[str, Any]],
-                      agreement: float | None, per_case: Mapping[str, float], stop: bool, deploy: int) -> None:
-        """``round<r>/round.json``: what the round trained from, what it left out, how far it agreed (process 0)."""
-        if self.rank != 0:
-            return
-        record = {"round": r, "pseudo_labels_kept": len(kept), "excluded_pseudo_labels": list(excluded),
-                  "plausible_volume_mm3": list(self._volume_range) if self._volume_range else None,
-                  "agreement": agreement, "agreement_per_case": dict(per_case),
-                  "agreement_per_round": list(self.agreements), "stopped_here": stop, "deploy_round": deploy,
-                  "guards": dict(self.guards)}
-        atomic_write_json(self.root / f"round{r}" / ROUND_RECORD, record)
 
     def ensemble(self, models: Sequence[Path] | None = None) -> FoldEnsemble:
         """The fold ensemble of the deployed round (running every round not run yet)."""

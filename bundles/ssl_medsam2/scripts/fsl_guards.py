@@ -32,8 +32,13 @@ import numpy as np
 
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.errors import InvalidInputError
+from samssl.utils.files import atomic_write_json
 
-__all__ = ["FSLGuards", "agreement_decision", "dice_of_files", "foreground_volume_mm3", "label_agreement",
+# per round: screened pseudo-labels, agreement, the decision so far. Only rounds <= r decide it, so
+# runs sharing the rounds (TFFS + 1 round is the full run's first round) write the same record.
+ROUND_RECORD = "round.json"
+
+__all__ = ["ROUND_RECORD", "FSLGuards", "RoundGuard", "agreement_decision", "dice_of_files", "foreground_volume_mm3", "label_agreement",
            "plausible_volume_range", "screen_pseudo_labels"]
 
 
@@ -182,3 +187,72 @@ def agreement_decision(agreements: Sequence[float | None], tolerance: float = 0.
                 and current < previous - tolerance):
             return True, last - 1
     return False, last
+
+
+class RoundGuard:
+    """The filter and the stopping rule over one run of rounds, for either FSL backend.
+
+    Before round ``r``, :meth:`screen` splits its pseudo-labels into kept and excluded; after it,
+    :meth:`after_round` scores the agreement of the round's re-predictions with the kept inputs,
+    logs it, writes ``round.json`` into the round's folder (when ``write``: process 0) and says
+    whether to stop; :attr:`deployed_round` is then the round whose folds to deploy.
+
+    Args:
+        guards: the settings (:class:`FSLGuards`).
+        labelled_labels: the labelled volumes' label files (the plausible range comes from them).
+        write: whether this process writes the records.
+    """
+
+    def __init__(self, guards: FSLGuards, labelled_labels: Sequence[str | Path], write: bool = True) -> None:
+        self.guards = guards
+        self.labelled_labels = [str(p) for p in labelled_labels]
+        self.write = bool(write)
+        self._volume_range: tuple[float, float] | None = None
+        self.agreements: list[float | None] = []
+        self.deployed_round: int | None = None
+
+    def volume_range(self) -> tuple[float, float]:
+        """The plausible pseudo-label foreground (mm^3), from the labelled volumes' labels (read once)."""
+        if self._volume_range is None:
+            volumes = [foreground_volume_mm3(label) for label in self.labelled_labels]
+            self._volume_range = plausible_volume_range(volumes, float(self.guards["min_volume_factor"]),
+                                                        float(self.guards["max_volume_factor"]))
+        return self._volume_range
+
+    def screen(self, r: int, pseudo: Mapping[str, str]) -> tuple[dict[str, str], list[dict[str, Any]]]:
+        """Round ``r``'s pseudo-labels as ``(kept, excluded)``; all kept when the filter is off."""
+        if r == 0:
+            self.agreements, self.deployed_round = [], None
+        if not self.guards.filtering:
+            return dict(pseudo), []
+        return screen_pseudo_labels(pseudo, self.volume_range(), f"FSL round {r}")
+
+    def after_round(self, r: int, kept: Mapping[str, str], excluded: Sequence[Mapping[str, Any]],
+                    refreshed: Mapping[str, str], round_dir: str | Path) -> bool:
+        """Score, log and record round ``r``; True when the rounds stop here (:attr:`deployed_round` is set)."""
+        agreement, per_case = label_agreement(kept, refreshed)
+        self.agreements.append(agreement)
+        stop, deploy = agreement_decision(self.agreements)
+        stop = stop and self.guards.stopping
+        shown = "n/a (no plausible pseudo-label)" if agreement is None else f"{100 * agreement:.2f}"
+        print(f"round {r}: {len(refreshed)} pseudo-labels refreshed, {len(excluded)} left out as implausible; "
+              f"agreement with the pseudo-labels trained from (mean Dice, %): {shown}", flush=True)
+        self.deployed_round = deploy if stop else r
+        if self.write:
+            atomic_write_json(Path(round_dir) / ROUND_RECORD, {
+                "round": r, "pseudo_labels_kept": len(kept), "excluded_pseudo_labels": list(excluded),
+                "plausible_volume_mm3": list(self._volume_range) if self._volume_range else None,
+                "agreement": agreement, "agreement_per_case": dict(per_case),
+                "agreement_per_round": list(self.agreements), "stopped_here": stop,
+                "deploy_round": self.deployed_round, "guards": dict(self.guards)})
+        if stop:
+            warnings.warn(f"FSL stopped after round {r}: its agreement ({100 * agreement:.2f}) fell below round "
+                          f"{r - 1}'s ({100 * self.agreements[-2]:.2f}), so round {r} drifted from the pseudo-labels "
+                          f"it learnt from; deploying round {deploy}'s folds (fsl#guards#stop_on_agreement_drop "
+                          "False runs every round)", stacklevel=3)
+        return stop
+
+    def summary(self) -> str:
+        """One log line: the deployed round and the agreement per round."""
+        shown = [None if a is None else round(100 * a, 2) for a in self.agreements]
+        return f"FSL: deploying round {self.deployed_round}'s folds (agreement per round, mean Dice %: {shown})"

@@ -21,7 +21,7 @@ labelled cases alone (an "ensemble" of one).
 
 ``backend="nnunetv2"`` runs stage 2 through the real nnU-Net instead
 (:mod:`scripts.nnunet_backend`, ``<output_dir>/nnunet_fsl``): the deployed model is then nnU-Net's
-results folder of the last round, and :attr:`SSLMedSAM2.deployed` scores nnU-Net's own
+results folder of the deployed round, and :attr:`SSLMedSAM2.deployed` scores nnU-Net's own
 predictions (``<output_dir>/nnunet_predictions``) through the bundle's evaluator.
 """
 
@@ -85,7 +85,8 @@ class SSLMedSAM2:
         backend: ``"monai"`` (the planned DynUNet through the ignite engine) or ``"nnunetv2"``.
         nnunet: :class:`~scripts.nnunet_backend.NnUNetSettings` of the nnU-Net backend.
         guards: :class:`~scripts.fsl_guards.FSLGuards` of the FSL rounds (``True``: the defaults,
-            ``False``: the paper's plain Algorithm 1); the nnU-Net backend runs the plain rounds.
+            ``False``: the paper's plain Algorithm 1); the nnU-Net backend applies the filter and the
+            stopping rule, not the labelled share.
         trained_settings: config id -> value of the settings inference needs (spacing, window, the
             ensemble's architecture), saved in ``model_file`` (:mod:`samssl.handlers.deployment`).
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
@@ -152,7 +153,7 @@ class SSLMedSAM2:
 
     @property
     def ensemble_stage(self) -> Step:
-        """Step 3: the last round's fold networks, saved together as the deployed model."""
+        """Step 3: the deployed round's fold networks, saved together as the deployed model."""
         return Step("fold ensemble", self.deploy)
 
     def pseudo_labels(self) -> list[dict[str, Any]]:
@@ -199,15 +200,16 @@ class SSLMedSAM2:
             if not self.unlabelled:
                 raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty")
             s = self.nnunet_settings
-            if self.guards["enabled"]:
-                print("fsl#backend nnunetv2 runs the paper's plain Algorithm 1: the FSL guards (labelled share, "
-                      "pseudo-label filter, stopping rule) apply to the 'monai' backend only", flush=True)
+            if self.guards.share > 0:
+                print("fsl#backend nnunetv2: the labelled share of the FSL guards applies to the 'monai' backend only "
+                      "(nnU-Net's loader draws its own batches); the pseudo-label filter and the stopping rule apply",
+                      flush=True)
             self._nnunet = NnUNetFoldRetraining(
                 self.labelled, self.pseudo_labels(), self.root / "nnunet_fsl", self.num_folds, self.rounds,
                 epochs=int(s["epochs"]), iterations_per_epoch=int(s["iterations_per_epoch"]),
                 dataset_id=int(s["dataset_id"]), channel_name=str(s["channel_name"]),
                 use_mirroring=bool(s["use_mirroring"]), spacing=s["spacing"], seed=self.seed, device=self.device,
-                rank=self.rank, world_size=self.world_size)
+                rank=self.rank, world_size=self.world_size, guards=self.guards)
         return self._nnunet
 
     def _nnunet_predict(self, images: Sequence[str], out_dir: Path) -> list[Path]:
