@@ -69,7 +69,7 @@ class LabelledShareBatchSampler(Sampler[list[int]]):
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
 
     def __len__(self) -> int:
-        return -(-self.num_items // self.batch_size)
+        return math.ceil(self.num_items / self.batch_size)
 
     def _cycle(self, size: int, count: int) -> list[int]:
         """``count`` indices from back-to-back shuffles of ``range(size)``."""

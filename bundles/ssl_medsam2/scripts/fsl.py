@@ -41,7 +41,6 @@ from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
 
 from .fsl_guards import FSLGuards, RoundGuard
-
 from .planned_unet import FoldEnsemble
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
