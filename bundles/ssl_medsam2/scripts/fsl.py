@@ -18,7 +18,8 @@ Beyond the paper, the rounds are guarded against collapsing onto weak pseudo-lab
 (:mod:`scripts.fsl_guards`, ``fsl#guards``): a labelled floor in every batch, implausible
 pseudo-labels left out of a round's training (recorded in the fold's ``stage.json`` inputs and in
 ``round<r>/round.json``), and a stop when the rounds' agreement drops, deploying the previous
-round's folds (``round<r>/round.json`` holds the agreements and the decision). ``fsl#guards: false`` runs the plain Algorithm 1.
+round's folds (``round<r>/round.json`` holds the agreements and the decision).
+``fsl#guards: false`` runs the plain Algorithm 1.
 """
 
 from __future__ import annotations
@@ -177,8 +178,8 @@ class FoldRetraining:
                    excluded: Sequence[Mapping[str, Any]] = ()) -> FunctionStage:
         """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own.
 
-        ``excluded``: the round's implausible pseudo-labels (:meth:`screen`), left out of the training
-        set and listed in the fold's ``stage.json`` inputs; the held-out fold is re-predicted whole.
+        ``excluded``: the round's implausible pseudo-labels (``RoundGuard.screen``), left out of the
+        training set and listed in the fold's ``stage.json`` inputs; the held-out fold is re-predicted whole.
         """
         fold_dir = self.root / f"round{r}" / f"fold{k}"
         left_out = {e["image"]: e for e in excluded}
