@@ -439,6 +439,13 @@ def test_stopping_rule_deploys_the_round_before_a_drop_in_agreement():
     assert decide([None, 0.5]) == (False, 1) and decide([0.5, None]) == (False, 1), "no agreement: no evidence"
     with pytest.raises(ValueError):
         decide([])
+    # the switches: False is the plain Algorithm 1, each guard can be set alone, string booleans are refused
+    plain = fsl_guards.FSLGuards.resolve(False)
+    assert plain.share == 0.0 and not plain.filtering and not plain.stopping
+    assert fsl_guards.FSLGuards.resolve({"labelled_share": 0.25}).share == 0.25 and fsl_guards.FSLGuards.resolve(None).stopping
+    for wrong in ("false", {"enabled": "false"}, {"labeled_share": 0.5}, {"labelled_share": 1.5}):
+        with pytest.raises(ValueError):
+            fsl_guards.FSLGuards.resolve(wrong)
 
 
 def test_fsl_rounds_stop_when_agreement_drops_and_deploy_the_previous_round(tmp_path, monkeypatch):
