@@ -114,10 +114,12 @@ TRACES: dict[str, TraceSpec] = {
         build_first=("$@validate#dataloader",),  # before stages: the validation loader, then the pipeline
         note="SupOnly baseline: the planned DynUNet's supervised fold training on the labelled cases"),
     "ssl_medsam2/fsl": TraceSpec(
-        "ssl_medsam2", "la", overrides={"fsl#num_folds": 2}, build_first=("$@validate#dataloader",),
+        "ssl_medsam2", "la", overrides={"fsl#num_folds": 2, "fsl#guards": False},
+        build_first=("$@validate#dataloader",),
         note="full method: TFFS (LiteMedSAM box chain) pseudo-labels the unlabelled volumes, then the first "
              "FSL fold's training (round 0, fold 0); fsl#num_folds lowered from 5 to 2 because the subset has "
-             f"{LA_UNLABELLED} unlabelled volumes (K <= unlabelled cases)"),
+             f"{LA_UNLABELLED} unlabelled volumes (K <= unlabelled cases); fsl#guards False: the paper's plain "
+             "Algorithm 1, as recorded before the guards existed (the labelled share changes the batches)"),
 }
 
 

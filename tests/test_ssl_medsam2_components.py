@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -227,7 +228,8 @@ def test_fsl_holds_each_unlabelled_case_out_once_per_round_and_resumes(tmp_path,
     plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))
     retraining = fsl.FoldRetraining(lambda: plan.build(filters=[4, 8, 16]), labelled, pseudo, tmp_path / "fsl",
                                     patch_size=(16, 16, 16), target_spacing=None, num_folds=2, rounds=2,
-                                    training={"num_iterations": 2, "batch_size": 2, "checkpoint_interval": 1})
+                                    training={"num_iterations": 2, "batch_size": 2, "checkpoint_interval": 1},
+                                    guards=False)  # Algorithm 1's folds as the paper runs them; guards: below
     trained: list[tuple[str, list[str]]] = []
     real_train = retraining.train_fold
 
@@ -305,3 +307,167 @@ def test_two_processes_share_the_folds_and_both_end_with_every_fold(tmp_path, mo
     with pytest.raises(ValueError, match="rank"):
         fsl.FoldRetraining(lambda: None, labelled, pseudo, tmp_path, (16, 16, 16), None, num_folds=2, rank=2,
                            world_size=2)
+
+
+# ---------------------------------------------------------------------------- FSL guards (not in the paper)
+fsl_guards = __import__("scripts.fsl_guards", fromlist=["fsl_guards"])
+
+
+def test_labelled_share_holds_in_every_batch_and_over_runs_of_batches():
+    from samssl.data.samplers import LabelledShareBatchSampler, labelled_per_batch
+
+    sampler = LabelledShareBatchSampler(4, 48, 2, 0.5, torch.Generator().manual_seed(0))
+    for _ in range(3):  # several passes
+        batches = list(sampler)
+        assert len(batches) == 24 and all(len(b) == 2 for b in batches)
+        assert all(sum(i < 4 for i in b) >= 1 for b in batches), "one labelled patch in every batch of 2"
+        assert {i for b in batches for i in b} - set(range(4)), "pseudo-labelled items are drawn too"
+    again = LabelledShareBatchSampler(4, 48, 2, 0.5, torch.Generator().manual_seed(0))
+    assert list(again) == list(LabelledShareBatchSampler(4, 48, 2, 0.5, torch.Generator().manual_seed(0)))
+    # a share that is not a whole number of a batch holds over every run of batches from the pass's start
+    assert [labelled_per_batch(b, 1, 0.5) for b in range(4)] == [1, 0, 1, 0]
+    sampler = LabelledShareBatchSampler(3, 40, 4, 0.3, torch.Generator().manual_seed(1))
+    seen = labelled = 0
+    for batch in sampler:
+        seen += len(batch)
+        labelled += sum(i < 3 for i in batch)
+        assert labelled >= 0.3 * seen - 1e-9
+    with pytest.raises(ValueError, match="share"):
+        LabelledShareBatchSampler(1, 4, 2, 0.0)
+
+
+def test_patch_training_mixes_batches_only_when_pseudo_labelled_volumes_are_present(tmp_path, monkeypatch):
+    """SupOnly (labelled volumes only) keeps the plain shuffled loader, bit for bit."""
+    from samssl.data.samplers import LabelledShareBatchSampler
+    from samssl.engines import patch_training
+
+    loaders = []
+
+    class _NoTraining:
+        def __init__(self, train_data_loader, **_):
+            loaders.append(train_data_loader)
+
+        def run(self):
+            pass
+
+    monkeypatch.setattr(patch_training, "SemiSupervisedTrainer", _NoTraining)
+    cases = _synthetic_cases(tmp_path, 4, "c")
+    net = torch.nn.Conv3d(1, 2, 1)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    args = (net, optimizer, lambda *a: None, cases, (8, 8, 8), None, 4, 2, tmp_path / "ckpt", 2)
+    patch_training.train_on_volume_patches(*args)
+    patch_training.train_on_volume_patches(*args, num_labelled=4, labelled_share=0.5)  # nothing pseudo-labelled
+    patch_training.train_on_volume_patches(*args, num_labelled=1, labelled_share=0.0)  # share off
+    patch_training.train_on_volume_patches(*args, num_labelled=1, labelled_share=0.5)
+    assert [isinstance(loader.batch_sampler, LabelledShareBatchSampler) for loader in loaders] == [False] * 3 + [True]
+    assert all(0 in batch for batch in loaders[-1].batch_sampler), "the one labelled volume is in every batch"
+    assert loaders[-1].generator is loaders[-1].batch_sampler.generator, "a resumed run restores the sampler's draws"
+
+
+def _mask_file(path, offset=0, size=(10, 10, 8), shape=(24, 24, 16)):
+    """A cube label (2 mm voxels, so 8 mm^3 each) shifted by ``offset`` along the first axis; size 0: empty,
+    size None: every voxel."""
+    label = np.zeros(shape, np.uint8) if size is not None else np.ones(shape, np.uint8)
+    if size:
+        label[6 + offset:6 + offset + size[0], 5:5 + size[1], 4:4 + size[2]] = 1
+    nib.save(nib.Nifti1Image(label, np.diag([2.0, 2.0, 2.0, 1.0])), str(path))
+    return str(path)
+
+
+def _mocked_retraining(tmp_path, monkeypatch, pseudo, offsets, rounds, guards=None):
+    """FoldRetraining with training and re-prediction mocked: fold training writes a stub model,
+    re-prediction of round ``r`` writes each held-out case's cube shifted by ``offsets[r]``."""
+    labelled = _synthetic_cases(tmp_path, 2, "lab")  # 10 x 10 x 8 cubes: 6400 mm^3 each
+    trained: dict[str, list[str]] = {}
+
+    def fake_write(network, entries, transform, inferer, out_dir, fingerprint, device="cpu"):
+        r = int(Path(out_dir).parent.parent.name.removeprefix("round"))
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return [{"image": e["image"], "pseudo_label": _mask_file(Path(out_dir) / Path(e["image"]).name, offsets[r])}
+                for e in entries]
+
+    monkeypatch.setattr(fsl, "write_pseudo_labels", fake_write)
+    retraining = fsl.FoldRetraining(lambda: None, labelled, pseudo, tmp_path / "fsl", (16, 16, 16), None, num_folds=2,
+                                    rounds=rounds, guards=guards)
+
+    def fake_train(training_set, fold_dir):
+        trained[f"{fold_dir.parent.name}/{fold_dir.name}"] = [e["label"] for e in training_set]
+        fold_dir.mkdir(parents=True, exist_ok=True)
+        (fold_dir / "model.pt").write_bytes(fold_dir.name.encode())
+        return fold_dir / "model.pt"
+
+    monkeypatch.setattr(retraining, "train_fold", fake_train)
+    monkeypatch.setattr(retraining, "load", lambda model_file: None)
+    return retraining, trained
+
+
+def test_empty_and_implausibly_large_pseudo_labels_are_left_out_warned_and_recorded(tmp_path, monkeypatch):
+    images = [str(c["image"]) for c in _synthetic_cases(tmp_path, 4, "unl")]
+    files = [_mask_file(tmp_path / "empty.nii.gz", size=0),  # empty
+             _mask_file(tmp_path / "huge.nii.gz", size=None),  # 73728 mm^3 > 4 x 6400
+             _mask_file(tmp_path / "fine0.nii.gz"), _mask_file(tmp_path / "fine1.nii.gz", offset=2)]
+    pseudo = [{"image": i, "pseudo_label": f} for i, f in zip(images, files)]
+    retraining, trained = _mocked_retraining(tmp_path, monkeypatch, pseudo, offsets=[0], rounds=1)
+    with pytest.warns(UserWarning, match=r"2 of 4 pseudo-labels left out.*unl0\.nii\.gz \(empty.*unl1\.nii\.gz \(above"):
+        retraining.run()
+    used = {label for labels in trained.values() for label in labels}
+    assert files[0] not in used and files[1] not in used, "implausible pseudo-labels never reach training"
+    assert {files[2], files[3]} <= used
+    record = json.loads((tmp_path / "fsl" / "round0" / "round.json").read_text())
+    assert record["plausible_volume_mm3"] == [1600.0, 25600.0]  # a quarter of the smallest, 4 x the largest label
+    assert [(e["image"], e["volume_mm3"], e["range_mm3"]) for e in record["excluded_pseudo_labels"]] == [
+        (images[0], 0.0, [1600.0, 25600.0]), (images[1], 73728.0, [1600.0, 25600.0])]
+    # each fold's manifest names the pseudo-labels its training set left out (its fingerprint covers them)
+    recorded = [e["image"] for k in (0, 1) for e in json.loads(
+        (tmp_path / "fsl" / "round0" / f"fold{k}" / "stage.json").read_text())["inputs"].get("excluded_pseudo_labels", [])]
+    assert sorted(recorded) == images[:2]
+    # the plain Algorithm 1 (guards off) trains on every pseudo-label
+    (tmp_path / "plain").mkdir()
+    plain, trained_plain = _mocked_retraining(tmp_path / "plain", monkeypatch, pseudo, offsets=[0], rounds=1,
+                                              guards=False)
+    plain.run()
+    assert set(files) <= {label for labels in trained_plain.values() for label in labels}
+
+
+def test_stopping_rule_deploys_the_round_before_a_drop_in_agreement():
+    decide = fsl_guards.agreement_decision
+    assert decide([0.6]) == (False, 0)
+    assert decide([0.6, 0.8]) == (False, 1)
+    assert decide([0.6, 0.8, 0.7]) == (True, 1), "round 2 drifted: deploy round 1's folds"
+    assert decide([0.6, 0.5]) == (True, 0)
+    assert decide([0.6, 0.59], tolerance=0.02) == (False, 1)
+    assert decide([None, 0.5]) == (False, 1) and decide([0.5, None]) == (False, 1), "no agreement: no evidence"
+    with pytest.raises(ValueError):
+        decide([])
+    # the switches: False is the plain Algorithm 1, each guard can be set alone, string booleans are refused
+    plain = fsl_guards.FSLGuards.resolve(False)
+    assert plain.share == 0.0 and not plain.filtering and not plain.stopping
+    assert fsl_guards.FSLGuards.resolve({"labelled_share": 0.25}).share == 0.25 and fsl_guards.FSLGuards.resolve(None).stopping
+    for wrong in ("false", {"enabled": "false"}, {"labeled_share": 0.5}, {"labelled_share": 1.5}):
+        with pytest.raises(ValueError):
+            fsl_guards.FSLGuards.resolve(wrong)
+
+
+def test_fsl_rounds_stop_when_agreement_drops_and_deploy_the_previous_round(tmp_path, monkeypatch):
+    images = [str(c["image"]) for c in _synthetic_cases(tmp_path, 4, "unl")]
+    pseudo = [{"image": i, "pseudo_label": _mask_file(tmp_path / f"p{n}.nii.gz")} for n, i in enumerate(images)]
+    # round 0 re-predicts the cubes shifted by 1 voxel (Dice 0.9 with its inputs), round 1 shifts them 3 more
+    # (Dice 0.7 with round 0's): agreement drops, so round 2 never runs and round 0's folds are deployed
+    retraining, trained = _mocked_retraining(tmp_path, monkeypatch, pseudo, offsets=[1, 4, 4], rounds=3)
+    with pytest.warns(UserWarning, match="stopped after round 1"):
+        models = retraining.run()
+    assert sorted(trained) == ["round0/fold0", "round0/fold1", "round1/fold0", "round1/fold1"]
+    assert models == [tmp_path / "fsl" / "round0" / f"fold{k}" / "model.pt" for k in (0, 1)]
+    assert retraining.deployed_round == 0 and retraining.agreements == pytest.approx([0.9, 0.7])
+    record = json.loads((tmp_path / "fsl" / "round1" / "round.json").read_text())
+    assert record["stopped_here"] and record["deploy_round"] == 0
+    assert record["agreement_per_round"] == pytest.approx([0.9, 0.7])
+    # agreement rising (1 voxel, then none): every round runs and the last one is deployed
+    (tmp_path / "up").mkdir()
+    rising, trained = _mocked_retraining(tmp_path / "up", monkeypatch, pseudo, offsets=[1, 1, 1], rounds=3)
+    assert rising.run()[0].parent.parent.name == "round2" and rising.agreements == pytest.approx([0.9, 1.0, 1.0])
+    # the plain Algorithm 1 runs every round whatever the agreement
+    (tmp_path / "plain").mkdir()
+    plain, trained = _mocked_retraining(tmp_path / "plain", monkeypatch, pseudo, offsets=[1, 4, 4], rounds=3,
+                                        guards={"enabled": False})
+    assert plain.run()[0].parent.parent.name == "round2" and len(trained) == 6

@@ -83,7 +83,8 @@ def test_nnunet_rounds_hold_each_case_out_once_reuse_the_plans_and_ensemble_the_
     # the initial pseudo-labels (TFFS's role) are the true balls here; no ground truth is read for them otherwise
     unlabelled = [{"image": c["image"], "pseudo_label": c["label"]} for c in cases[2:]]
     fsl = nnunet_backend.NnUNetFoldRetraining(labelled, unlabelled, tmp_path / "fsl", num_folds=2, rounds=2, epochs=1,
-                                              iterations_per_epoch=2, use_mirroring=False, seed=0)
+                                              iterations_per_epoch=2, use_mirroring=False, seed=0,
+                                              guards=False)  # the plain Algorithm 1; the guards: the next test
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -125,3 +126,48 @@ def test_nnunet_rounds_hold_each_case_out_once_reuse_the_plans_and_ensemble_the_
     with pytest.warns(UserWarning, match=named):
         fsl.run()  # everything is on disk: nothing trains again
     assert {p: p.stat().st_mtime for p in fsl.root.rglob("checkpoint_final.pth")} == mtimes
+
+
+def test_nnunet_rounds_leave_implausible_pseudo_labels_out_of_the_splits_and_stop_on_an_agreement_drop(
+        tmp_path, monkeypatch):
+    """nnU-Net's planning, training and prediction mocked: only the rounds' bookkeeping runs."""
+    cases = _synthetic_cases(tmp_path / "data", 6)
+    labelled, pool = cases[:2], cases[2:]
+    empty = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 24), np.uint8), np.diag([1.25, 1.25, 1.25, 1.0])), str(empty))
+    unlabelled = [{"image": c["image"], "pseudo_label": str(empty) if i == 0 else c["label"]} for i, c in enumerate(pool)]
+    fsl = nnunet_backend.NnUNetFoldRetraining(labelled, unlabelled, tmp_path / "fsl", num_folds=2, rounds=3, epochs=1,
+                                              iterations_per_epoch=1, seed=0)
+    splits: dict[int, list] = {}
+    truth = {c["image"]: c["label"] for c in cases}
+
+    def prepare(r, pseudo, folds, excluded=()):
+        splits[r] = [[e["image"] for e in fold["train"] if e["image"] not in set(excluded)] for fold in folds]
+
+    def train(r, k):
+        final = fsl.model_dir(r) / f"fold_{k}" / "checkpoint_final.pth"
+        final.parent.mkdir(parents=True, exist_ok=True)
+        final.write_bytes(b"stub")
+        return final
+
+    def predict(r, k, images):  # round 0 finds each ball, round 1 loses every one (a collapse)
+        targets = fsl.held_out_files(r, k, images)
+        for image, target in targets.items():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            source = nib.load(truth[image] if r == 0 else str(empty))
+            nib.save(nib.Nifti1Image(np.asarray(source.dataobj), source.affine), str(target))
+        return {image: str(target) for image, target in targets.items()}
+
+    monkeypatch.setattr(fsl, "prepare_round", prepare)
+    monkeypatch.setattr(fsl, "train_fold", train)
+    monkeypatch.setattr(fsl, "predict_held_out", predict)
+    with pytest.warns(UserWarning, match="stopped after round 1"):
+        model_dir = fsl.run()
+    assert model_dir == fsl.model_dir(0) and fsl.deployed_round == 0, "round 1 collapsed: round 0 is deployed"
+    assert sorted(splits) == [0, 1], "round 2 never runs"
+    assert all(pool[0]["image"] not in train for train in splits[0]), "the empty pseudo-label trains no fold"
+    record = json.loads((fsl.round_dir(0) / "round.json").read_text())
+    assert [e["image"] for e in record["excluded_pseudo_labels"]] == [pool[0]["image"]]
+    assert record["agreement"] == 1.0 and json.loads((fsl.round_dir(1) / "round.json").read_text())["agreement"] == 0.0
+    prepared = json.loads((fsl.round_dir(0) / "stages" / "prepare" / "stage.json").read_text())
+    assert [e["image"] for e in prepared["inputs"]["excluded_pseudo_labels"]] == [pool[0]["image"]]

@@ -29,6 +29,7 @@ from samssl.data.datalists import (
 )
 from samssl.data.readability import Unreadable, check_readable, find_unreadable
 from samssl.data.readers import UAMT_LA_SPACING, H5VolumeReader
+from samssl.data.samplers import LabelledShareBatchSampler, labelled_per_batch
 from samssl.data.save_predictions import PREDICTION_FORMATS, SavePredictiond
 from samssl.data.sdf import SignedDistanceMap, SignedDistanceMapd, sdf_to_mask_probability, signed_distance_map
 from samssl.data.splits import kfold_splits, load_datalist, prepare_split, split_labelled, write_datalist
@@ -50,6 +51,7 @@ __all__ = [
     "FAILED_CASE_KEY",
     "H5VolumeReader",
     "IMAGE_SUFFIXES",
+    "LabelledShareBatchSampler",
     "PREDICTION_FORMATS",
     "RandColorJitterd",
     "SavePredictiond",
@@ -73,6 +75,7 @@ __all__ = [
     "image_folder_datalist",
     "isic_datalist",
     "kfold_splits",
+    "labelled_per_batch",
     "load_datalist",
     "make_dataset",
     "msd_datalist",

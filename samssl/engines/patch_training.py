@@ -20,6 +20,7 @@ from monai.handlers import LrScheduleHandler
 from torch import nn
 
 from samssl.data import volume_transforms
+from samssl.data.samplers import LabelledShareBatchSampler
 from samssl.engines.precision import AmpSetting
 from samssl.engines.semi_supervised import SemiSupervisedTrainer
 from samssl.handlers.checkpoints import TrainingCheckpointer
@@ -36,7 +37,8 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
                             num_iterations: int, batch_size: int, checkpoint_dir: str | Path,
                             checkpoint_interval: int, seed: int = 0, device: torch.device | str = "cpu",
                             lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-                            amp: AmpSetting = False) -> nn.Module:
+                            amp: AmpSetting = False, num_labelled: int | None = None,
+                            labelled_share: float = 0.0) -> nn.Module:
     """Train ``model`` for ``num_iterations`` on random ``patch_size`` patches of ``training_set``.
 
     ``training_set`` entries carry ``image`` and ``label`` (other keys are ignored); they are read with
@@ -44,6 +46,12 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
     cached. Checkpoints (model, optimiser, scheduler, engine) go to ``checkpoint_dir`` every
     ``checkpoint_interval`` iterations; a killed run resumes from the latest one. ``amp`` is the
     precision switch of :mod:`samssl.engines.precision` (default float32). Returns ``model``.
+
+    ``num_labelled``: the first ``num_labelled`` entries hold true labels, the others pseudo-labels
+    (None: all true). With ``labelled_share`` > 0 and both kinds present, every batch holds at
+    least that share of labelled patches (:class:`~samssl.data.samplers.LabelledShareBatchSampler`),
+    so many weak pseudo-labels cannot swamp a few true labels; otherwise (SupOnly, a set of one
+    kind, share 0) the batches are the plain shuffle's, unchanged.
     """
     if not training_set:
         raise ValueError(f"nothing to train on for {checkpoint_dir}: the training set is empty")
@@ -56,7 +64,13 @@ def train_on_volume_patches(model: nn.Module, optimizer: torch.optim.Optimizer,
     dataset = CacheDataset(cases, volume_transforms("labelled", patch_size, target_spacing),
                            cache_rate=1.0, num_workers=0, progress=False)
     generator = torch.Generator().manual_seed(int(seed))
-    loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, num_workers=0, generator=generator)
+    labelled = len(cases) if num_labelled is None else int(num_labelled)
+    if labelled_share > 0.0 and 0 < labelled < len(cases):
+        # the sampler and the loader share one generator: a resumed run restores it (pass start)
+        sampler = LabelledShareBatchSampler(labelled, len(cases), int(batch_size), float(labelled_share), generator)
+        loader = DataLoader(dataset, batch_sampler=sampler, num_workers=0, generator=generator)
+    else:
+        loader = DataLoader(dataset, batch_size=int(batch_size), shuffle=True, num_workers=0, generator=generator)
     epoch_length = max(1, min(iterations, EPOCH_ITERATIONS))
     handlers: list[Any] = [TrainingCheckpointer(Path(checkpoint_dir), model, optimizer, lr_scheduler=lr_scheduler,
                                                 save_interval=int(checkpoint_interval))]

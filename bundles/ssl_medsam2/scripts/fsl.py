@@ -13,6 +13,13 @@ finished fold is not trained again, an interrupted one resumes from its last che
 predictions are cached under the fold model's hash (``round<r>/fold<k>/held_out_pseudo_labels``),
 and with several processes each fold has an owner rank that computes it while the others wait
 for its manifest.
+
+Beyond the paper, the rounds are guarded against collapsing onto weak pseudo-labels
+(:mod:`scripts.fsl_guards`, ``fsl#guards``): a labelled floor in every batch, implausible
+pseudo-labels left out of a round's training (recorded in the fold's ``stage.json`` inputs and in
+``round<r>/round.json``), and a stop when the rounds' agreement drops, deploying the previous
+round's folds (``round<r>/round.json`` holds the agreements and the decision).
+``fsl#guards: false`` runs the plain Algorithm 1.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from samssl.stages.pseudo_labels import write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
 
+from .fsl_guards import FSLGuards, RoundGuard
 from .planned_unet import FoldEnsemble
 
 __all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
@@ -59,11 +67,14 @@ class FoldTrainingSettings(SettingsDict):
 
 def train_network(build_network: Callable[[], nn.Module], training_set: Sequence[Mapping[str, Any]], out_dir: Path,
                   patch_size: Sequence[int], target_spacing: float | None, settings: Mapping[str, Any] | None = None,
-                  seed: int = 0, device: torch.device | str = "cpu") -> Path:
+                  seed: int = 0, device: torch.device | str = "cpu", num_labelled: int | None = None,
+                  labelled_share: float = 0.0) -> Path:
     """Supervised training of a fresh network on ``training_set`` (image + label); ``out_dir/model.pt``.
 
     nnU-Net's recipe (:class:`FoldTrainingSettings`) on random patches. Returns at once if the
-    model file exists; resumes from ``out_dir/checkpoints`` after a kill.
+    model file exists; resumes from ``out_dir/checkpoints`` after a kill. The first
+    ``num_labelled`` entries are the labelled ones; ``labelled_share`` > 0 keeps that floor of
+    labelled patches in every batch when pseudo-labelled entries follow them (SupOnly: unchanged).
     """
     out_dir = Path(out_dir)
     model_file = out_dir / MODEL_FILE
@@ -81,7 +92,8 @@ def train_network(build_network: Callable[[], nn.Module], training_set: Sequence
           f"-> {model_file}", flush=True)
     train_on_volume_patches(network, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), training_set,
                             patch_size, target_spacing, iterations, int(s["batch_size"]), out_dir / "checkpoints",
-                            int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler)
+                            int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler,
+                            num_labelled=num_labelled, labelled_share=labelled_share)
     AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
     return model_file
 
@@ -102,13 +114,15 @@ class FoldRetraining:
         rank, world_size: with several processes (``multi_gpu_train.json``), process ``rank`` trains
             and re-predicts the folds ``k`` with ``k % world_size == rank`` (nnU-Net's "one fold per
             GPU") and waits for the others' fold manifests before the next round.
+        guards: :class:`~scripts.fsl_guards.FSLGuards` values, ``True`` (the defaults) or ``False``
+            (the paper's plain Algorithm 1). With the stopping rule, ``rounds`` is the most rounds run.
     """
 
     def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
                  pseudo_labelled: Sequence[Mapping[str, Any]], work_dir: str | Path, patch_size: Sequence[int],
                  target_spacing: float | None, training: Mapping[str, Any] | None = None, num_folds: int = 5,
                  rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
-                 world_size: int = 1) -> None:
+                 world_size: int = 1, guards: bool | Mapping[str, Any] | None = None) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if rounds < 1:
@@ -133,12 +147,24 @@ class FoldRetraining:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.rank, self.world_size = int(rank), int(world_size)
+        self.guards = FSLGuards.resolve(guards)
+        self.round_guard = RoundGuard(self.guards, [e["label"] for e in self.labelled], write=self.rank == 0)
+
+    @property
+    def agreements(self) -> list[float | None]:
+        """The agreement of each round run so far (:mod:`scripts.fsl_guards`)."""
+        return list(self.round_guard.agreements)
+
+    @property
+    def deployed_round(self) -> int | None:
+        return self.round_guard.deployed_round
 
     # ------------------------------------------------------------------ one fold
     def train_fold(self, training_set: Sequence[Mapping[str, Any]], fold_dir: Path) -> Path:
         """Train a fresh network on ``training_set``; return its ``model.pt`` (cached)."""
         return train_network(self.build_network, training_set, fold_dir, self.patch_size, self.target_spacing,
-                             self.settings, self.seed, self.device)
+                             self.settings, self.seed, self.device, num_labelled=len(self.labelled),
+                             labelled_share=self.guards.share)
 
     def load(self, model_file: Path) -> nn.Module:
         return load_network_weights(self.build_network(), model_file).to(self.device).eval()
@@ -148,14 +174,27 @@ class FoldRetraining:
                                     overlap=float(self.settings["sw_overlap"]), mode="gaussian")
 
     # ------------------------------------------------------------------ all rounds
-    def fold_stage(self, r: int, k: int, fold: Mapping[str, Any], pseudo: Mapping[str, str]) -> FunctionStage:
-        """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own."""
+    def fold_stage(self, r: int, k: int, fold: Mapping[str, Any], pseudo: Mapping[str, str],
+                   excluded: Sequence[Mapping[str, Any]] = ()) -> FunctionStage:
+        """Fold ``k`` of round ``r``: train on the labelled + the other folds' cases, re-predict its own.
+
+        ``excluded``: the round's implausible pseudo-labels (``RoundGuard.screen``), left out of the
+        training set and listed in the fold's ``stage.json`` inputs; the held-out fold is re-predicted whole.
+        """
         fold_dir = self.root / f"round{r}" / f"fold{k}"
-        training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]]
+        left_out = {e["image"]: e for e in excluded}
+        training_set = self.labelled + [{"image": e["image"], "label": pseudo[e["image"]]} for e in fold["train"]
+                                        if e["image"] not in left_out]
         held_out = [{"image": e["image"]} for e in fold["val"]]
         inputs = {"round": r, "fold": k, "training_set": training_set, "held_out": [e["image"] for e in held_out],
                   "settings": dict(self.settings), "patch": list(self.patch_size), "spacing": self.target_spacing,
                   "seed": self.seed}
+        # only what changes the training enters the fingerprint: a plain (unguarded) run keeps its old one
+        if self.guards.share > 0 and len(training_set) > len(self.labelled):
+            inputs["labelled_share"] = self.guards.share
+        fold_excluded = [dict(left_out[e["image"]]) for e in fold["train"] if e["image"] in left_out]
+        if fold_excluded:
+            inputs["excluded_pseudo_labels"] = fold_excluded
 
         def compute(out_dir: Path) -> dict[str, Any]:
             model_file = self.train_fold(training_set, out_dir)
@@ -169,26 +208,32 @@ class FoldRetraining:
                              owner=k % self.world_size)
 
     def run(self) -> list[Path]:
-        """Every round; the last round's K fold model files.
+        """Every round (until the stopping rule stops them); the deployed round's K fold model files.
 
         A process computes the folds it owns first, then reads (waiting if need be) the others'.
+        After each round the agreement between its re-predictions and the (kept) pseudo-labels it
+        trained from is logged and recorded with the decision (``round<r>/round.json``).
         """
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
-        models: list[Path] = []
+        models_of: list[list[Path]] = []
         for r in range(self.rounds):
+            kept, excluded = self.round_guard.screen(r, pseudo)
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            stages = [self.fold_stage(r, k, fold, pseudo) for k, fold in enumerate(folds)]
+            stages = [self.fold_stage(r, k, fold, pseudo, excluded) for k, fold in enumerate(folds)]
             for stage in sorted(stages, key=lambda s: s.owner != self.rank):
                 stage.run()
             outputs = [stage.run() for stage in stages]  # kept by each stage: nothing runs twice
-            models = [Path(o["model"]) for o in outputs]
-            pseudo = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
-            print(f"round {r}: {len(models)} fold models, {len(pseudo)} pseudo-labels refreshed", flush=True)
-        return models
+            models_of.append([Path(o["model"]) for o in outputs])
+            refreshed = {rec["image"]: rec["pseudo_label"] for o in outputs for rec in o["held_out"]}
+            pseudo = refreshed
+            if self.round_guard.after_round(r, kept, excluded, refreshed, self.root / f"round{r}"):
+                break
+        print(self.round_guard.summary(), flush=True)
+        return models_of[self.deployed_round]
 
     def ensemble(self, models: Sequence[Path] | None = None) -> FoldEnsemble:
-        """The fold ensemble of the last round (running every round not run yet)."""
+        """The fold ensemble of the deployed round (running every round not run yet)."""
         files = list(models) if models is not None else self.run()
         return FoldEnsemble([self.load(f) for f in files]).eval()
 

@@ -20,8 +20,15 @@ and ``nnUNet_results``):
    from ``checkpoint_latest.pth`` after a kill) and re-predicts its held-out fold with
    ``nnUNetPredictor``; those predictions are the next round's pseudo-labels.
 
-The deployed model is the last round's results folder: ``nnUNetPredictor`` with every fold
-averages the K networks (nnU-Net's fold ensemble), :meth:`NnUNetFoldRetraining.predict`.
+The deployed model is the deployed round's results folder (the last round's, unless the stopping
+rule chose an earlier one): ``nnUNetPredictor`` with every fold averages the K networks (nnU-Net's
+fold ensemble), :meth:`NnUNetFoldRetraining.predict`.
+
+Two of the FSL guards (:mod:`scripts.fsl_guards`) apply here as in the MONAI backend: implausible
+pseudo-labels are left out of the round's ``splits_final.json`` training lists (they stay in the
+raw dataset, which nnU-Net's planning and preprocessing read whole), and the rounds stop when their
+agreement drops. The labelled share does not: nnU-Net's data loader draws cases itself (with its
+own foreground oversampling), so a share would need a custom trainer and loader.
 """
 
 from __future__ import annotations
@@ -44,6 +51,8 @@ from samssl.data import kfold_splits, volume_transforms
 from samssl.stages import FunctionStage
 from samssl.stages.pseudo_labels import warn_if_empty_label_files
 from samssl.utils.config_checks import SettingsDict
+
+from .fsl_guards import FSLGuards, RoundGuard
 
 __all__ = ["NnUNetFoldRetraining", "NnUNetPredictions", "NnUNetSettings", "case_identifiers", "nnunet_paths",
            "write_raw_dataset"]
@@ -192,13 +201,16 @@ class NnUNetFoldRetraining:
         seed: seed of the fold assignment.
         device: where nnU-Net trains and predicts.
         rank, world_size: process ``rank`` trains the folds ``k`` with ``k % world_size == rank``.
+        guards: :class:`~scripts.fsl_guards.FSLGuards` (``True``: the defaults, ``False``: the plain
+            Algorithm 1); the filter and the stopping rule apply, the labelled share does not.
     """
 
     def __init__(self, labelled: Sequence[Mapping[str, Any]], pseudo_labelled: Sequence[Mapping[str, Any]],
                  work_dir: str | Path, num_folds: int = 5, rounds: int = 3, epochs: int = 1000,
                  iterations_per_epoch: int = 250, dataset_id: int = 501, channel_name: str = "MRI",
                  use_mirroring: bool = True, spacing: float | Sequence[float] | None = None, seed: int = 0,
-                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1) -> None:
+                 device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1,
+                 guards: bool | Mapping[str, Any] | None = None) -> None:
         _require_nnunetv2()
         if not labelled:
             raise ValueError("nnU-Net FSL needs labelled cases")
@@ -229,7 +241,9 @@ class NnUNetFoldRetraining:
         self.rank, self.world_size = int(rank), int(world_size)
         images = [e["image"] for e in self.labelled] + sorted(self.initial)
         self.names = dict(zip(images, case_identifiers(images)))
-        self._ensemble = None  # the last round's fold-ensemble predictor, loaded once for every prediction
+        self._ensemble = None  # the deployed round's fold-ensemble predictor, loaded once for every prediction
+        self.guards = FSLGuards.resolve(guards)
+        self.round_guard = RoundGuard(self.guards, [e["label"] for e in self.labelled], write=self.rank == 0)
 
     # ------------------------------------------------------------------ folders
     def round_dir(self, r: int) -> Path:
@@ -244,8 +258,12 @@ class NnUNetFoldRetraining:
         return nnunet_paths(self.round_dir(r), 0 if training and self.device.type == "cpu" else None)
 
     # ------------------------------------------------------------------ steps of one round
-    def prepare_round(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]]) -> None:
-        """Raw dataset, plans, preprocessing and the K splits of round ``r`` (process 0; once)."""
+    def prepare_round(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]],
+                      excluded: Sequence[str] = ()) -> None:
+        """Raw dataset, plans, preprocessing and the K splits of round ``r`` (process 0; once).
+
+        ``excluded``: images whose pseudo-label the filter left out of this round's training lists.
+        """
         from nnunetv2.experiment_planning.plan_and_preprocess_api import (
             extract_fingerprints,
             plan_experiments,
@@ -269,7 +287,8 @@ class NnUNetFoldRetraining:
                     (preprocessed / name).write_bytes((first / name).read_bytes())
             preprocess([self.dataset_id], PLANS, (CONFIGURATION,), num_processes=(1,), show_progress_bar=False)
             labelled_names = [self.names[e["image"]] for e in self.labelled]
-            splits = [{"train": labelled_names + [self.names[e["image"]] for e in fold["train"]],
+            splits = [{"train": labelled_names + [self.names[e["image"]] for e in fold["train"]
+                                                  if e["image"] not in set(excluded)],
                        "val": [self.names[e["image"]] for e in fold["val"]]} for fold in folds]
             (preprocessed / "splits_final.json").write_text(json.dumps(splits, indent=2))
 
@@ -325,16 +344,21 @@ class NnUNetFoldRetraining:
                 "dataset_id": self.dataset_id, "channel_name": self.channel_name, "spacing": self.spacing,
                 "labelled": self.labelled}
 
-    def round_stages(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]]
-                     ) -> tuple[FunctionStage, list[FunctionStage]]:
+    def round_stages(self, r: int, pseudo: Mapping[str, str], folds: Sequence[Mapping[str, Any]],
+                     excluded: Sequence[Mapping[str, Any]] = ()) -> tuple[FunctionStage, list[FunctionStage]]:
         """Round ``r``'s stages: nnU-Net's dataset, plans and preprocessing (process 0), then the K folds
-        (process ``k % world_size`` each). Their manifests sit in ``round<r>/stages/``, beside nnU-Net's folders."""
+        (process ``k % world_size`` each). Their manifests sit in ``round<r>/stages/``, beside nnU-Net's folders.
+
+        ``excluded``: the round's implausible pseudo-labels (recorded in the stages' inputs when any)."""
         stages_dir = self.round_dir(r) / "stages"
         inputs = {"round": r, "pseudo_labels": dict(pseudo), "folds": [[e["image"] for e in f["val"]] for f in folds],
                   **self._settings()}
+        if excluded:  # only then: an unguarded round keeps the fingerprint it had before the guards
+            inputs["excluded_pseudo_labels"] = [dict(e) for e in excluded]
+        left_out = [e["image"] for e in excluded]
 
         def prepare(_: Path) -> dict[str, Any]:
-            self.prepare_round(r, pseudo, folds)
+            self.prepare_round(r, pseudo, folds, left_out)
             return {}
 
         def fold_stage(k: int, held_out: list[str]) -> FunctionStage:
@@ -348,13 +372,20 @@ class NnUNetFoldRetraining:
                                  lambda: inputs, prepare, rank=self.rank)
         return prepared, [fold_stage(k, [e["image"] for e in fold["val"]]) for k, fold in enumerate(folds)]
 
+    @property
+    def deployed_round(self) -> int:
+        """The round whose folds are deployed: the stopping rule's choice once :meth:`run` ran, else the last."""
+        chosen = self.round_guard.deployed_round
+        return self.rounds - 1 if chosen is None else chosen
+
     def run(self) -> Path:
-        """Every round not run yet; the last round's results folder (the K fold networks)."""
+        """Every round not run yet (until the stopping rule stops them); the deployed round's results folder."""
         pseudo = dict(self.initial)
         unlabelled = [{"id": image, "image": image} for image in sorted(pseudo)]
         for r in range(self.rounds):
+            kept, excluded = self.round_guard.screen(r, pseudo)
             folds = kfold_splits(unlabelled, self.num_folds, seed=self.seed + r)
-            prepared, fold_stages = self.round_stages(r, pseudo, folds)
+            prepared, fold_stages = self.round_stages(r, pseudo, folds, excluded)
             prepared.run()
             for stage in sorted(fold_stages, key=lambda s: s.owner != self.rank):  # own folds first
                 stage.run()
@@ -362,14 +393,17 @@ class NnUNetFoldRetraining:
             print(f"nnU-Net round {r}: {self.num_folds} folds trained, {len(pseudo)} pseudo-labels refreshed", flush=True)
             if self.rank == 0:
                 warn_if_empty_label_files(pseudo, self.round_dir(r))
-        return self.model_dir(self.rounds - 1)
+            if self.round_guard.after_round(r, kept, excluded, pseudo, self.round_dir(r)):
+                break
+        print(self.round_guard.summary(), flush=True)
+        return self.model_dir(self.deployed_round)
 
     def predict(self, images: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
-        """Segment ``images`` with the last round's fold ensemble (run :meth:`run` first); files already there are kept."""
-        r = self.rounds - 1
+        """Segment ``images`` with the deployed round's fold ensemble (run :meth:`run` first); files already there are kept."""
+        r = self.deployed_round
         missing = [k for k in range(self.num_folds) if not (self.model_dir(r) / f"fold_{k}" / "checkpoint_final.pth").exists()]
         if missing:
-            raise FileNotFoundError(f"folds {missing} of the last round are not trained in {self.model_dir(r)}: run() first")
+            raise FileNotFoundError(f"folds {missing} of round {r} are not trained in {self.model_dir(r)}: run() first")
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         names = case_identifiers(images)

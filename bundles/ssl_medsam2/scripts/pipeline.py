@@ -9,7 +9,8 @@ folders with manifests, so a killed run resumes and a finished step is read back
    from the labelled ones (:mod:`scripts.tffs`), once; cached case by case.
 2. **FSL** (``<output_dir>/fsl``): ``rounds`` of K-fold re-training (:mod:`scripts.fsl`), each
    round re-predicting every unlabelled case with the fold model that held it out.
-3. The last round's K networks are saved together as one
+3. The deployed round's K networks (the last round's, unless the guards' stopping rule stopped
+   the rounds and chose the round before, :mod:`scripts.fsl_guards`) are saved together as one
    :class:`~scripts.planned_unet.FoldEnsemble` state dict in ``model.pt``: the deployed
    model, which averages the folds' probabilities. :attr:`SSLMedSAM2.deployed` is that ensemble
    as a module from the start (untrained until :meth:`~SSLMedSAM2.run` loads the weights), so an
@@ -20,7 +21,7 @@ labelled cases alone (an "ensemble" of one).
 
 ``backend="nnunetv2"`` runs stage 2 through the real nnU-Net instead
 (:mod:`scripts.nnunet_backend`, ``<output_dir>/nnunet_fsl``): the deployed model is then nnU-Net's
-results folder of the last round, and :attr:`SSLMedSAM2.deployed` scores nnU-Net's own
+results folder of the deployed round, and :attr:`SSLMedSAM2.deployed` scores nnU-Net's own
 predictions (``<output_dir>/nnunet_predictions``) through the bundle's evaluator.
 """
 
@@ -39,6 +40,7 @@ from samssl.handlers.deployment import SETTINGS_ENTRY, TrainedSettings
 from samssl.stages import FunctionStage, Step
 
 from .fsl import FoldRetraining, train_network
+from .fsl_guards import FSLGuards
 from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings
 from .planned_unet import FoldEnsemble
 from .tffs import TrainingFreeFewShot, write_tffs_pseudo_labels
@@ -82,6 +84,9 @@ class SSLMedSAM2:
         num_folds, rounds, training: FSL's K, rounds and per-fold training settings.
         backend: ``"monai"`` (the planned DynUNet through the ignite engine) or ``"nnunetv2"``.
         nnunet: :class:`~scripts.nnunet_backend.NnUNetSettings` of the nnU-Net backend.
+        guards: :class:`~scripts.fsl_guards.FSLGuards` of the FSL rounds (``True``: the defaults,
+            ``False``: the paper's plain Algorithm 1); the nnU-Net backend applies the filter and the
+            stopping rule, not the labelled share.
         trained_settings: config id -> value of the settings inference needs (spacing, window, the
             ensemble's architecture), saved in ``model_file`` (:mod:`samssl.handlers.deployment`).
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
@@ -95,7 +100,8 @@ class SSLMedSAM2:
                  method: str = "ssl_medsam2", num_folds: int = 5, rounds: int = 3,
                  training: Mapping[str, Any] | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, backend: str = "monai",
-                 nnunet: Mapping[str, Any] | None = None, trained_settings: Mapping[str, Any] | None = None) -> None:
+                 nnunet: Mapping[str, Any] | None = None, trained_settings: Mapping[str, Any] | None = None,
+                 guards: bool | Mapping[str, Any] | None = None) -> None:
         ensemble_size(method, num_folds)  # validates the method
         if backend not in BACKENDS:
             raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
@@ -124,6 +130,7 @@ class SSLMedSAM2:
         self.backend = backend
         self.nnunet_settings = NnUNetSettings(nnunet)
         self.trained_settings = dict(trained_settings or {})
+        self.guards = FSLGuards.resolve(guards)
         self._nnunet: NnUNetFoldRetraining | None = None
         self._records: list[dict[str, Any]] | None = None
         self._fold_files: list[Path] | None = None
@@ -146,7 +153,7 @@ class SSLMedSAM2:
 
     @property
     def ensemble_stage(self) -> Step:
-        """Step 3: the last round's fold networks, saved together as the deployed model."""
+        """Step 3: the deployed round's fold networks, saved together as the deployed model."""
         return Step("fold ensemble", self.deploy)
 
     def pseudo_labels(self) -> list[dict[str, Any]]:
@@ -182,7 +189,8 @@ class SSLMedSAM2:
         else:
             retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
                                         self.patch_size, self.target_spacing, self.training, self.num_folds,
-                                        self.rounds, self.seed, self.device, self.rank, self.world_size)
+                                        self.rounds, self.seed, self.device, self.rank, self.world_size,
+                                        guards=self.guards)
             self._fold_files = retraining.run()
         return list(self._fold_files)
 
@@ -192,12 +200,16 @@ class SSLMedSAM2:
             if not self.unlabelled:
                 raise ValueError("SSL-MedSAM2 pseudo-labels unlabelled volumes: the unlabelled list is empty")
             s = self.nnunet_settings
+            if self.guards.share > 0:
+                print("fsl#backend nnunetv2: the labelled share of the FSL guards applies to the 'monai' backend only "
+                      "(nnU-Net's loader draws its own batches); the pseudo-label filter and the stopping rule apply",
+                      flush=True)
             self._nnunet = NnUNetFoldRetraining(
                 self.labelled, self.pseudo_labels(), self.root / "nnunet_fsl", self.num_folds, self.rounds,
                 epochs=int(s["epochs"]), iterations_per_epoch=int(s["iterations_per_epoch"]),
                 dataset_id=int(s["dataset_id"]), channel_name=str(s["channel_name"]),
                 use_mirroring=bool(s["use_mirroring"]), spacing=s["spacing"], seed=self.seed, device=self.device,
-                rank=self.rank, world_size=self.world_size)
+                rank=self.rank, world_size=self.world_size, guards=self.guards)
         return self._nnunet
 
     def _nnunet_predict(self, images: Sequence[str], out_dir: Path) -> list[Path]:
