@@ -13,6 +13,8 @@ from bundle_testing import bundle_fixture, use_bundle  # same directory, on sys.
 
 import samssl.stages.stage
 from samssl.foundation import build_foundation_model
+from samssl.foundation.affinity_memory import AffinityMemoryPropagator
+from samssl.foundation.base import ImageEmbeddings, SegmenterOutput
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
 
 use_bundle("ssl_medsam2")
@@ -166,6 +168,89 @@ def test_video_memory_propagator_gives_probabilities_for_every_frame_of_a_combin
     assert torch.isfinite(probability).all() and probability.min() >= 0 and probability.max() <= 1
     with pytest.raises(ValueError, match="no video memory"):
         VideoMemoryPropagator(build_foundation_model("litemedsam"))
+
+
+class _PooledImageSegmenter:
+    """A tiny stand-in for LiteMedSAM: the embedding is the image and its negative pooled 4x (so cosine
+    affinity tells bright from dark), and a box decodes to the bright pixels inside it."""
+
+    spatial_dims, name = 2, "pooled-image"
+
+    def __init__(self) -> None:
+        self.encoded = 0
+
+    def encode(self, images: torch.Tensor) -> ImageEmbeddings:
+        self.encoded += images.shape[0]
+        image = images[:, :1].float()
+        features = torch.nn.functional.avg_pool2d(torch.cat([image, 1 - image], 1), 4)
+        size = tuple(images.shape[-2:])
+        return ImageEmbeddings(features, (size,) * len(images), (size,) * len(images), (image,))
+
+    def decode(self, embeddings: ImageEmbeddings, boxes: torch.Tensor) -> SegmenterOutput:
+        image = embeddings.high_res_features[0][:, 0]
+        inside = torch.zeros_like(image, dtype=torch.bool)
+        for b, (x0, y0, x1, y1) in enumerate(boxes[:, 0].round().long().tolist()):
+            inside[b, y0:y1 + 1, x0:x1 + 1] = True
+        logits = torch.where(inside & (image > 0.5), 10.0, -10.0)[:, None]
+        return SegmenterOutput(logits, torch.ones(len(image), 1), logits)
+
+
+class _RecordingPrompts(dict):
+    """Mask prompts that remember which frames' masks were read."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.read: set[int] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+def test_affinity_memory_follows_an_object_both_ways_and_is_empty_where_it_vanishes():
+    frames, masks = _moving_disc(frames=14, present=range(0, 10))
+    prompts = _RecordingPrompts({5: masks[5], 6: masks[6]})  # the "labelled" block, as TFFS inserts it
+    propagator = AffinityMemoryPropagator(_PooledImageSegmenter(), stride=1, num_conditioning=None)
+    refined, coarse = propagator.propagate_steps(frames, prompts)
+    assert refined.shape == coarse.shape == (14, 96, 96)
+    predicted = refined > 0.5
+    for t in [0, 1, 2, 3, 4, 7, 8, 9]:  # backward from frame 5, forward from frame 6
+        dice = 2 * (predicted[t] & (masks[t] > 0)).sum() / (predicted[t].sum() + masks[t].sum())
+        assert dice > 0.9, f"frame {t}: Dice {float(dice):.2f}"
+        assert (coarse[t] > 0.5).any(), f"frame {t}: the coarse read-out found nothing"
+    assert not predicted[10:].any() and not (coarse[10:] > 0.5).any(), "the disc is gone from frame 10 on"
+    assert prompts.read <= {5, 6}, "only the prompted frames' masks are read"
+    assert torch.equal(refined[5], masks[5]) and torch.equal(refined[6], masks[6])
+    assert torch.equal(propagator.propagate(frames, prompts), refined)
+
+
+def test_affinity_memory_options_and_refusals():
+    frames, masks = _moving_disc(frames=6, present=range(0, 6))
+    fake = _PooledImageSegmenter()
+    coarse_only = AffinityMemoryPropagator(fake, refine=False, radius=3, stride=2, num_conditioning=1, window=1)
+    probability = coarse_only.propagate(frames, {0: masks[0]})
+    assert probability[1:].flatten(1).amax(1).gt(0.5).all(), "radius, pooling and coarse-only output still track"
+    with pytest.raises(ValueError, match="at least one"):
+        coarse_only.propagate(frames, {})
+    with pytest.raises(ValueError, match="temperature"):
+        AffinityMemoryPropagator(fake, temperature=0)
+
+
+def test_propagators_are_selected_by_name_and_auto_picks_the_teachers_own_memory():
+    fake = _PooledImageSegmenter()
+    assert isinstance(tffs.build_propagator("affinity_memory", fake), AffinityMemoryPropagator)
+    assert isinstance(tffs.build_propagator("auto", fake), AffinityMemoryPropagator)
+    assert isinstance(tffs.build_propagator("box_chain", fake), BoxChainPropagator)
+
+    class _WithMemory(_PooledImageSegmenter):
+        def propagate(self, frames, mask_prompts, direction="both"):
+            raise NotImplementedError
+
+    assert isinstance(tffs.build_propagator("auto", _WithMemory()), VideoMemoryPropagator)
+    assert tffs.support_frames_for("affinity_memory") == tffs.support_frames_for("auto") == "all"
+    assert tffs.support_frames_for("box_chain") == "depth_matched"
+    with pytest.raises(ValueError, match="affinity_memory"):
+        tffs.build_propagator("nearest", fake)
 
 
 # ---------------------------------------------------------------------------- FSL re-training

@@ -16,7 +16,9 @@ inverse), ``variants`` (the one table: an entry per model variant with its backe
 checkpoint spec and input convention), ``registry`` (build by name from that table),
 ``checkpoints`` (local files, wrong-file errors), ``cache`` (embedding cache), ``prompts``
 (prompts from probability/uncertainty), ``slicewise`` (2D model over 3D volumes),
-``peft_tuning`` (LoRA and decoder adapters), and one module per backend: ``litemedsam``,
+``peft_tuning`` (LoRA and decoder adapters), ``propagation`` (mask propagation through a stack
+of frames: SAM2's memory, the box chain) and ``affinity_memory`` (a training-free memory for a 2D
+model: top-k affinity of frozen embeddings), and one module per backend: ``litemedsam``,
 ``sam``, ``sam2``, ``sam_med3d``. Backend modules are imported lazily by the registry, so
 using LiteMedSAM never imports sam2 or medim.
 ``build_teacher`` is the deprecated former name of ``build_foundation_model``.

@@ -3,13 +3,14 @@
 For an unlabelled volume ``x_u`` and each labelled volume ``(x_l, y_l)`` of the support set, the
 slices of ``x_l`` are inserted between two slices of ``x_u`` at ``R`` random positions; each
 combined stack is one "video" whose labelled frames carry their masks as prompts and whose
-unlabelled frames carry none. A frozen propagator (MedSAM2's memory attention, or the LiteMedSAM
-box chain that stands in for it here) predicts every frame; the unlabelled frames' probabilities
+unlabelled frames carry none. A frozen propagator (MedSAM2's memory attention; for LiteMedSAM, which
+has none, a training-free affinity memory over its frozen embeddings, or the older box chain)
+predicts every frame; the unlabelled frames' probabilities
 are taken back out, averaged over the ``R x M`` runs and thresholded at 0.5.
 
 ``support_frames`` says which labelled frames are inserted. ``"all"`` (the paper, for SAM2's
-memory attention): the whole labelled volume, every frame a conditioning frame; each unlabelled
-frame attends to the labelled frames that look like it. ``"depth_matched"`` (for a propagator
+memory attention, and for the affinity memory): the whole labelled volume, every frame a
+conditioning frame; each unlabelled frame attends to the labelled frames that look like it. ``"depth_matched"`` (for a propagator
 without memory, the LiteMedSAM box chain): only the labelled frame at the insertion gap's relative
 depth, so the chain starts from a neighbour at the same place in the organ; gaps are drawn where
 that frame's mask is not empty. Inserting the whole block would seed the chain with the labelled
@@ -37,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from samssl.data import volume_transforms
+from samssl.foundation.affinity_memory import AffinityMemoryPropagator
 from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator, VolumePropagator
 from samssl.foundation.slicewise import slices_to_volume, volume_to_slices
@@ -230,30 +232,48 @@ def write_tffs_pseudo_labels(tffs: TrainingFreeFewShot, labelled: Sequence[Mappi
                                   volume_transforms("infer", target_spacing=target_spacing), out_dir, fingerprint)
 
 
-PROPAGATORS = ("box_chain", "video_memory")
+PROPAGATORS = ("auto", "affinity_memory", "box_chain", "video_memory")
 
 
 def build_propagator(name: str, teacher: PromptableSegmenter) -> VolumePropagator:
-    """``"video_memory"``: SAM2-family memory attention (the paper); ``"box_chain"``: LiteMedSAM frame to frame."""
+    """The TFFS propagator called ``name`` around the frozen ``teacher``.
+
+    ``"video_memory"``: SAM2-family memory attention (the paper's MedSAM2); ``"affinity_memory"``:
+    training-free memory for a 2D model (top-k cosine affinity to the labelled frames' embeddings and a
+    window of segmented frames, refined by box prompts; LiteMedSAM); ``"box_chain"``: the 2D model
+    frame to frame, no memory; ``"auto"``: the teacher's own memory when it has one, else affinity memory.
+    """
+    if name == "auto":
+        name = "video_memory" if hasattr(teacher, "propagate") else "affinity_memory"
     if name == "video_memory":
         return VideoMemoryPropagator(teacher)
+    if name == "affinity_memory":
+        return AffinityMemoryPropagator(teacher)
     if name == "box_chain":
         return BoxChainPropagator(teacher)
     raise ValueError(f"propagator must be one of {PROPAGATORS}, got {name!r}")
 
 
 def support_frames_for(propagator: str) -> str:
-    """Which labelled frames to insert: all of them for memory attention, the depth-matched one for a chain."""
-    return "all" if propagator == "video_memory" else "depth_matched"
+    """Which labelled frames to insert: all of them for a memory (every one a conditioning frame, the
+    paper's layout), the depth-matched one for the box chain (it can only start from one frame)."""
+    return "depth_matched" if propagator == "box_chain" else "all"
 
 
 def tffs_fingerprint(teacher: PromptableSegmenter, tffs: TrainingFreeFewShot, labelled: Sequence[Mapping[str, Any]],
                      target_spacing: float | None) -> str:
-    """Cache key of a TFFS run: the model's weights and every setting that changes a pseudo-label."""
-    return json.dumps({"teacher": teacher.cache_namespace(), "propagator": type(tffs.propagator).__name__,
-                       "repeats": tffs.repeats, "frame_size": tffs.frame_size, "axis": tffs.axis,
-                       "support_frames": tffs.support_frames, "seed": tffs.seed, "spacing": target_spacing,
-                       "labelled": sorted(str(e["image"]) for e in labelled)}, sort_keys=True)
+    """Cache key of a TFFS run: the model's weights and every setting that changes a pseudo-label.
+
+    A propagator with a ``settings`` mapping (the affinity memory: top-k, temperature, ...) adds it;
+    the others' keys are unchanged, so their finished runs still resume.
+    """
+    key = {"teacher": teacher.cache_namespace(), "propagator": type(tffs.propagator).__name__,
+           "repeats": tffs.repeats, "frame_size": tffs.frame_size, "axis": tffs.axis,
+           "support_frames": tffs.support_frames, "seed": tffs.seed, "spacing": target_spacing,
+           "labelled": sorted(str(e["image"]) for e in labelled)}
+    if getattr(tffs.propagator, "settings", None) is not None:
+        key["propagator_settings"] = dict(tffs.propagator.settings)
+    return json.dumps(key, sort_keys=True)
 
 
 class TFFSNetwork(nn.Module):
