@@ -14,7 +14,7 @@ from samssl.utils.run_folder import RECORD_FILE, claim_run_folder, recorded_sett
 
 SETTINGS = {"seed": 0, "num_labelled": 2, "image_size": 128, "learning_rate": 3e-4,
             "method": {"_comment": "switches", "semi_supervised": True, "aux_head": True},
-            "sam": {"lambda_s": 0.1, "cache_dir": "/cache/a", "finetune": {"lr": 0.1, "checkpoint_interval": 5}}}
+            "sam": {"lambda_s": 0.1, "cache_dir": "cache/a", "finetune": {"lr": 0.1, "checkpoint_interval": 5}}}
 
 
 def _split(folder: str, labelled: int = 2, unlabelled: int = 3) -> dict:
@@ -72,7 +72,7 @@ def test_other_settings_are_refused_naming_each_one(run):
 def test_incidental_and_unknown_settings_do_not_make_another_run(run):
     """Caches, work folders and checkpoint intervals say where a run works, not what it trains; a
     setting the record does not know (a bundle that records one more after an update) is not compared."""
-    moved = {**SETTINGS, "sam": {"lambda_s": 0.1, "cache_dir": "/cache/b", "finetune": {"lr": 0.1, "checkpoint_interval": 9}},
+    moved = {**SETTINGS, "sam": {"lambda_s": 0.1, "cache_dir": "cache/b", "finetune": {"lr": 0.1, "checkpoint_interval": 9}},
              "output_stride": 16}
     claim_run_folder(run, _split("/demo"), moved)
     assert recorded_settings(moved)["output_stride"] == 16

@@ -28,11 +28,11 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from samssl.utils.cpu import cpu_flags as _cpuinfo_flags
 from samssl.utils.errors import InvalidInputError
 
 __all__ = [
@@ -99,7 +99,7 @@ def cpu_bf16_support() -> tuple[bool, str]:
     """Whether this CPU computes bfloat16 natively, and how that was found out.
 
     torch's oneDNN check comes first (it tests the instruction sets torch itself would use); on a
-    torch build without oneDNN, ``/proc/cpuinfo``'s flags (Linux) are read instead.
+    torch build without oneDNN, the kernel's cpuinfo flags (Linux, ``samssl.utils.cpu``) are read instead.
     """
     try:
         if torch.backends.mkldnn.is_available():
@@ -109,19 +109,11 @@ def cpu_bf16_support() -> tuple[bool, str]:
         pass
     flags = _cpuinfo_flags()
     if flags is None:
-        return False, "cannot tell: no oneDNN in this torch build and no /proc/cpuinfo"
+        return False, "cannot tell: no oneDNN in this torch build and no CPU description (cpuinfo)"
     found = [flag for flag in _CPU_FLAGS if flag in flags]
     if found:
         return True, f"CPU flag {found[0]}"
     return False, f"the CPU has none of the flags {', '.join(_CPU_FLAGS)}"
-
-
-def _cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> set[str] | None:
-    try:
-        text = path.read_text()
-    except OSError:
-        return None
-    return {flag for line in text.splitlines() if line.startswith("flags") for flag in line.split(":", 1)[1].split()}
 
 
 def _device_type(device: str | torch.device | None) -> str:

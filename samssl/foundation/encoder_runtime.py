@@ -40,6 +40,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from samssl.utils.cpu import cpu_model
 from samssl.utils.errors import InvalidInputError
 from samssl.utils.files import atomic_save
 from samssl.utils.modules import fold_batch_norm
@@ -217,12 +218,7 @@ def build_runner(encoder: nn.Module, runtime: str, identity: str, input_shape: S
 # ---------------------------------------------------------------------------------------- auto
 def _machine_key(identity: str, input_shape: Sequence[int]) -> str:
     """What makes an ``auto`` choice valid: this CPU, thread count, package versions, weights and shape."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as info:
-            cpu = next((line.split(":", 1)[1].strip() for line in info if line.startswith("model name")), cpu)
-    except OSError:  # not Linux
-        pass
+    cpu = cpu_model() or platform.processor() or platform.machine()
     versions = []
     for package in ("onnxruntime", "openvino"):
         try:
