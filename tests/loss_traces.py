@@ -43,6 +43,8 @@ from typing import Any
 
 import torch
 
+from samssl.utils.errors import find_in_chain
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLES = ROOT / "bundles"
 DATA_ROOT = Path(os.environ.get("SAM_SSL_DATA_DIR", ROOT.parent / "shared" / "data"))
@@ -270,14 +272,7 @@ class LossTracer:
 
 def _caused_by(error: BaseException, kind: type[BaseException]) -> bool:
     """Whether ``kind`` is ``error`` or in its cause chain (ConfigExpression wraps errors in RuntimeError)."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        if isinstance(current, kind):
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
-    return False
+    return find_in_chain(error, kind) is not None
 
 
 @contextlib.contextmanager

@@ -34,6 +34,9 @@ import threading
 import time
 import traceback
 from types import TracebackType
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
 
 __all__ = [
     "DEBUG_ENV",
@@ -43,6 +46,7 @@ __all__ = [
     "NonFiniteLossError",
     "UnknownKeyError",
     "debug_requested",
+    "find_in_chain",
     "find_input_error",
     "finish_pool_workers",
     "install_concise_errors",
@@ -79,15 +83,21 @@ class UnknownKeyError(BundleInputError, ValueError):
     """A config key (command-line override or preset) or a settings name that the bundle does not define."""
 
 
-def find_input_error(error: BaseException | None) -> BundleInputError | None:
-    """The first :class:`BundleInputError` in the cause/context chain of ``error``, if any."""
+def find_in_chain(error: BaseException | None, kind: type[E]) -> E | None:
+    """``error`` or the first exception of type ``kind`` in its cause/context chain (MONAI wraps what a config
+    expression raises in ``RuntimeError``), if any."""
     seen: set[int] = set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, BundleInputError):
+        if isinstance(error, kind):
             return error
         seen.add(id(error))
         error = error.__cause__ or error.__context__
     return None
+
+
+def find_input_error(error: BaseException | None) -> BundleInputError | None:
+    """The first :class:`BundleInputError` in the cause/context chain of ``error``, if any."""
+    return find_in_chain(error, BundleInputError)
 
 
 def _busy_pool_workers() -> list[threading.Thread]:
