@@ -16,12 +16,19 @@ student in NHWC vs NCHW memory format::
 
 SFR's re-training is timed without its pseudo-label term (``baselines/mean_teacher.json``): the
 term needs SAM's fine-tuning and pseudo-labelling first; ``tools/benchmark_sfr.py`` times those
-stages and the term itself.
+stages and the term itself. SSL-MedSAM2's row is one FSL fold's training (the planned DynUNet on
+labelled + pseudo-labelled patches, :func:`samssl.engines.patch_training.train_on_volume_patches`),
+which has no trainer in the config to hook: its iterations are timed between successive loss calls.
+
+Mixed precision side by side (issue figures: 3D at least 1.8x)::
+
+    python tools/profile_training.py --threads 2 --compare "amp=bf16"
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import shlex
@@ -39,6 +46,7 @@ ROWS: dict[str, tuple[list[str], str, str]] = {
     "samkd_dualtask_skin": ([], "dermoscopy", "dual-task student + ViT teacher + SAM distillation"),
     "semisam_la": ([], "volumes", "MT V-Net + SAM-assisted consistency"),
     "sfr_la": (["baselines/mean_teacher.json"], "volumes", "MT V-Net re-training (no pseudo-label term)"),
+    "ssl_medsam2": ([], "volumes", "one FSL fold: planned DynUNet, Dice + CE"),
 }
 
 
@@ -49,6 +57,36 @@ def _subset(kind: str, data_root: Path, dest: Path, count: int) -> Path:
     if kind == "dermoscopy":
         return data.ph2_subset(data_root / "dermoscopy" / "ph2", dest, count)
     return data.msd_subset(data_root / "la", dest, count, name="LA subset")
+
+
+def time_fold_training(parser, work: Path, warmup: int, iterations: int) -> dict:
+    """SSL-MedSAM2: time one FSL fold's training loop (no trainer in the config) between loss calls."""
+    import torch
+
+    from samssl.data import msd_datalist
+    from samssl.engines.patch_training import train_on_volume_patches
+    from samssl.losses import dice_ce_loss
+
+    training = dict(parser.get_parsed_content("fsl#training"))
+    network = parser.get_parsed_content("build_network")()
+    optimizer = torch.optim.SGD(network.parameters(), lr=training["learning_rate"], momentum=training["momentum"],
+                                nesterov=True)
+    dice_ce = dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0)
+    calls: list[float] = []
+
+    def timed_loss(*args, **kwargs):
+        calls.append(time.perf_counter())
+        return dice_ce(*args, **kwargs)
+
+    cases = msd_datalist(parser["dataset_dir"])
+    torch.manual_seed(0)
+    train_on_volume_patches(network, optimizer, timed_loss, cases, parser.get_parsed_content("patch_size"),
+                            parser.get_parsed_content("target_spacing"), warmup + iterations + 1,
+                            int(training["batch_size"]), work / "checkpoints", 10_000,
+                            amp=parser.get_parsed_content("amp"))
+    # the gap between loss calls k and k+1 is one whole iteration (batch, forward, backward, step)
+    gaps = [b - a for a, b in itertools.pairwise(calls)][warmup:]
+    return {"seconds": sum(gaps) / len(gaps), "data_wait": None, "iterations": len(gaps), "profile": ""}
 
 
 def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warmup: int, iterations: int,
@@ -72,6 +110,8 @@ def time_bundle(bundle: str, overrides: dict[str, object], data_root: Path, warm
                 "max_epochs": 1, "epoch_length": warmup + iterations, **overrides}
     for key, value in settings.items():
         parser[key] = value
+    if bundle == "ssl_medsam2":
+        return time_fold_training(parser, work, warmup, iterations)
     trainer = parser.get_parsed_content("train#trainer")
     torch.manual_seed(0)
 
@@ -143,7 +183,8 @@ def main() -> None:
         return
 
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
-    lines = ["| bundle (CPU preset) | setting | s/iteration | waiting for data |", "|---|---|---:|---:|"]
+    lines = ["| bundle (CPU preset) | setting | s/iteration | speed-up vs default | waiting for data |",
+             "|---|---|---:|---:|---:|"]
     profiles: list[str] = []
     for bundle in args.bundles:
         for setting in ["", *args.compare]:
@@ -156,11 +197,15 @@ def main() -> None:
                         if line.startswith("PROFILE_ROW ")), None)
             if row is None:
                 if setting:  # a setting a bundle does not have: say so and go on
-                    lines.append(f"| {bundle} | {setting} | not applicable | |")
+                    lines.append(f"| {bundle} | {setting} | not applicable | | |")
                     continue
                 raise SystemExit(f"{bundle} failed:\n{done.stderr[-4000:]}")
             label = setting or f"default: {ROWS[bundle][2]}"
-            lines.append(f"| {bundle} | {label} | {row['seconds']:.2f} | {100 * row['data_wait'] / row['seconds']:.0f}% |")
+            if not setting:
+                default_seconds = row["seconds"]
+            speedup = f"{default_seconds / row['seconds']:.2f}x" if setting else ""
+            wait = "n/a" if row["data_wait"] is None else f"{100 * row['data_wait'] / row['seconds']:.0f}%"
+            lines.append(f"| {bundle} | {label} | {row['seconds']:.2f} | {speedup} | {wait} |")
             print(lines[-1], flush=True)
             if row["profile"]:
                 profiles.append(f"\n### {bundle}: one iteration, top operators by self CPU time\n{row['profile']}")

@@ -20,7 +20,8 @@ __all__ = ["build_segmenter", "sam_adapters", "parameter_groups", "training_stat
 def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | None = None,
                     cache_dir: str | Path | bool | None = None, cache_bytes: int = 2 << 30,
                     cache_disk_bytes: int | str | None = None, adapters: bool = True,
-                    adapter_ratio: float = 0.25, device: str | torch.device | None = None) -> PromptableSegmenter | None:
+                    adapter_ratio: float = 0.25, device: str | torch.device | None = None,
+                    encoder_runtime: str = "fp32") -> PromptableSegmenter | None:
     """The frozen SAM-family model whose encoder serves SAM and the teacher network (``None`` if not ``needed``).
 
     Its image embeddings are cached in memory (``cache_bytes``) and on disk, by default in the
@@ -28,11 +29,13 @@ def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | No
     for none; ``cache_disk_bytes`` bounds it: :mod:`samssl.foundation.cache_store`), so each
     training image is encoded once for all runs on the same data.
     ``adapters`` inserts trainable bottleneck adapters into its mask decoder (paper 2.2).
+    ``encoder_runtime``: how the frozen encoder runs on a CPU (``fp32``, ``bf16``, ``openvino_bf16``,
+    ``auto``, ...: :mod:`samssl.foundation.encoder_runtime`); the runtime is part of the cache key.
     """
     if not needed:
         return None
     cache = {"max_bytes": int(cache_bytes), "directory": cache_dir, "disk_max_bytes": cache_disk_bytes}
-    segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache)
+    segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache, encoder_runtime=encoder_runtime)
     if device is not None:
         segmenter.to(device)
     if adapters:

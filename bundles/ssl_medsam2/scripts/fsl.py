@@ -34,6 +34,7 @@ from torch import nn
 
 from samssl.data import kfold_splits, volume_transforms
 from samssl.engines.patch_training import train_on_volume_patches
+from samssl.engines.precision import AmpSetting, resolve_precision
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.losses import dice_ce_loss
 from samssl.stages import FunctionStage
@@ -68,13 +69,14 @@ class FoldTrainingSettings(SettingsDict):
 def train_network(build_network: Callable[[], nn.Module], training_set: Sequence[Mapping[str, Any]], out_dir: Path,
                   patch_size: Sequence[int], target_spacing: float | None, settings: Mapping[str, Any] | None = None,
                   seed: int = 0, device: torch.device | str = "cpu", num_labelled: int | None = None,
-                  labelled_share: float = 0.0) -> Path:
+                  labelled_share: float = 0.0, amp: AmpSetting = False) -> Path:
     """Supervised training of a fresh network on ``training_set`` (image + label); ``out_dir/model.pt``.
 
     nnU-Net's recipe (:class:`FoldTrainingSettings`) on random patches. Returns at once if the
     model file exists; resumes from ``out_dir/checkpoints`` after a kill. The first
     ``num_labelled`` entries are the labelled ones; ``labelled_share`` > 0 keeps that floor of
     labelled patches in every batch when pseudo-labelled entries follow them (SupOnly: unchanged).
+    ``amp``: the bundle's precision switch (:mod:`samssl.engines.precision`; bfloat16 on CPUs that have it).
     """
     out_dir = Path(out_dir)
     model_file = out_dir / MODEL_FILE
@@ -93,7 +95,7 @@ def train_network(build_network: Callable[[], nn.Module], training_set: Sequence
     train_on_volume_patches(network, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), training_set,
                             patch_size, target_spacing, iterations, int(s["batch_size"]), out_dir / "checkpoints",
                             int(s["checkpoint_interval"]), seed, device, lr_scheduler=scheduler,
-                            num_labelled=num_labelled, labelled_share=labelled_share)
+                            amp=amp, num_labelled=num_labelled, labelled_share=labelled_share)
     AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
     return model_file
 
@@ -116,13 +118,16 @@ class FoldRetraining:
             GPU") and waits for the others' fold manifests before the next round.
         guards: :class:`~scripts.fsl_guards.FSLGuards` values, ``True`` (the defaults) or ``False``
             (the paper's plain Algorithm 1). With the stopping rule, ``rounds`` is the most rounds run.
+        amp: the precision of the folds' training (:mod:`samssl.engines.precision`); a mixed precision
+            enters each fold's fingerprint, so a float32 fold is never taken for a bfloat16 one.
     """
 
     def __init__(self, build_network: Callable[[], nn.Module], labelled: Sequence[Mapping[str, Any]],
                  pseudo_labelled: Sequence[Mapping[str, Any]], work_dir: str | Path, patch_size: Sequence[int],
                  target_spacing: float | None, training: Mapping[str, Any] | None = None, num_folds: int = 5,
                  rounds: int = 3, seed: int = 0, device: torch.device | str = "cpu", rank: int = 0,
-                 world_size: int = 1, guards: bool | Mapping[str, Any] | None = None) -> None:
+                 world_size: int = 1, guards: bool | Mapping[str, Any] | None = None,
+                 amp: AmpSetting = False) -> None:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} outside a world of {world_size} processes")
         if rounds < 1:
@@ -149,6 +154,8 @@ class FoldRetraining:
         self.rank, self.world_size = int(rank), int(world_size)
         self.guards = FSLGuards.resolve(guards)
         self.round_guard = RoundGuard(self.guards, [e["label"] for e in self.labelled], write=self.rank == 0)
+        self.amp = amp
+        self.precision = resolve_precision(amp, self.device).name
 
     @property
     def agreements(self) -> list[float | None]:
@@ -164,7 +171,7 @@ class FoldRetraining:
         """Train a fresh network on ``training_set``; return its ``model.pt`` (cached)."""
         return train_network(self.build_network, training_set, fold_dir, self.patch_size, self.target_spacing,
                              self.settings, self.seed, self.device, num_labelled=len(self.labelled),
-                             labelled_share=self.guards.share)
+                             labelled_share=self.guards.share, amp=self.amp)
 
     def load(self, model_file: Path) -> nn.Module:
         return load_network_weights(self.build_network(), model_file).to(self.device).eval()
@@ -195,6 +202,8 @@ class FoldRetraining:
         fold_excluded = [dict(left_out[e["image"]]) for e in fold["train"] if e["image"] in left_out]
         if fold_excluded:
             inputs["excluded_pseudo_labels"] = fold_excluded
+        if self.precision != "fp32":  # a float32 fold keeps the fingerprint it had before the switch existed
+            inputs["precision"] = self.precision
 
         def compute(out_dir: Path) -> dict[str, Any]:
             model_file = self.train_fold(training_set, out_dir)

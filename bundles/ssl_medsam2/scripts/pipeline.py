@@ -35,6 +35,7 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
+from samssl.engines.precision import AmpSetting, resolve_precision
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.handlers.deployment import SETTINGS_ENTRY, TrainedSettings
 from samssl.stages import FunctionStage, Step
@@ -89,6 +90,8 @@ class SSLMedSAM2:
             stopping rule, not the labelled share.
         trained_settings: config id -> value of the settings inference needs (spacing, window, the
             ensemble's architecture), saved in ``model_file`` (:mod:`samssl.handlers.deployment`).
+        amp: the bundle's precision switch for the networks' training (:mod:`samssl.engines.precision`;
+            the nnU-Net backend keeps its own: CUDA AMP on a GPU).
         rank, world_size: several processes (``multi_gpu_train.json``): process 0 writes the TFFS
             pseudo-labels and the deployed file, the folds are shared out (:class:`FoldRetraining`);
             the processes coordinate through the stages' manifests, no process group is needed.
@@ -101,7 +104,7 @@ class SSLMedSAM2:
                  training: Mapping[str, Any] | None = None, seed: int = 0,
                  device: torch.device | str = "cpu", rank: int = 0, world_size: int = 1, backend: str = "monai",
                  nnunet: Mapping[str, Any] | None = None, trained_settings: Mapping[str, Any] | None = None,
-                 guards: bool | Mapping[str, Any] | None = None) -> None:
+                 guards: bool | Mapping[str, Any] | None = None, amp: AmpSetting = False) -> None:
         ensemble_size(method, num_folds)  # validates the method
         if backend not in BACKENDS:
             raise ValueError(f"fsl#backend must be one of {BACKENDS}, got {backend!r}")
@@ -131,6 +134,7 @@ class SSLMedSAM2:
         self.nnunet_settings = NnUNetSettings(nnunet)
         self.trained_settings = dict(trained_settings or {})
         self.guards = FSLGuards.resolve(guards)
+        self.amp = amp
         self._nnunet: NnUNetFoldRetraining | None = None
         self._records: list[dict[str, Any]] | None = None
         self._fold_files: list[Path] | None = None
@@ -181,16 +185,20 @@ class SSLMedSAM2:
             inputs = {"labelled": [{"image": str(e["image"]), "label": str(e["label"])} for e in self.labelled],
                       "settings": self.training, "patch": list(self.patch_size), "spacing": self.target_spacing,
                       "seed": self.seed}
+            precision = resolve_precision(self.amp, self.device).name
+            if precision != "fp32":
+                inputs["precision"] = precision
             stage = FunctionStage("SupOnly network", self.root / "suponly", lambda: inputs, lambda out: {
                 "model": str(train_network(self.build_network, self.labelled, out, self.patch_size,
-                                           self.target_spacing, self.training, self.seed, self.device))},
+                                           self.target_spacing, self.training, self.seed, self.device,
+                                           amp=self.amp))},
                 rank=self.rank)
             self._fold_files = [Path(stage.run()["model"])]
         else:
             retraining = FoldRetraining(self.build_network, self.labelled, self.pseudo_labels(), self.root / "fsl",
                                         self.patch_size, self.target_spacing, self.training, self.num_folds,
                                         self.rounds, self.seed, self.device, self.rank, self.world_size,
-                                        guards=self.guards)
+                                        guards=self.guards, amp=self.amp)
             self._fold_files = retraining.run()
         return list(self._fold_files)
 
