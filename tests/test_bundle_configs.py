@@ -251,3 +251,27 @@ def test_family_base_and_bundle_part_merge_into_the_config_the_bundle_had(bundle
     own = json.loads((configs / f"{kind}.json").read_text())
     base = json.loads((configs / f"base_{kind}.json").read_text())
     assert merged == _with_bundle_part(whole, own, base)
+
+
+# the config key of each bundle's frozen SAM-family encoder runtime, and the id of the model it builds
+ENCODER_RUNTIME_KEYS = {
+    "samkd_dualtask_skin": ("sam_encoder_runtime", "segmenter"),
+    "semisam_la": ("sam#encoder_runtime", "foundation_model"),
+    "ssl_medsam2": ("tffs#encoder_runtime", "foundation_model"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ENCODER_RUNTIME_KEYS))
+def test_the_frozen_encoders_runtime_is_a_config_setting_that_reaches_the_model(name):
+    """The speed path of a frozen encoder is chosen by config (default fp32, bit-for-bit as before)."""
+    from samssl.utils.bundles import import_bundle_scripts
+
+    key, model_id = ENCODER_RUNTIME_KEYS[name]
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / name
+    import_bundle_scripts(bundle)
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "cpu.json")])
+    assert parser[key] == "fp32", "default: the encoder module itself, eager"
+    parser[key] = "bf16"
+    parser["device"] = "$torch.device('cpu')"
+    assert parser.get_parsed_content(model_id).encoder_runtime == "bf16"

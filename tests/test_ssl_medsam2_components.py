@@ -347,6 +347,38 @@ def test_fsl_holds_each_unlabelled_case_out_once_per_round_and_resumes(tmp_path,
                            num_folds=2)
 
 
+def test_fold_training_follows_the_bundles_precision_and_a_mixed_precision_enters_the_fingerprint(tmp_path, monkeypatch):
+    from samssl.engines import patch_training
+
+    labelled = _synthetic_cases(tmp_path, 2, "lab")
+    pseudo = [{"image": c["image"], "pseudo_label": c["label"]} for c in _synthetic_cases(tmp_path, 4, "unl")]
+    plan = plan_dynunet((16, 16, 16), (2.0, 2.0, 2.0))
+    precisions: list[object] = []
+    real = patch_training.train_on_volume_patches
+
+    def spy(*args, **kwargs):
+        precisions.append(kwargs.get("amp"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(fsl, "train_on_volume_patches", spy)
+
+    def stage_inputs(amp):
+        retraining = fsl.FoldRetraining(lambda: plan.build(filters=[4, 8, 16]), labelled, pseudo, tmp_path / f"fsl_{amp}",
+                                        (16, 16, 16), None, {"num_iterations": 1, "batch_size": 2}, num_folds=2,
+                                        rounds=1, amp=amp)
+        unlabelled = [{"id": e["image"], "image": e["image"]} for e in pseudo]
+        fold = {"train": unlabelled[:2], "val": unlabelled[2:]}
+        stage = retraining.fold_stage(0, 0, fold, {e["image"]: e["pseudo_label"] for e in pseudo})
+        return retraining, stage.inputs()
+
+    retraining, fp32_inputs = stage_inputs(False)
+    assert "precision" not in fp32_inputs, "a float32 fold keeps the fingerprint it had before the switch"
+    bf16, bf16_inputs = stage_inputs("bf16")
+    assert bf16_inputs["precision"] == "bf16" and bf16.precision == "bf16"
+    bf16.train_fold([*labelled, {"image": pseudo[0]["image"], "label": pseudo[0]["pseudo_label"]}], tmp_path / "fold")
+    assert precisions == ["bf16"], "the fold trains under the bundle's amp"
+
+
 def test_suponly_deploys_one_network_trained_on_the_labelled_cases_alone(tmp_path):
     pipeline = __import__("scripts.pipeline", fromlist=["pipeline"])
     labelled = _synthetic_cases(tmp_path, 2, "lab")

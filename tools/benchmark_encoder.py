@@ -8,9 +8,11 @@ and prints the median seconds per frame, the ratio to fp32 eager, the embedding 
 fp32 (worst frame), and the ground-truth-box Dice on each data set with its change against
 fp32 in Dice points; a runtime within 0.5 points on both is what ``auto`` may choose.
 
-Example::
+Examples (speed on a few frames; parity at the scale the speed issue asks for: 30 PH2 images and
+every slice holding atrium of 5 LA volumes)::
 
     python tools/benchmark_encoder.py --ph2 6 --la-slices 10 --threads 2
+    python tools/benchmark_encoder.py --ph2 30 --la-volumes 5 --threads 1
 
 Data come from ``--data-dir`` (default ``$SAM_SSL_DATA_DIR``, else ``../shared/data``):
 ``dermoscopy/ph2/{images,masks}`` and ``la/{dataset.json,imagesTr,labelsTr}``.
@@ -59,18 +61,23 @@ def load_ph2(data_dir: Path, count: int) -> list[tuple[str, torch.Tensor, torch.
     return frames
 
 
-def load_la(data_dir: Path, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-    """``count`` axial slices ``(1, 1, X, Y)`` of the first LA volume, evenly over the atrium's extent."""
+def load_la(data_dir: Path, count: int, volumes: int = 0) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+    """Axial slices ``(1, 1, X, Y)`` with their atrium masks: ``count`` of the first LA volume, evenly
+    over the atrium's extent, or with ``volumes`` > 0 every slice holding atrium (over 50 pixels)
+    of the first ``volumes`` volumes."""
     import nibabel as nib
 
     root = data_dir / "la"
-    entry = json.loads((root / "dataset.json").read_text())["training"][0]
-    volume = np.asarray(nib.load(root / entry["image"]).dataobj, dtype=np.float32)
-    label = np.asarray(nib.load(root / entry["label"]).dataobj) > 0.5
-    with_label = np.flatnonzero(label.sum(axis=(0, 1)) > 50)
-    picks = with_label[np.linspace(0, len(with_label) - 1, count).round().astype(int)]
-    return [("la", torch.from_numpy(volume[..., z].copy())[None, None], torch.from_numpy(label[..., z].copy()))
-            for z in picks]
+    entries = json.loads((root / "dataset.json").read_text())["training"][: max(volumes, 1)]
+    frames = []
+    for entry in entries:
+        volume = np.asarray(nib.load(root / entry["image"]).dataobj, dtype=np.float32)
+        label = np.asarray(nib.load(root / entry["label"]).dataobj) > 0.5
+        with_label = np.flatnonzero(label.sum(axis=(0, 1)) > 50)
+        picks = with_label if volumes else with_label[np.linspace(0, len(with_label) - 1, count).round().astype(int)]
+        frames += [("la", torch.from_numpy(volume[..., z].copy())[None, None], torch.from_numpy(label[..., z].copy()))
+                   for z in picks]
+    return frames
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runtimes", nargs="+", default=None, help="default: every runtime available here")
     parser.add_argument("--ph2", type=int, default=6, help="PH2 images (parity and timing)")
     parser.add_argument("--la-slices", type=int, default=10, help="slices of one LA volume (parity and timing)")
+    parser.add_argument("--la-volumes", type=int, default=0,
+                        help="instead: every slice holding atrium of the first N LA volumes")
     parser.add_argument("--batch", type=int, default=2, help="frames per encode call")
     parser.add_argument("--threads", type=int, default=2)
     default_data = os.environ.get("SAM_SSL_DATA_DIR") or PROJECT_ROOT.parent / "shared" / "data"
@@ -91,7 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     if "fp32" not in names:
         names.insert(0, "fp32")
     models = {name: build_foundation_model(args.teacher, encoder_runtime=name) for name in names}
-    frames = load_ph2(args.data_dir, args.ph2) + load_la(args.data_dir, args.la_slices)
+    frames = load_ph2(args.data_dir, args.ph2) + load_la(args.data_dir, args.la_slices, args.la_volumes)
+    la_frames = sum(source == "la" for source, _, _ in frames)
 
     # Same-size frames share a batch (an encode call needs one size); runtimes alternate per batch.
     batches: list[list[int]] = []
@@ -130,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
                          float(np.mean(dice["ph2"])), float(np.mean(dice["la"]))))
 
     _, base_s, _, base_ph2, base_la = rows[0]
-    print(f"teacher={args.teacher} threads={args.threads} frames: {args.ph2} PH2 + {args.la_slices} LA slices, "
+    la_what = f"{la_frames} LA slices" + (f" (every atrium slice of {args.la_volumes} volumes)" if args.la_volumes else "")
+    print(f"teacher={args.teacher} threads={args.threads} frames: {args.ph2} PH2 + {la_what}, "
           f"batch {args.batch}, {len(batches)} timed batches per runtime (median), torch={torch.__version__}")
     header = (f"{'runtime':<14} | {'s/frame':>7} | {'x fp32':>6} | {'min cos':>8} | {'PH2 Dice':>8} | "
               f"{'d pts':>6} | {'LA Dice':>7} | {'d pts':>6} | auto-eligible")
