@@ -33,7 +33,7 @@ are the prompts and this propagator's own predictions.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -153,15 +153,28 @@ class AffinityMemoryPropagator:
         return ((rows[:, None] - rows[None]).abs().maximum((cols[:, None] - cols[None]).abs())) <= self.radius
 
     # ------------------------------------------------------------------ one frame
-    def _read(self, query: torch.Tensor, memory: torch.Tensor, labels: torch.Tensor,
+    def _read(self, query: torch.Tensor, parts: Sequence[tuple[torch.Tensor, torch.Tensor]],
               near: torch.Tensor | None) -> torch.Tensor:
-        """Coarse foreground ``(G,)``: softmax over the top-k cosine affinities of each query token."""
-        affinity = query @ memory.transpose(0, 1)  # (G, M*G)
-        if near is not None:
-            affinity = affinity.masked_fill(~near.repeat(1, memory.shape[0] // near.shape[1]), float("-inf"))
-        values, index = affinity.topk(min(self.top_k, affinity.shape[1]), dim=1)
-        weights = torch.softmax(values / self.temperature, dim=1)
-        return (weights * labels[index]).sum(1)
+        """Coarse foreground ``(G,)``: softmax over the top-k cosine affinities of each query token.
+
+        ``parts``: the memory as ``(tokens (N, D), labels (N,))`` pieces (the conditioning frames, then
+        each recent frame). The top k of the whole memory are the top k of the pieces' own top k, so
+        each piece is searched where it lies and the memory is never copied into one tensor.
+        """
+        values, labels = [], []
+        for tokens, piece_labels in parts:
+            affinity = query @ tokens.transpose(0, 1)  # (G, N)
+            if near is not None:
+                affinity = affinity.masked_fill(~near.repeat(1, tokens.shape[0] // near.shape[1]), float("-inf"))
+            top, index = affinity.topk(min(self.top_k, affinity.shape[1]), dim=1)
+            values.append(top)
+            labels.append(piece_labels[index])
+        top_values, top_labels = torch.cat(values, dim=1), torch.cat(labels, dim=1)
+        if top_values.shape[1] > self.top_k:
+            top_values, keep = top_values.topk(self.top_k, dim=1)
+            top_labels = top_labels.gather(1, keep)
+        weights = torch.softmax(top_values / self.temperature, dim=1)
+        return (weights * top_labels).sum(1)
 
     def _refine(self, embedding: ImageEmbeddings, coarse: torch.Tensor) -> torch.Tensor:
         """Full-resolution probability ``(H, W)`` from the upsampled coarse map ``(H, W)``."""
@@ -188,17 +201,17 @@ class AffinityMemoryPropagator:
         refined, coarse_maps = torch.zeros(count, *size), torch.zeros(count, *size)
         reached = torch.zeros(count, dtype=torch.bool)
         cond_tokens, cond_labels, cond_keys = conditioning
+        every_frame = (cond_tokens.flatten(0, 1), cond_labels.flatten())
         recent: list[tuple[torch.Tensor, torch.Tensor]] = []
         for t in order:
             if t in prompted:
                 continue
-            chosen = torch.arange(cond_tokens.shape[0])
-            if self.num_conditioning is not None and self.num_conditioning < len(chosen):
+            conditioning_part = every_frame
+            if self.num_conditioning is not None and self.num_conditioning < cond_tokens.shape[0]:
                 key = F.normalize(tokens[t].mean(0), dim=0)
                 chosen = (cond_keys @ key).topk(self.num_conditioning).indices
-            memory = torch.cat([cond_tokens[chosen], *[m for m, _ in recent]]) if recent else cond_tokens[chosen]
-            labels = torch.cat([cond_labels[chosen], *[l for _, l in recent]]) if recent else cond_labels[chosen]
-            grid_map = self._read(tokens[t], memory.flatten(0, 1), labels.flatten(), near)
+                conditioning_part = (cond_tokens[chosen].flatten(0, 1), cond_labels[chosen].flatten())
+            grid_map = self._read(tokens[t], [conditioning_part, *recent], near)
             if int((grid_map >= self.threshold).sum()) < self.min_cells:
                 grid_map = torch.zeros_like(grid_map)
             up = F.interpolate(grid_map.view(1, 1, *grid), size=size, mode="bilinear", align_corners=False)[0, 0]
@@ -207,7 +220,7 @@ class AffinityMemoryPropagator:
                 refined[t] = self._refine(embeddings[t], up)
             reached[t] = True
             if self.window:
-                recent.insert(0, (tokens[t][None], self._to_grid((refined[t] > 0.5)[None], grid)))
+                recent.insert(0, (tokens[t], self._to_grid((refined[t] > 0.5)[None], grid)[0]))
                 del recent[self.window:]
         return refined, coarse_maps, reached
 
