@@ -303,7 +303,8 @@ def _config_ids(config: Any, prefix: str = "") -> Iterator[str]:
 
 def trace_overrides(spec: TraceSpec, data_dir: Path, out_dir: Path, config: Mapping[str, Any]) -> dict[str, Any]:
     """The config values a trace sets: data subset, outputs into ``out_dir``, seed 0, no workers, no
-    validation, float32 (``amp`` False, whatever the CPU supports).
+    validation, float32 (``amp`` False and every frozen encoder's ``encoder_runtime`` ``fp32``,
+    whatever the CPU supports).
 
     Every id whose last part ends in ``cache_dir`` (SAM embedding caches, some default to
     ``<bundle>/runs``) is moved into ``out_dir`` too, so nothing is written into the project and no
@@ -325,6 +326,8 @@ def trace_overrides(spec: TraceSpec, data_dir: Path, out_dir: Path, config: Mapp
         name = config_id.split("#")[-1]
         if name.endswith("cache_dir") and not name.startswith("_"):
             overrides[config_id] = str(out_dir / "cache" / config_id.replace("#", "_"))
+        if name.endswith("encoder_runtime") and not name.startswith("_"):
+            overrides[config_id] = "fp32"  # the frozen encoder eager, as recorded, whatever a preset chooses
     overrides.update(spec.overrides)
     return overrides
 
