@@ -534,3 +534,34 @@ def test_patch_training_batches_entries_from_different_sources_together(tmp_path
     train_on_volume_patches(net, optimizer, dice_ce_loss(lambda_dice=1.0, lambda_ce=1.0), entries, (8, 8, 8), None,
                             2, 2, tmp_path / "ckpt", 2)
     assert not torch.equal(before, net.weight)
+
+
+def test_training_trace_writes_each_iteration_once_across_a_kill_and_a_resume(tmp_path):
+    """Lines written after the last checkpoint of a killed run are dropped when the run resumes there."""
+    from ignite.engine import Engine
+
+    from samssl.handlers import TrainingTrace, read_training_trace
+
+    def step(engine, batch):
+        return {"loss": torch.tensor(1.0 / engine.state.iteration), "share": 0.25, "vector": torch.ones(2),
+                "nan": float("nan")}
+
+    def run(start_iteration: int, iterations: int) -> None:
+        engine = Engine(step)
+        TrainingTrace(tmp_path).attach(engine)
+
+        @engine.on(Events.STARTED)
+        def resume(e):  # what ResumeFromLatest does: the state of the checkpoint
+            e.state.iteration = start_iteration
+            e.state.epoch = start_iteration // 10
+
+        engine.run(range(10), max_epochs=(start_iteration + iterations) // 10)
+
+    run(0, 30)                      # killed after iteration 30, last checkpoint at iteration 20
+    assert [r["iteration"] for r in read_training_trace(tmp_path)] == list(range(1, 31))
+    run(20, 20)                     # resumed from the checkpoint of iteration 20
+    trace = read_training_trace(tmp_path / "training_trace.jsonl")
+    assert [r["iteration"] for r in trace] == list(range(1, 41)), "iterations 21-30 of the killed run were dropped"
+    assert trace[3] == {"iteration": 4, "loss": 0.25, "share": 0.25}, "non-scalar and non-finite terms are left out"
+    run(0, 10)                      # a fresh run in the same folder starts a fresh trace
+    assert [r["iteration"] for r in read_training_trace(tmp_path)] == list(range(1, 11))

@@ -19,6 +19,8 @@ from bundle_testing import (  # same directory, on sys.path under pytest
 )
 from PIL import Image
 
+from samssl.handlers import read_training_trace
+
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = use_bundle("uamt_skin")
 _bundle_scripts = bundle_fixture("uamt_skin")
@@ -83,6 +85,13 @@ def test_bundle_trains_resumes_evaluates_and_infers_full_size(ph2_root, isic_roo
     # Running again with more epochs continues from the last checkpoint instead of starting over.
     second = run_bundle(BUNDLE, "training", ["train.json"], *common_args, "--max_epochs", "2")
     assert "resumed from" in second.stdout + second.stderr and "iteration 2" in second.stdout + second.stderr
+    # every iteration once, across the resume, with the foreground shares of labels, predictions, pseudo-labels
+    trace = read_training_trace(run)
+    assert [r["iteration"] for r in trace] == [1, 2, 3, 4]
+    for key in ("label_foreground", "prediction_foreground", "pseudo_foreground", "unlabelled_prediction_foreground",
+                "mixed_pseudo_foreground", "lambda", "supervised"):
+        assert all(key in r for r in trace), key
+    assert all(0.0 < r["label_foreground"] < 1.0 for r in trace)
 
     # Evaluation on a labelled folder, with the deployed (single-head) network.
     run_bundle(BUNDLE, "evaluating", ["base_evaluate.json", "evaluate.json"], "--dataset_dir", str(train_dir), "--output_dir", str(run / "eval"),

@@ -17,6 +17,7 @@ from samssl.handlers.checkpoints import (
 from samssl.handlers.deployment import TrainedSettings, check_trained_settings, read_trained_settings, trained_setting
 from samssl.handlers.distributed import RANK_ZERO_ONLY_HANDLERS, distributed_backend, handlers_for_rank, process_device
 from samssl.handlers.embedding_warmup import PrecomputeEmbeddings, log_embedding_cache
+from samssl.handlers.training_trace import TrainingTrace, read_training_trace
 
 __all__ = [
     "RANK_ZERO_ONLY_HANDLERS",
@@ -39,4 +40,6 @@ __all__ = [
     "resumable_checkpoints",
     "state_dict_mismatches",
     "training_checkpoint_dict",
+    "TrainingTrace",
+    "read_training_trace",
 ]

@@ -21,11 +21,13 @@ import torch
 from monai.handlers import StatsHandler, TensorBoardStatsHandler, ValidationHandler
 
 from samssl.handlers.progress import TrainingProgressBar
+from samssl.handlers.training_trace import TrainingTrace
 
 __all__ = ["RANK_ZERO_ONLY_HANDLERS", "distributed_backend", "handlers_for_rank", "process_device"]
 
-# Handlers that only observe (validation, console, TensorBoard): run by process 0 alone.
-RANK_ZERO_ONLY_HANDLERS: tuple[type, ...] = (ValidationHandler, TrainingProgressBar, StatsHandler, TensorBoardStatsHandler)
+# Handlers that only observe (validation, console, TensorBoard, the iteration trace): run by process 0 alone.
+RANK_ZERO_ONLY_HANDLERS: tuple[type, ...] = (ValidationHandler, TrainingProgressBar, StatsHandler, TensorBoardStatsHandler,
+                                             TrainingTrace)
 
 
 def distributed_backend() -> str:

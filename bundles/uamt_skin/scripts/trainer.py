@@ -99,6 +99,13 @@ class UAMTTrainer(SemiSupervisedTrainer):
             loss = loss + 0.5 * (self._dice_ce(aux, main_hard) + self._dice_ce(main, aux_hard))
         return loss
 
+    @staticmethod
+    def _foreground(logits_or_labels: torch.Tensor) -> float:
+        """Share of foreground pixels: of arg-max class logits ``(B, C, H, W)`` or of labels ``(B, 1, H, W)``."""
+        with torch.no_grad():
+            classes = logits_or_labels.argmax(dim=1) if logits_or_labels.shape[1] > 1 else logits_or_labels[:, 0]
+            return float((classes > 0).float().mean())
+
     def _combine(self, supervised: torch.Tensor | float, unsupervised: torch.Tensor, lam: float) -> torch.Tensor:
         if self.loss_weighting == "paper":
             return lam * supervised + (1.0 - lam) * unsupervised
@@ -114,7 +121,8 @@ class UAMTTrainer(SemiSupervisedTrainer):
                 main, aux = to_float32(self.network(image, return_aux=True))
                 supervised = self.labelled_loss(main, aux, label)
             self.optimize(engine, supervised, terms={"supervised": supervised})
-            return {"loss": supervised, "supervised": supervised}
+            return {"loss": supervised, "supervised": supervised, "label_foreground": self._foreground(label),
+                    "prediction_foreground": self._foreground(main.detach())}
 
         lam = float(self.loss_weight(iteration))
         unlabelled_image = unlabelled["image"]
@@ -132,7 +140,13 @@ class UAMTTrainer(SemiSupervisedTrainer):
             stage1 = self._combine(supervised, unsupervised, lam)
         self.optimize(engine, stage1, terms={"supervised": supervised, "unsupervised": unsupervised})
         self.teacher.update(iteration)
-        output: dict[str, Any] = {"loss": stage1, "supervised": supervised, "unsupervised": unsupervised, "lambda": lam}
+        # what the run's foreground balance looks like (written by samssl.handlers.TrainingTrace): the labels',
+        # the student's on the same labelled images, the teacher's pseudo-labels and the student's on unlabelled ones
+        output: dict[str, Any] = {"loss": stage1, "supervised": supervised, "unsupervised": unsupervised, "lambda": lam,
+                                  "label_foreground": self._foreground(label),
+                                  "prediction_foreground": self._foreground(main_l.detach()),
+                                  "pseudo_foreground": self._foreground(pseudo),
+                                  "unlabelled_prediction_foreground": self._foreground(main_u.detach())}
 
         # Stage 2: train on images whose uncertain patches were replaced by trusted ones.
         if self.uncertainty_mix:
@@ -147,5 +161,6 @@ class UAMTTrainer(SemiSupervisedTrainer):
             self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
             self.teacher.update(iteration)
             output["unsupervised_mixed"] = mixed
+            output["mixed_pseudo_foreground"] = self._foreground(mixed_pseudo)  # after the patch replacement
             output["loss"] = stage1.detach() + stage2.detach()
         return output
