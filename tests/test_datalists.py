@@ -46,6 +46,21 @@ def test_ph2_datalist(ph2_root: Path) -> None:
     assert dermoscopy_datalist(ph2_root) == datalist
 
 
+def test_ph2_fold_folders_hold_every_case_once_in_a_test_fold_and_never_in_its_own_train_pool(
+        ph2_root: Path, tmp_path: Path) -> None:
+    from samssl.data import ph2_fold_folders
+
+    folders = ph2_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0)
+    everything = {e["id"] for e in ph2_datalist(ph2_root)}
+    tested = []
+    for train_dir, test_dir in folders:
+        train, test = ({e["id"] for e in ph2_datalist(d)} for d in (train_dir, test_dir))
+        assert not train & test and train | test == everything
+        tested += sorted(test)
+    assert sorted(tested) == sorted(everything) and len(folders) == 4
+    assert ph2_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0) == folders, "written again: the same"
+
+
 def test_isic_datalist(isic_root: Path) -> None:
     datalist = isic_datalist(isic_root)
     assert len(datalist) == 48
