@@ -22,7 +22,7 @@ ALLOWED: dict[str, set[str]] = {
     "handlers": {"networks", "foundation", "metrics", "data", "utils"},
     "engines": {"handlers", "losses", "networks", "data", "utils"},
     "stages": {"engines", "handlers", "losses", "networks", "foundation", "data", "utils"},
-    "experiments": {"metrics", "data", "utils"},
+    "experiments": {"metrics", "data", "handlers", "utils"},
     "demo": {"data", "utils"},
 }
 CONCRETE_BACKENDS = ("litemedsam", "sam", "sam2", "sam_med3d")

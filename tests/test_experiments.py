@@ -362,3 +362,25 @@ def test_python_dash_m_runs_the_harness(toy):
     done = subprocess.run([sys.executable, "-m", "samssl.experiments", "compare", str(toy), "--help"],
                           capture_output=True, text=True, cwd=toy.parents[2])
     assert done.returncode == 0 and "--earlier_results" in done.stdout, done.stderr
+
+
+def test_traces_table_averages_each_term_over_phases_of_training(tmp_path, capsys):
+    from samssl.experiments.traces import phase_means
+
+    for name, offset in (("suponly", 0.0), ("uamt", 0.2)):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [{"iteration": i, "label_foreground": 0.3, "prediction_foreground": 0.3 + offset * i / 10}
+                 for i in range(1, 11)]
+        lines[0]["pseudo_foreground"] = 0.9  # a term present in part of the run only
+        (run / "training_trace.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    records = [json.loads(line) for line in (tmp_path / "uamt" / "training_trace.jsonl").read_text().splitlines()]
+    assert phase_means(records, "prediction_foreground", 2) == pytest.approx([0.36, 0.46])
+    assert phase_means(records, "pseudo_foreground", 2) == [0.9, None]
+    main(["traces", f"suponly={tmp_path / 'suponly'}", f"uamt={tmp_path / 'uamt'}", "--keys",
+          "prediction_foreground", "missing_term", "--phases", "2"])
+    table = capsys.readouterr().out
+    assert "| suponly | prediction_foreground | 0.3 | 0.3 |" in table
+    assert "| uamt | prediction_foreground | 0.36 | 0.46 |" in table and "missing_term" not in table
+    with pytest.raises(SystemExit, match="no training_trace.jsonl"):
+        main(["traces", str(tmp_path / "nowhere"), "--keys", "loss"])

@@ -1,4 +1,4 @@
-"""``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}``."""
+"""``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...|traces RUN ...}``."""
 
 from samssl.experiments.cli import main
 

@@ -13,7 +13,8 @@ killed run resumes, so re-running a command completes a comparison; ``--earlier_
 committed records alone (:mod:`samssl.experiments.leaderboard`).
 
 ``python -m samssl.experiments compare BUNDLE ...`` and ``python -m samssl.experiments leaderboard``
-are the same commands.
+are the same commands; ``python -m samssl.experiments traces LABEL=RUN ...`` tabulates runs'
+per-iteration traces over phases of training (:mod:`samssl.experiments.traces`).
 
 Examples::
 
@@ -185,10 +186,12 @@ def leaderboard_main(argv: Sequence[str] | None = None) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}``."""
+    """``python -m samssl.experiments {compare BUNDLE ...|leaderboard ...|traces RUN ...}``."""
+    from samssl.experiments.traces import traces_main
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    verbs = {"compare": compare_main, "leaderboard": leaderboard_main}
+    verbs = {"compare": compare_main, "leaderboard": leaderboard_main, "traces": traces_main}
     if not argv or argv[0] not in verbs:
-        usage = "usage: python -m samssl.experiments {compare BUNDLE ...|leaderboard ...}"
+        usage = "usage: python -m samssl.experiments {compare BUNDLE ...|leaderboard ...|traces RUN ...}"
         raise SystemExit(f"{usage}\n\n{__doc__ or ''}")
     verbs[argv[0]](argv[1:])
