@@ -33,8 +33,8 @@ def test_auto_on_a_cpu_with_bf16_autocasts_to_bf16_and_logs_one_line(cpu_bf16, c
     chosen = resolve_precision(amp, "cpu")
     assert (chosen.name, chosen.dtype, chosen.uses_grad_scaler) == ("bf16", torch.bfloat16, False)
     with caplog.at_level(logging.INFO, logger=precision_module.__name__):
-        announce_precision(chosen, "training run")
-        announce_precision(resolve_precision(amp, torch.device("cpu")), "evaluation")  # same decision: no 2nd line
+        announce_precision(chosen)  # the trainer
+        announce_precision(resolve_precision(amp, torch.device("cpu")))  # its validator, same decision: no 2nd line
     assert len(caplog.records) == 1 and "bfloat16 autocast" in caplog.text
     with chosen.autocast():
         assert nn.Linear(2, 2)(torch.ones(1, 2)).dtype == torch.bfloat16

@@ -51,7 +51,7 @@ class SupervisedEvaluator(MonaiSupervisedEvaluator):
     def __init__(self, device: torch.device | str, *args: Any, amp: AmpSetting = False,
                  inferer: Inferer | None = None, amp_kwargs: dict | None = None, **kwargs: Any) -> None:
         self.precision = resolve_precision(amp, device)
-        announce_precision(self.precision, "evaluation")
+        announce_precision(self.precision)
         wrapped = PrecisionInferer(SimpleInferer() if inferer is None else inferer, self.precision, amp_kwargs)
         # MONAI's own amp path autocasts on CUDA only; the wrapped inferer does it on every device
         super().__init__(device, *args, inferer=wrapped, amp=False, amp_kwargs=amp_kwargs, **kwargs)

@@ -169,14 +169,15 @@ def _normalised(amp: AmpSetting) -> str:
     raise InvalidInputError(f"amp is {amp!r}; choose one of 'auto', True, False, 'bf16', 'fp16', 'fp32'.{hint}")
 
 
-def announce_precision(precision: Precision, what: str = "run", logger: logging.Logger | None = None) -> None:
+def announce_precision(precision: Precision, logger: logging.Logger | None = None) -> None:
     """Log :meth:`Precision.describe` once per process and decision, so a run that builds a trainer
-    and its validator (or several stages) says it in one line, not one per engine."""
+    and its validator (or several stages) says it in one line, not one per engine. The line speaks
+    of the run, not of the engine that happened to be built first (a training run's validator is)."""
     key = (precision.name, precision.device_type)
     if key in _announced:
         return
     _announced.add(key)
-    (logger or _logger).info(precision.describe(what))
+    (logger or _logger).info(precision.describe())
 
 
 def to_float32(output: Any) -> Any:

@@ -171,7 +171,7 @@ class SemiSupervisedTrainer(Trainer):
         if teacher is not None and teacher.student is not unwrap_model(network):
             raise ValueError("the EMA teacher follows a different network than the one this trainer trains.")
         self.precision = resolve_precision(amp, device)
-        announce_precision(self.precision, "training run")
+        announce_precision(self.precision)
         super().__init__(
             device=device,
             max_epochs=max_epochs,
