@@ -270,8 +270,10 @@ def test_the_frozen_encoders_runtime_is_a_config_setting_that_reaches_the_model(
     bundle = Path(__file__).resolve().parents[1] / "bundles" / name
     import_bundle_scripts(bundle)
     parser = ConfigParser()
+    parser.read_config(str(bundle / "configs" / "train.json"))
+    assert parser[key] == "fp32", "train.json's default: the encoder module itself, eager"
     parser.read_config([str(bundle / "configs" / "train.json"), str(bundle / "configs" / "cpu.json")])
-    assert parser[key] == "fp32", "default: the encoder module itself, eager"
+    assert parser[key] in ("fp32", "auto"), "a preset keeps fp32 or lets the parity-checked auto choose"
     parser[key] = "bf16"
     parser["device"] = "$torch.device('cpu')"
     assert parser.get_parsed_content(model_id).encoder_runtime == "bf16"
