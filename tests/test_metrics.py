@@ -150,3 +150,15 @@ def test_write_results_json_and_markdown(tmp_path):
     assert method["summary"]["dice"]["mean"] == pytest.approx(0.75)
     assert method["summary"]["hd95"]["mean"] == pytest.approx(rows["Method A"][0]["hd95"])
     assert md_path.read_text() == results_table(rows)
+
+
+def test_binary_dice_of_masks_in_either_form():
+    from samssl.metrics import binary_dice
+
+    a = np.zeros((4, 4), bool)
+    a[:2] = True
+    b = np.zeros((4, 4), np.uint8)
+    b[1:3] = 2  # any nonzero label is foreground
+    assert binary_dice(a, b) == pytest.approx(0.5)
+    assert binary_dice(torch.from_numpy(a), torch.from_numpy(b)) == pytest.approx(0.5)
+    assert binary_dice(np.zeros(3), np.zeros(3)) == 1.0 and binary_dice(a, np.zeros_like(a)) == 0.0

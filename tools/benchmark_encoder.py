@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from samssl.foundation import ImageEmbeddings, build_foundation_model
 from samssl.foundation.encoder_runtime import AUTO_MAX_DICE_DROP, available_runtimes
+from samssl.metrics import binary_dice
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,10 +43,6 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 def _gt_box(mask: torch.Tensor) -> torch.Tensor:
     rows, cols = torch.nonzero(mask, as_tuple=True)
     return torch.tensor([[cols.min(), rows.min(), cols.max(), rows.max()]], dtype=torch.float32)
-
-
-def _dice(pred: torch.Tensor, truth: torch.Tensor) -> float:
-    return float(2 * (pred & truth).sum() / (pred.sum() + truth.sum()).clamp_min(1))
 
 
 def load_ph2(data_dir: Path, count: int) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
@@ -135,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                 _, original_size, input_size = ref_model.transform.images_to_input(image)
                 embeddings = ImageEmbeddings(features=feats, original_sizes=(original_size,), input_sizes=(input_size,))
                 logits = ref_model.decode(embeddings, boxes=_gt_box(mask)).mask_logits[0, 0]
-                dice[source].append(_dice(logits > 0, mask))
+                dice[source].append(binary_dice(logits > 0, mask))
             rows.append((name, statistics.median(seconds[name]), min(cosines),
                          float(np.mean(dice["ph2"])), float(np.mean(dice["la"]))))
 

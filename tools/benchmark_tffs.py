@@ -29,17 +29,13 @@ import torch
 from samssl.data import msd_datalist, volume_transforms
 from samssl.foundation import build_foundation_model
 from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator
+from samssl.metrics import binary_dice
 from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ssl_medsam2"
 
 SETTINGS = ("iou_stop", "whole_block", "default", "sam2")
-
-
-def dice(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    total = prediction.sum() + target.sum()
-    return float(2 * (prediction & target).sum() / total) if total else 1.0
 
 
 def main() -> None:
@@ -96,7 +92,7 @@ def main() -> None:
         for entry, item in zip(targets, volumes):
             probability = tffs.probability_from(item["image"].as_tensor(), prepared,
                                                 tffs.generator_for(Path(entry["image"]).name))
-            scores.append(dice(probability > 0.5, item["label"][0].as_tensor() > 0.5))
+            scores.append(binary_dice(probability > 0.5, item["label"][0].as_tensor() > 0.5))
         seconds = (time.perf_counter() - start) / len(volumes)
         print(f"| {name} | {seconds:.1f} | {', '.join(f'{100 * s:.1f}' for s in scores)} | "
               f"{100 * sum(scores) / len(scores):.1f} |", flush=True)

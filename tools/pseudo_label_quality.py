@@ -30,14 +30,9 @@ from pathlib import Path
 import numpy as np
 
 import samssl.data as data
+from samssl.metrics import binary_dice
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
-    prediction, truth = prediction > 0, truth > 0
-    total = int(prediction.sum() + truth.sum())
-    return 1.0 if total == 0 else 2.0 * float((prediction & truth).sum()) / total
 
 
 def score(pseudo_label_dir: Path, dataset: Path) -> list[dict]:
@@ -55,7 +50,7 @@ def score(pseudo_label_dir: Path, dataset: Path) -> list[dict]:
             raise SystemExit(f"{case['image']} has no label in {dataset}: pass the labelled folder it came from")
         truth = loader({"image": image, "label": labels[image]})["label"]
         pseudo = data.volume_transforms("eval")({"image": image, "label": case["pseudo_label"]})["label"]
-        rows.append({"image": Path(image).name, "dice": dice(np.asarray(pseudo), np.asarray(truth)),
+        rows.append({"image": Path(image).name, "dice": binary_dice(np.asarray(pseudo), np.asarray(truth)),
                      "confidence": float(case["confidence"])})
     return rows
 

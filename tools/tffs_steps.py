@@ -27,15 +27,11 @@ from samssl.data import msd_datalist, split_labelled, volume_transforms
 from samssl.foundation import build_foundation_model
 from samssl.foundation.affinity_memory import AffinityMemoryPropagator
 from samssl.foundation.propagation import BoxChainPropagator
+from samssl.metrics import binary_dice
 from samssl.utils.bundles import import_bundle_scripts
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLE = ROOT / "bundles" / "ssl_medsam2"
-
-
-def dice(prediction: torch.Tensor, target: torch.Tensor) -> float:
-    total = prediction.sum() + target.sum()
-    return float(2 * (prediction & target).sum() / total) if total else 1.0
 
 
 class _Tap:
@@ -113,9 +109,9 @@ def main() -> None:
                                           seed=args.seed)
         coarse = replay.probability_from(image, prepared, method.generator_for(name))
         target = labels({"image": entry["image"], "label": truth[entry["id"]]})["label"].as_tensor()[0] > 0.5
-        row = [dice(coarse > 0.5, target), dice(refined > 0.5, target)]
+        row = [binary_dice(coarse > 0.5, target), binary_dice(refined > 0.5, target)]
         if args.box_chain:
-            row.append(dice(chain.probability_from(image, chain_prepared, chain.generator_for(name)) > 0.5, target))
+            row.append(binary_dice(chain.probability_from(image, chain_prepared, chain.generator_for(name)) > 0.5, target))
         if not rows:
             print(header + "\n|---|---:|---:|---:|---:|", flush=True)
         rows.append(row)

@@ -69,6 +69,18 @@ class EmptyMaskWarning(UserWarning):
     """A surface distance was requested for an empty prediction or label; it is reported as NaN."""
 
 
+def binary_dice(prediction: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
+    """Dice of two foreground masks (any nonzero value is foreground); 1.0 when both are empty (they agree).
+
+    The quick overlap score of tools and pseudo-label checks; :func:`case_metrics` is the reporting one
+    (MONAI's metrics, with surface distances).
+    """
+    a = np.asarray(prediction.detach().cpu() if isinstance(prediction, torch.Tensor) else prediction) != 0
+    b = np.asarray(target.detach().cpu() if isinstance(target, torch.Tensor) else target) != 0
+    total = int(a.sum()) + int(b.sum())
+    return 1.0 if total == 0 else 2.0 * int(np.logical_and(a, b).sum()) / total
+
+
 def _as_binary_case(x: np.ndarray | torch.Tensor, name: str, spatial_ndim: int | None) -> torch.Tensor:
     """(H, W[, D]) or (1, H, W[, D]) {0, 1} -> float tensor (1, 1, H, W[, D]) for MONAI."""
     t = convert_to_tensor(x, track_meta=False).detach().cpu()

@@ -45,7 +45,7 @@ from samssl.utils.files import file_sha256
 from .fsl_guards import FSLGuards, RoundGuard
 from .planned_unet import FoldEnsemble
 
-__all__ = ["FoldRetraining", "FoldTrainingSettings", "train_network"]
+__all__ = ["FoldRetraining", "FoldTrainingSettings", "precision_inputs", "train_network"]
 
 MODEL_FILE = "model.pt"
 HELD_OUT = "held_out_pseudo_labels"
@@ -98,6 +98,13 @@ def train_network(build_network: Callable[[], nn.Module], training_set: Sequence
                             amp=amp, num_labelled=num_labelled, labelled_share=labelled_share)
     AtomicDiskSaver(out_dir, filename=MODEL_FILE)(network.state_dict(), MODEL_FILE)
     return model_file
+
+
+def precision_inputs(amp: AmpSetting, device: torch.device | str) -> dict[str, str]:
+    """What a network's training precision adds to its stage's inputs: nothing for float32 (so a float32
+    stage keeps the fingerprint it had before the switch existed), ``{"precision": name}`` otherwise."""
+    name = resolve_precision(amp, device).name
+    return {} if name == "fp32" else {"precision": name}
 
 
 class FoldRetraining:
@@ -155,7 +162,6 @@ class FoldRetraining:
         self.guards = FSLGuards.resolve(guards)
         self.round_guard = RoundGuard(self.guards, [e["label"] for e in self.labelled], write=self.rank == 0)
         self.amp = amp
-        self.precision = resolve_precision(amp, self.device).name
 
     @property
     def agreements(self) -> list[float | None]:
@@ -202,8 +208,7 @@ class FoldRetraining:
         fold_excluded = [dict(left_out[e["image"]]) for e in fold["train"] if e["image"] in left_out]
         if fold_excluded:
             inputs["excluded_pseudo_labels"] = fold_excluded
-        if self.precision != "fp32":  # a float32 fold keeps the fingerprint it had before the switch existed
-            inputs["precision"] = self.precision
+        inputs.update(precision_inputs(self.amp, self.device))
 
         def compute(out_dir: Path) -> dict[str, Any]:
             model_file = self.train_fold(training_set, out_dir)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from samssl.metrics import binary_dice
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.errors import InvalidInputError
 from samssl.utils.files import atomic_write_json
@@ -155,8 +156,7 @@ def dice_of_files(a: str | Path, b: str | Path) -> float:
     if mask_a.shape != mask_b.shape:
         raise InvalidInputError(f"{a} ({mask_a.shape}) and {b} ({mask_b.shape}) are not on one grid: pseudo-labels "
                                 "are compared on their image's own grid")
-    total = int(mask_a.sum()) + int(mask_b.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(mask_a, mask_b).sum()) / total
+    return binary_dice(mask_a, mask_b)
 
 
 def label_agreement(before: Mapping[str, str], after: Mapping[str, str]) -> tuple[float | None, dict[str, float]]:

@@ -35,12 +35,12 @@ import torch
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 from torch import nn
 
-from samssl.engines.precision import AmpSetting, resolve_precision
+from samssl.engines.precision import AmpSetting
 from samssl.handlers.checkpoints import AtomicDiskSaver, load_network_weights
 from samssl.handlers.deployment import SETTINGS_ENTRY, TrainedSettings
 from samssl.stages import FunctionStage, Step
 
-from .fsl import FoldRetraining, train_network
+from .fsl import FoldRetraining, precision_inputs, train_network
 from .fsl_guards import FSLGuards
 from .nnunet_backend import NnUNetFoldRetraining, NnUNetPredictions, NnUNetSettings
 from .planned_unet import FoldEnsemble
@@ -185,9 +185,7 @@ class SSLMedSAM2:
             inputs = {"labelled": [{"image": str(e["image"]), "label": str(e["label"])} for e in self.labelled],
                       "settings": self.training, "patch": list(self.patch_size), "spacing": self.target_spacing,
                       "seed": self.seed}
-            precision = resolve_precision(self.amp, self.device).name
-            if precision != "fp32":
-                inputs["precision"] = precision
+            inputs.update(precision_inputs(self.amp, self.device))
             stage = FunctionStage("SupOnly network", self.root / "suponly", lambda: inputs, lambda out: {
                 "model": str(train_network(self.build_network, self.labelled, out, self.patch_size,
                                            self.target_spacing, self.training, self.seed, self.device,
