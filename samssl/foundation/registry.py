@@ -62,6 +62,7 @@ def build_foundation_model(
     random_init: bool = False,
     allow_pickle: bool = False,
     encoder_runtime: str = "fp32",
+    tuned: str | Path | None = None,
     **kwargs: Any,
 ) -> PromptableSegmenter:
     """Build a frozen SAM-family foundation model from its entry in :data:`VARIANTS`.
@@ -81,10 +82,14 @@ def build_foundation_model(
             ``bf16``, ``onnxruntime``, ``openvino``, ``openvino_bf16`` or ``auto`` (the fastest one
             whose masks match fp32's); see :mod:`samssl.foundation.encoder_runtime`. Backends
             other than LiteMedSAM accept ``fp32`` only for now.
+        tuned: a promptable tuned-teacher file (:mod:`samssl.foundation.tuned`, written by the
+            teacher fine-tuning stage :mod:`samssl.stages.teacher_tuning`) to put on the base model;
+            ``None`` (or ``""``) keeps the zero-shot model. A file tuned from another base is refused.
         kwargs: backend-specific options (e.g. ``image_size`` for SAM2).
 
     Raises:
-        InvalidInputError: ``encoder_runtime`` is not a runtime (checked before anything is built).
+        InvalidInputError: ``encoder_runtime`` is not a runtime (checked before anything is built), or
+            ``tuned`` is not a promptable tuned-teacher file of this base model.
     """
     variant = get_variant(name)
     check_encoder_runtime(encoder_runtime)
@@ -100,6 +105,10 @@ def build_foundation_model(
                 "pass random_init=True only for tests"
             )
         model = variant.load_builder()(variant=variant, checkpoint=checkpoint, allow_pickle=allow_pickle, **kwargs)
+    if tuned:
+        from samssl.foundation.tuned import load_tuned_teacher
+
+        model = load_tuned_teacher(model, tuned)
     if cache is not None:
         model.embedding_cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache.from_settings(**cache)
     if device is not None:

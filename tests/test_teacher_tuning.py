@@ -1,0 +1,181 @@
+"""The fine-tuned teacher: the tuning stage (recipe, resume, provenance), the tuned-teacher file
+(round trip, refusals) and SemiSAM's config plugging it in without reading unlabelled labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from bundle_testing import la_subset, use_bundle  # same directory, on sys.path under pytest
+
+import samssl.data as data
+from samssl.data.transforms_2d import dermoscopy_transforms
+from samssl.foundation import build_foundation_model
+from samssl.foundation.peft_tuning import SplitQKV
+from samssl.foundation.tuned import read_tuned_teacher
+from samssl.stages import teacher_tuning
+from samssl.stages.teacher_tuning import labelled_frames, tune_promptable_teacher, tuned_teacher_file
+from samssl.utils.errors import InvalidInputError, MissingInputError
+
+ROOT = Path(__file__).resolve().parents[1]
+BOX = torch.tensor([[[20.0, 24.0, 200.0, 210.0]]])
+
+
+def _ph2_cases(ph2_root: Path, count: int) -> list[dict[str, str]]:
+    images = sorted((ph2_root / "images").iterdir())[:count]
+    return [{"image": str(i), "label": str(ph2_root / "masks" / f"{i.stem}_lesion.png")} for i in images]
+
+
+def _logits(model, image: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model.decode(model.encode(image[None]), boxes=BOX).mask_logits
+
+
+@pytest.mark.parametrize("lora_rank", [0, 2])
+def test_tuned_teacher_round_trips_onto_a_fresh_base_with_its_own_identity(ph2_root, tmp_path, lora_rank):
+    cases = _ph2_cases(ph2_root, 2)
+    settings = {"num_iterations": 2, "batch_size": 2, "learning_rate": 1e-3, "lora_rank": lora_rank}
+    path = tuned_teacher_file(lambda: build_foundation_model("litemedsam"), cases, dermoscopy_transforms("eval", 256),
+                              {"image_size": 256}, tmp_path / "tuning", settings, seed=0)
+    payload = read_tuned_teacher(path)
+    assert payload["kind"] == "promptable" and payload["teacher"] == "litemedsam"
+    assert [c["image"] for c in payload["labelled_cases"]] == [c["image"] for c in cases]
+    assert all(len(c["label_sha256"]) == 16 for c in payload["labelled_cases"])
+    assert bool(payload["lora"]) == (lora_rank > 0)
+
+    zero_shot = build_foundation_model("litemedsam")
+    tuned = build_foundation_model("litemedsam", tuned=path)
+    assert tuned.weights_id.startswith(zero_shot.weights_id + "+tuned:")  # never served zero-shot embeddings
+    assert not any(isinstance(m, SplitQKV) for m in tuned.image_encoder.modules())  # LoRA merged away
+    assert not any(p.requires_grad for p in tuned.parameters())
+    image = dermoscopy_transforms("eval", 256)(cases[0])["image"].as_tensor()
+    assert not torch.allclose(_logits(tuned, image), _logits(zero_shot, image), atol=1e-4)
+    again = build_foundation_model("litemedsam", tuned=path)
+    torch.testing.assert_close(_logits(again, image), _logits(tuned, image))
+
+    # the stage is done: a second call computes nothing and returns the same file
+    assert tuned_teacher_file(lambda: build_foundation_model("litemedsam"), cases, dermoscopy_transforms("eval", 256),
+                              {"image_size": 256}, tmp_path / "tuning", settings, seed=0) == path
+
+
+def test_tuned_teacher_files_of_another_base_or_kind_are_refused(ph2_root, tmp_path):
+    cases = _ph2_cases(ph2_root, 1)
+    path = tuned_teacher_file(lambda: build_foundation_model("litemedsam"), cases, dermoscopy_transforms("eval", 256),
+                              {"image_size": 256}, tmp_path / "tuning", {"num_iterations": 1, "batch_size": 1})
+    payload = torch.load(path, weights_only=True)
+
+    def variant(name: str, **changes) -> Path:
+        target = tmp_path / name
+        torch.save({**payload, **changes}, target)
+        return target
+
+    with pytest.raises(InvalidInputError, match="fine-tuned from 'sam_vit_b'"):
+        build_foundation_model("litemedsam", tuned=variant("other_model.pt", teacher="sam_vit_b"))
+    with pytest.raises(InvalidInputError, match="other litemedsam weights"):
+        build_foundation_model("litemedsam", tuned=variant("other_weights.pt", base_weights="0" * 64))
+    with pytest.raises(InvalidInputError, match="promptless"):
+        build_foundation_model("litemedsam", tuned=variant("class_tokens.pt", kind="class_tokens"))
+    with pytest.raises(InvalidInputError, match="not a fine-tuned teacher file"):
+        build_foundation_model("litemedsam", tuned=variant("network.pt", format="a-network/1"))
+    (tmp_path / "truncated.pt").write_bytes(Path(path).read_bytes()[:1000])
+    with pytest.raises(InvalidInputError, match="cannot be read"):
+        build_foundation_model("litemedsam", tuned=tmp_path / "truncated.pt")
+    with pytest.raises(MissingInputError, match="no fine-tuned teacher"):
+        build_foundation_model("litemedsam", tuned=tmp_path / "missing.pt")
+
+
+def _synthetic_frames(count: int = 3, size: int = 64) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    images, masks = [], []
+    for k in range(count):
+        mask = ((yy - 30 - 3 * k) ** 2 + (xx - 28 - 2 * k) ** 2) < (9 + 2 * k) ** 2
+        images.append((mask.float() * 0.6 + 0.2 * torch.rand(size, size, generator=generator))[None])
+        masks.append(mask)
+    return images, masks
+
+
+def test_tuning_resumes_after_a_kill_where_it_stopped(tmp_path, monkeypatch):
+    images, masks = _synthetic_frames()
+    settings = {"num_iterations": 4, "batch_size": 2, "checkpoint_interval": 2, "learning_rate": 1e-3}
+    straight = tune_promptable_teacher(build_foundation_model("litemedsam"), images, masks, settings,
+                                       tmp_path / "straight", seed=3)
+
+    calls = {"n": 0}
+    real_loss = teacher_tuning._dice_bce
+
+    def killed_in_iteration_three(logits, target):
+        calls["n"] += 1
+        if calls["n"] > 4:  # 2 frames a step: the fifth frame is in step 3
+            raise KeyboardInterrupt
+        return real_loss(logits, target)
+
+    monkeypatch.setattr(teacher_tuning, "_dice_bce", killed_in_iteration_three)
+    with pytest.raises(KeyboardInterrupt):
+        tune_promptable_teacher(build_foundation_model("litemedsam"), images, masks, settings, tmp_path / "killed",
+                                seed=3)
+    assert (tmp_path / "killed" / teacher_tuning.CHECKPOINT_FILE).exists()
+    monkeypatch.setattr(teacher_tuning, "_dice_bce", real_loss)
+    resumed = tune_promptable_teacher(build_foundation_model("litemedsam"), images, masks, settings,
+                                      tmp_path / "killed", seed=3)
+    assert not (tmp_path / "killed" / teacher_tuning.CHECKPOINT_FILE).exists()
+    a, b = read_tuned_teacher(straight)["mask_decoder"], read_tuned_teacher(resumed)["mask_decoder"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], msg=key)
+
+
+def test_frames_need_foreground_and_come_from_labelled_slices(tmp_path):
+    empty = [torch.zeros(1, 8, 8, 4)]
+
+    def transform(entry):
+        return {"image": torch.rand(1, 8, 8, 4), "label": empty[0]}
+
+    with pytest.raises(InvalidInputError, match="nothing to tune the teacher on"):
+        labelled_frames([{"image": "a", "label": "b"}], transform)
+    label = torch.zeros(1, 8, 8, 4)
+    label[0, 2:6, 2:6, 1] = 1  # 16 pixels on slice 1, 4 on slice 2
+    label[0, 3:5, 3:5, 2] = 1
+    images, masks = labelled_frames([{"image": "a", "label": "b"}],
+                                    lambda e: {"image": torch.rand(1, 8, 8, 4), "label": label}, axis=-1,
+                                    min_foreground_pixels=16)
+    assert len(images) == 1 and images[0].shape == (1, 8, 8) and int(masks[0].sum()) == 16
+
+
+def test_semisam_config_tunes_its_teacher_on_the_labelled_volumes_only(la_root, tmp_path, monkeypatch):
+    from monai.bundle import ConfigParser
+
+    subset = la_subset(la_root, tmp_path / "la", 3)
+    opened: list[str] = []
+    real_load = data.volume_transforms
+
+    def spying_transforms(mode, *args, **kwargs):
+        compose = real_load(mode, *args, **kwargs)
+
+        def call(entry):
+            opened.extend(str(v) for k, v in entry.items() if k in ("image", "label"))
+            if "label" in entry:
+                opened.append("label:" + str(entry["label"]))
+            return compose(entry)
+
+        return call
+
+    bundle = use_bundle("semisam_la")
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in
+                        ("train.json", "cpu.json", "baselines/mean_teacher_semisam_finetuned.json")])
+    for key, value in {"dataset_dir": str(subset), "num_labelled": 1, "num_val": 1, "target_spacing": 2.5,
+                       "output_dir": str(tmp_path / "run"), "sam#cache_dir": False,
+                       "sam#finetune#num_iterations": 1, "sam#finetune#batch_size": 2,
+                       "sam#finetune#min_foreground_pixels": 200}.items():
+        parser[key] = value
+    monkeypatch.setattr(data, "volume_transforms", spying_transforms)
+    teacher = parser.get_parsed_content("foundation_model")
+    datalist = parser.get_parsed_content("datalist")
+    assert "+tuned:" in teacher.weights_id
+    payload = read_tuned_teacher(tmp_path / "run" / "teacher_tuning" / teacher_tuning.TUNED_TEACHER_FILE)
+    assert [c["image"] for c in payload["labelled_cases"]] == [str(e["image"]) for e in datalist["labelled"]]
+    read_labels = {p.split(":", 1)[1] for p in opened if p.startswith("label:")}
+    assert read_labels == {str(e["label"]) for e in datalist["labelled"]}
+    unlabelled_images = {str(e["image"]) for e in datalist["unlabelled"]}
+    assert unlabelled_images and not unlabelled_images & set(opened)  # nothing unlabelled enters the stage
