@@ -179,3 +179,48 @@ def test_semisam_config_tunes_its_teacher_on_the_labelled_volumes_only(la_root, 
     assert read_labels == {str(e["label"]) for e in datalist["labelled"]}
     unlabelled_images = {str(e["image"]) for e in datalist["unlabelled"]}
     assert unlabelled_images and not unlabelled_images & set(opened)  # nothing unlabelled enters the stage
+
+
+def test_tffs_tuning_frames_are_the_frames_tffs_prompts(la_root):
+    use_bundle("ssl_medsam2")
+    from scripts.tffs import TrainingFreeFewShot, load_support, tuning_transform
+
+    entry = sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]
+    image, label = load_support([entry], 2.5)[0]
+    tffs = TrainingFreeFewShot(propagator=None, frame_size=96)
+    item = tuning_transform(2.5, 96)(entry)
+    frames = torch.movedim(item["image"], -1, 0)  # (Z, 1, S, S) as TFFS's frames
+    torch.testing.assert_close(frames, tffs.frames(image))
+    torch.testing.assert_close(torch.movedim(item["label"], -1, 0)[:, 0], tffs.masks(label))
+
+
+def _tuned_file(ph2_root: Path, tmp_path: Path) -> str:
+    return tuned_teacher_file(lambda: build_foundation_model("litemedsam"), _ph2_cases(ph2_root, 1),
+                              dermoscopy_transforms("eval", 256), {"image_size": 256}, tmp_path / "tuning",
+                              {"num_iterations": 1, "batch_size": 1})
+
+
+def test_ssl_medsam2_and_samkd_configs_load_a_tuned_teacher_file(la_root, ph2_root, tmp_path):
+    from monai.bundle import ConfigParser
+
+    from samssl.foundation.peft_tuning import Adapter
+
+    tuned = _tuned_file(ph2_root, tmp_path)
+    bundle = use_bundle("ssl_medsam2")
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in ("train.json", "cpu.json")])
+    for key, value in {"dataset_dir": str(la_subset(la_root, tmp_path / "la", 3)), "num_labelled": 1, "num_val": 1,
+                       "output_dir": str(tmp_path / "ssl"), "tffs#cache_dir": False, "tffs#encoder_runtime": "fp32",
+                       "tffs#tuned": tuned}.items():
+        parser[key] = value
+    assert "+tuned:" in parser.get_parsed_content("foundation_model").weights_id
+
+    bundle = use_bundle("samkd_dualtask_skin")
+    parser = ConfigParser()
+    parser.read_config([str(bundle / "configs" / c) for c in ("train.json", "cpu.json")])
+    for key, value in {"dataset_dir": str(data.ph2_subset(ph2_root, tmp_path / "ph2", 12)), "num_labelled": 4,
+                       "output_dir": str(tmp_path / "samkd"), "sam_cache_dir": False, "sam_tuned": tuned}.items():
+        parser[key] = value
+    sam = parser.get_parsed_content("sam")
+    assert "+tuned:" in sam.weights_id
+    assert any(isinstance(m, Adapter) for m in sam.mask_decoder.modules())  # its adapters train on the tuned model

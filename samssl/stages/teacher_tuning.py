@@ -164,6 +164,8 @@ def tune_promptable_teacher(teacher: PromptableSegmenter, images: Sequence[torch
 
     frozen_embeddings: list[ImageEmbeddings] | None = None
     if lora_rank == 0:  # the encoder is frozen: each frame is embedded once (and cached on disk)
+        print(f"embedding {len(images)} labelled frames once with the frozen {teacher.name} encoder (a cached "
+              "frame costs nothing)", flush=True)
         with torch.no_grad():
             frozen_embeddings = [teacher.encode(image[None].to(teacher.device)).to("cpu") for image in images]
 

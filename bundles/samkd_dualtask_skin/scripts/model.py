@@ -21,7 +21,7 @@ def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | No
                     cache_dir: str | Path | bool | None = None, cache_bytes: int = 2 << 30,
                     cache_disk_bytes: int | str | None = None, adapters: bool = True,
                     adapter_ratio: float = 0.25, device: str | torch.device | None = None,
-                    encoder_runtime: str = "fp32") -> PromptableSegmenter | None:
+                    encoder_runtime: str = "fp32", tuned: str | Path | None = None) -> PromptableSegmenter | None:
     """The frozen SAM-family model whose encoder serves SAM and the teacher network (``None`` if not ``needed``).
 
     Its image embeddings are cached in memory (``cache_bytes``) and on disk, by default in the
@@ -31,11 +31,14 @@ def build_segmenter(needed: bool, name: str = "litemedsam", checkpoint: str | No
     ``adapters`` inserts trainable bottleneck adapters into its mask decoder (paper 2.2).
     ``encoder_runtime``: how the frozen encoder runs on a CPU (``fp32``, ``bf16``, ``openvino_bf16``,
     ``auto``, ...: :mod:`samssl.foundation.encoder_runtime`); the runtime is part of the cache key.
+    ``tuned``: a promptable tuned-teacher file (:mod:`samssl.foundation.tuned`) put on the base model
+    first; the adapters and the prompt decoder then train on top of the tuned model.
     """
     if not needed:
         return None
     cache = {"max_bytes": int(cache_bytes), "directory": cache_dir, "disk_max_bytes": cache_disk_bytes}
-    segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache, encoder_runtime=encoder_runtime)
+    segmenter = build_foundation_model(name, checkpoint=checkpoint, cache=cache, encoder_runtime=encoder_runtime,
+                                       tuned=tuned)
     if device is not None:
         segmenter.to(device)
     if adapters:

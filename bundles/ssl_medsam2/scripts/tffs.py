@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +216,29 @@ def load_support(labelled: Sequence[Mapping[str, Any]], target_spacing: float | 
         item = transform({"image": str(entry["image"]), "label": str(entry["label"])})
         support.append((item["image"].as_tensor(), item["label"].as_tensor()))
     return support
+
+
+def tuning_transform(target_spacing: float | None, frame_size: int,
+                     percentiles: tuple[float, float] = (0.5, 99.5)) -> Callable[[dict], dict[str, torch.Tensor]]:
+    """Labelled volumes as TFFS's frames show them to the teacher, for the teacher fine-tuning stage.
+
+    The same preprocessing as :meth:`TrainingFreeFewShot.frames` (and :func:`load_support`): resampled,
+    clipped at the volume's intensity ``percentiles`` and scaled to [0, 1], slices resized to
+    ``frame_size``; so a teacher tuned on them (``tffs#tuned 'finetune'``) sees what it will be
+    prompted on. Returns ``{"image": (1, S, S, Z), "label": (1, S, S, Z)}``.
+    """
+    base = volume_transforms("eval", target_spacing=target_spacing)
+    size = int(frame_size)
+
+    def transform(entry: dict) -> dict[str, torch.Tensor]:
+        item = base(entry)
+        slices = volume_to_slices(_scale_to_unit(item["image"].as_tensor(), percentiles), -1)
+        labels = volume_to_slices((item["label"].as_tensor() > 0.5).float(), -1)
+        return {"image": slices_to_volume(F.interpolate(slices, size=(size, size), mode="bilinear",
+                                                        align_corners=False, antialias=True), -1),
+                "label": slices_to_volume(F.interpolate(labels, size=(size, size), mode="nearest"), -1)}
+
+    return transform
 
 
 def write_tffs_pseudo_labels(tffs: TrainingFreeFewShot, labelled: Sequence[Mapping[str, Any]],
