@@ -163,7 +163,7 @@ def test_tuned_file_errors_are_clear(tmp_path):
         StitchedSAM.load_tuned(build_foundation_model("litemedsam"), broken)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
-    with pytest.raises(ValueError, match="not a fine-tuned stitched-SAM file"):
+    with pytest.raises(ValueError, match="not a fine-tuned teacher file"):
         StitchedSAM.load_tuned(build_foundation_model("litemedsam"), other)
     model = StitchedSAM(build_foundation_model("litemedsam"), lora_rank=0)
     payload = model.tuned_state()

@@ -224,3 +224,23 @@ def test_ssl_medsam2_and_samkd_configs_load_a_tuned_teacher_file(la_root, ph2_ro
     sam = parser.get_parsed_content("sam")
     assert "+tuned:" in sam.weights_id
     assert any(isinstance(m, Adapter) for m in sam.mask_decoder.modules())  # its adapters train on the tuned model
+
+
+def test_sfr_stitched_sam_writes_the_shared_format_and_reads_its_older_files(ph2_root, tmp_path):
+    use_bundle("sfr_la")
+    from scripts.stitched_sam import StitchedSAM
+
+    model = StitchedSAM(build_foundation_model("litemedsam"), num_classes=2, lora_rank=0)
+    path = model.save_tuned(tmp_path / "sam_tuned.pt", [{"image": "a.nii.gz", "label": "b.nii.gz"}], {"lr": 1})
+    payload = read_tuned_teacher(path)
+    assert payload["kind"] == "class_tokens" and payload["num_classes"] == 2
+    assert payload["labelled_cases"][0]["image"] == "a.nii.gz"
+    with pytest.raises(InvalidInputError, match="promptless"):  # SemiSAM cannot prompt SFR's model
+        build_foundation_model("litemedsam", tuned=path)
+
+    legacy = {k: v for k, v in torch.load(path, weights_only=True).items()
+              if k not in ("kind", "labelled_cases", "settings")}
+    torch.save({**legacy, "format": "sfr-stitched-sam/1"}, tmp_path / "legacy.pt")
+    assert StitchedSAM.load_tuned(build_foundation_model("litemedsam"), tmp_path / "legacy.pt").num_classes == 2
+    with pytest.raises(InvalidInputError, match="promptable"):
+        StitchedSAM.load_tuned(build_foundation_model("litemedsam"), _tuned_file(ph2_root, tmp_path))

@@ -47,8 +47,8 @@ from samssl.utils.config_checks import SettingsDict
 from samssl.utils.errors import InvalidInputError
 from samssl.utils.files import atomic_save, file_sha256
 
-__all__ = ["TUNED_TEACHER_FILE", "TeacherTuningSettings", "labelled_frames", "tune_promptable_teacher",
-           "tuned_teacher_file"]
+__all__ = ["TUNED_TEACHER_FILE", "TeacherTuningSettings", "labelled_frames", "labelled_provenance",
+           "tune_promptable_teacher", "tuned_teacher_file"]
 
 TUNED_TEACHER_FILE = "teacher_tuned.pt"
 CHECKPOINT_FILE = "tuning_checkpoint.pt"
@@ -213,6 +213,17 @@ def tune_promptable_teacher(teacher: PromptableSegmenter, images: Sequence[torch
 
 
 # ---------------------------------------------------------------------------------- the stage
+def labelled_provenance(labelled: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """The cases a teacher is tuned on, as its file and its stage fingerprint record them: paths and contents.
+
+    Content fingerprints (the first 16 hex digits of each file's SHA-256), so a folder or a file tuned on
+    other data under the same names is told apart.
+    """
+    return [{"image": str(e["image"]), "label": str(e["label"]),
+             "image_sha256": file_sha256(e["image"])[:16], "label_sha256": file_sha256(e["label"])[:16]}
+            for e in labelled]
+
+
 def tuned_teacher_file(build_base: Callable[[], PromptableSegmenter], labelled: Sequence[Mapping[str, Any]],
                        transform: Callable[[dict], Mapping[str, Any]], transform_description: Any,
                        work_dir: str | Path, settings: Mapping[str, Any] | None = None, seed: int = 0,
@@ -236,9 +247,7 @@ def tuned_teacher_file(build_base: Callable[[], PromptableSegmenter], labelled: 
     s = TeacherTuningSettings(settings)
     if not labelled:
         raise InvalidInputError("the teacher is fine-tuned on labelled cases: the labelled list is empty")
-    cases = [{"image": str(e["image"]), "label": str(e["label"]),
-              "image_sha256": file_sha256(e["image"])[:16], "label_sha256": file_sha256(e["label"])[:16]}
-             for e in labelled]
+    cases = labelled_provenance(labelled)
     base: dict[str, Any] = {}
 
     def base_identity() -> dict[str, str]:

@@ -40,6 +40,7 @@ from samssl.engines.patch_training import train_on_volume_patches
 from samssl.foundation.base import PromptableSegmenter
 from samssl.losses import dice_ce_loss
 from samssl.stages import FunctionStage
+from samssl.stages.teacher_tuning import labelled_provenance
 from samssl.stages.pseudo_labels import route_by_confidence, warn_if_confidence_tracks_background, write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
@@ -135,15 +136,17 @@ class SFRStages:
     # ------------------------------------------------------------------ step 1
     def finetune(self, round_dir: Path, training_set: Sequence[Mapping[str, Any]]) -> Path:
         """Fine-tune a fresh StitchedSAM on ``training_set`` (a stage); its ``sam_tuned.pt``."""
+        provenance = labelled_provenance(training_set)  # paths and content fingerprints
         training_set = [{"image": str(e["image"]), "label": str(e["label"])} for e in training_set]
-        inputs = {"base_sam": self.teacher_identity, "training_set": training_set, "settings": dict(self.settings),
+        inputs = {"base_sam": self.teacher_identity, "training_set": provenance, "settings": dict(self.settings),
                   "patch": list(self.patch_size), "spacing": self.target_spacing,
                   "simplified_tile": self.simplified_tile, "seed": self.seed}
         stage = FunctionStage(f"fine-tune ({round_dir.name})", round_dir / "finetune", lambda: inputs,
-                              lambda out: {"tuned": str(self._train(out, training_set))}, rank=self.rank)
+                              lambda out: {"tuned": str(self._train(out, training_set, provenance))}, rank=self.rank)
         return Path(stage.run()["tuned"])
 
-    def _train(self, out_dir: Path, training_set: Sequence[Mapping[str, Any]]) -> Path:
+    def _train(self, out_dir: Path, training_set: Sequence[Mapping[str, Any]],
+               provenance: Sequence[Mapping[str, Any]] = ()) -> Path:
         tuned = out_dir / TUNED_FILE
         if tuned.exists():  # finished before the stage's manifest was written (or by an earlier version)
             return tuned
@@ -159,7 +162,7 @@ class SFRStages:
                                                                 lambda_ce=float(s["ce_weight"])),
                                 training_set, self.patch_size, self.target_spacing, iterations, int(s["batch_size"]),
                                 out_dir / "checkpoints", int(s["checkpoint_interval"]), self.seed, self.device)
-        return model.save_tuned(tuned)
+        return model.save_tuned(tuned, provenance, dict(s))
 
     def load_tuned(self, tuned: Path) -> StitchedSAM:
         model = StitchedSAM.load_tuned(self.build_sam(), tuned, simplified_tile=self.simplified_tile)

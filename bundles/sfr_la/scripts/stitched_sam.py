@@ -20,7 +20,9 @@ as they would a V-Net. Inside (Li et al., SFR, sec. III-B):
 
 Trainable: the LoRA matrices and the whole mask decoder (SAMed); the image encoder's own weights
 and the prompt encoder stay frozen. :meth:`StitchedSAM.save_tuned` writes only what was tuned (a
-few MB for LiteMedSAM's 9.8M-parameter model; SAM ViT-B's 375 MB base is never copied), and
+few MB for LiteMedSAM's 9.8M-parameter model; SAM ViT-B's 375 MB base is never copied) as the
+library's tuned-teacher file (:mod:`samssl.foundation.tuned`, kind ``class_tokens``: the base
+model's identity, checked on load, and the labelled cases it saw), and
 :meth:`StitchedSAM.load_tuned` puts it on a freshly built base model; :meth:`merge` folds LoRA into
 the encoder for inference.
 """
@@ -28,20 +30,21 @@ the encoder for inference.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from samssl.data.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
 from samssl.foundation.base import PromptableSegmenter
-from samssl.foundation.peft_tuning import apply_lora, lora_state_dict, merge_lora
-from samssl.utils.files import atomic_save
+from samssl.foundation.peft_tuning import apply_lora, merge_lora
+from samssl.foundation.tuned import (apply_tuned_weights, check_base, read_tuned_teacher, save_tuned_teacher,
+                                     tuned_teacher_state)
+from samssl.utils.errors import InvalidInputError
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
-
-TUNED_FORMAT = "sfr-stitched-sam/1"
-
 
 def set_class_tokens(mask_decoder: nn.Module, num_classes: int) -> None:
     """Give a SAM mask decoder one output token per class (SAMed's deterministic head), in place.
@@ -148,46 +151,34 @@ class StitchedSAM(nn.Module):
         return self
 
     # ------------------------------------------------------------------ tuned weights
-    def tuned_state(self) -> dict:
-        """What fine-tuning changed: LoRA tensors and the mask decoder (with its class tokens)."""
-        return {
-            "format": TUNED_FORMAT,
-            "teacher": self.teacher.name,
-            "base_weights": self.teacher.weights_id,
-            "num_classes": self.num_classes,
-            "lora": (dict(getattr(self.teacher, "_lora_config", {})) or None),
-            "lora_state": lora_state_dict(self.teacher) if self.lora_rank > 0 else {},
-            "mask_decoder": {k: v.detach().cpu() for k, v in self.teacher.mask_decoder.state_dict().items()},
-        }
+    def tuned_state(self, labelled_cases: Sequence[Mapping[str, Any]] = (),
+                    settings: Mapping[str, Any] | None = None) -> dict:
+        """What fine-tuning changed (LoRA tensors, the mask decoder with its class tokens), as the
+        library's tuned-teacher file of kind ``class_tokens`` (:mod:`samssl.foundation.tuned`)."""
+        return tuned_teacher_state(self.teacher, "class_tokens", labelled_cases, settings, num_classes=self.num_classes)
 
-    def save_tuned(self, path: str | Path) -> Path:
-        """Write the tuned weights (not the frozen base model) to ``path``, atomically."""
-        state = self.tuned_state()
-        return atomic_save(path, lambda partial: torch.save(state, partial))
+    def save_tuned(self, path: str | Path, labelled_cases: Sequence[Mapping[str, Any]] = (),
+                   settings: Mapping[str, Any] | None = None) -> Path:
+        """Write the tuned weights (not the frozen base model) and their provenance to ``path``, atomically."""
+        return save_tuned_teacher(self.tuned_state(labelled_cases, settings), path)
 
     @classmethod
     def load_tuned(cls, teacher: PromptableSegmenter, path: str | Path, grid: int | None = None,
                    simplified_tile: int | None = None) -> "StitchedSAM":
-        """A :class:`StitchedSAM` on a freshly built ``teacher`` with the tuned weights of ``path``."""
-        try:
-            payload = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # truncated or not a torch file
-            raise ValueError(f"{path} cannot be read as fine-tuned SAM weights (truncated, corrupt or not a torch "
-                             f"file: {type(err).__name__}); fine-tune again or pass the right file") from err
-        if not isinstance(payload, dict) or payload.get("format") != TUNED_FORMAT:
-            raise ValueError(f"{path} is not a fine-tuned stitched-SAM file (written by StitchedSAM.save_tuned)")
-        if payload["teacher"] != teacher.name:
-            raise ValueError(f"{path} was tuned from {payload['teacher']!r}, not {teacher.name!r}: build that teacher")
-        lora = payload["lora"]
-        model = cls(teacher, payload["num_classes"], lora_rank=0, grid=grid, simplified_tile=simplified_tile)
-        if lora:
-            from peft import set_peft_model_state_dict
+        """A :class:`StitchedSAM` on a freshly built ``teacher`` with the tuned weights of ``path``.
 
-            apply_lora(teacher, rank=lora["rank"], alpha=lora["alpha"], dropout=lora["dropout"],
-                       targets=tuple(lora["targets"]))
-            set_peft_model_state_dict(teacher.image_encoder, payload["lora_state"])
-            model.lora_rank = lora["rank"]
-        teacher.mask_decoder.load_state_dict(payload["mask_decoder"])
+        Reads the library's tuned-teacher files of kind ``class_tokens`` and the stitched-SAM files
+        SFR wrote before them; refuses a promptable teacher file and a file tuned from another base.
+        """
+        payload = read_tuned_teacher(path)
+        if payload["kind"] != "class_tokens":
+            raise InvalidInputError(f"{path} is a promptable fine-tuned teacher (for SemiSAM, SSL-MedSAM2, samkd), "
+                                    "not SFR's stitched SAM with class tokens: fine-tune with SFR's stages")
+        check_base(payload, teacher, path)
+        model = cls(teacher, payload["num_classes"], lora_rank=0, grid=grid, simplified_tile=simplified_tile)
+        apply_tuned_weights(teacher, payload)
+        if payload.get("lora"):
+            model.lora_rank = int(payload["lora"]["rank"])
         return model
 
     def merge(self) -> "StitchedSAM":
