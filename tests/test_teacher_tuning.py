@@ -7,15 +7,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from bundle_testing import la_subset, use_bundle  # same directory, on sys.path under pytest
+from bundle_testing import (  # same directory, on sys.path under pytest
+    la_subset,
+    use_bundle,
+)
 
-import samssl.data as data
+from samssl import data
 from samssl.data.transforms_2d import dermoscopy_transforms
 from samssl.foundation import build_foundation_model
 from samssl.foundation.peft_tuning import SplitQKV
 from samssl.foundation.tuned import read_tuned_teacher
 from samssl.stages import teacher_tuning
-from samssl.stages.teacher_tuning import labelled_frames, tune_promptable_teacher, tuned_teacher_file
+from samssl.stages.teacher_tuning import (
+    labelled_frames,
+    tune_promptable_teacher,
+    tuned_teacher_file,
+)
 from samssl.utils.errors import InvalidInputError, MissingInputError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,7 +192,7 @@ def test_tffs_tuning_frames_are_the_frames_tffs_prompts(la_root):
     use_bundle("ssl_medsam2")
     from scripts.tffs import TrainingFreeFewShot, load_support, tuning_transform
 
-    entry = sorted(data.msd_datalist(la_root), key=lambda e: e["id"])[0]
+    entry = min(data.msd_datalist(la_root), key=lambda e: e["id"])
     image, label = load_support([entry], 2.5)[0]
     tffs = TrainingFreeFewShot(propagator=None, frame_size=96)
     item = tuning_transform(2.5, 96)(entry)

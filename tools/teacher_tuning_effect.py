@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
         transform = dermoscopy_transforms("eval", args.image_size)
         description = {"image_size": args.image_size}
     started = time.monotonic()
-    tuned_path = tuned_teacher_file(lambda: build_foundation_model("litemedsam", cache={}), labelled, transform, description,
-                                    args.work, args.settings, seed=args.seed)
+    def base() -> torch.nn.Module:
+        return build_foundation_model("litemedsam", cache={}, encoder_runtime=args.runtime)
+
+    tuned_path = tuned_teacher_file(base, labelled, transform, description, args.work, args.settings, seed=args.seed)
     tuning_seconds = time.monotonic() - started
     teachers = {"zero-shot": build_foundation_model("litemedsam", encoder_runtime=args.runtime, cache={}),
                 "fine-tuned": build_foundation_model("litemedsam", tuned=tuned_path, encoder_runtime=args.runtime,

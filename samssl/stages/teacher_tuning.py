@@ -204,7 +204,7 @@ def tune_promptable_teacher(teacher: PromptableSegmenter, images: Sequence[torch
         if done % int(s["checkpoint_interval"]) == 0 and done < iterations:
             state = {"iteration": done, "trainable": _trainable_state(teacher), "optimizer": optimizer.state_dict(),
                      "generator": generator.get_state()}
-            atomic_save(checkpoint, lambda partial: torch.save(state, partial))
+            atomic_save(checkpoint, lambda partial, state=state: torch.save(state, partial))
     teacher.eval()
     tuned = save_tuned_teacher(tuned_teacher_state(teacher, "promptable", labelled_cases, dict(s)),
                                out_dir / TUNED_TEACHER_FILE)
@@ -253,7 +253,8 @@ def tuned_teacher_file(build_base: Callable[[], PromptableSegmenter], labelled: 
     def base_identity() -> dict[str, str]:
         if not base:
             model = build_base()
-            base.update(model=model, identity={"teacher": model.name, "weights": model.weights_id})
+            base.update(model=model, identity={"teacher": model.name, "weights": model.weights_id,
+                                               "encoder_runtime": model.encoder_runtime})
         return base["identity"]
 
     def inputs() -> dict[str, Any]:

@@ -40,8 +40,12 @@ from samssl.engines.patch_training import train_on_volume_patches
 from samssl.foundation.base import PromptableSegmenter
 from samssl.losses import dice_ce_loss
 from samssl.stages import FunctionStage
+from samssl.stages.pseudo_labels import (
+    route_by_confidence,
+    warn_if_confidence_tracks_background,
+    write_pseudo_labels,
+)
 from samssl.stages.teacher_tuning import labelled_provenance
-from samssl.stages.pseudo_labels import route_by_confidence, warn_if_confidence_tracks_background, write_pseudo_labels
 from samssl.utils.config_checks import SettingsDict
 from samssl.utils.files import file_sha256
 

@@ -37,11 +37,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from samssl.data.stitching import SimplifiedStitch, grid_size, stitch_slices, unstitch_slices
+from samssl.data.stitching import (
+    SimplifiedStitch,
+    grid_size,
+    stitch_slices,
+    unstitch_slices,
+)
 from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.peft_tuning import apply_lora, merge_lora
-from samssl.foundation.tuned import (apply_tuned_weights, check_base, read_tuned_teacher, save_tuned_teacher,
-                                     tuned_teacher_state)
+from samssl.foundation.tuned import (
+    apply_tuned_weights,
+    check_base,
+    read_tuned_teacher,
+    save_tuned_teacher,
+    tuned_teacher_state,
+)
 from samssl.utils.errors import InvalidInputError
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
@@ -145,7 +155,7 @@ class StitchedSAM(nn.Module):
             patches = patches.as_tensor()
         return self.unstitch(self.forward_stitched(self.stitch(patches)), tuple(patches.shape[2:]))
 
-    def train(self, mode: bool = True) -> "StitchedSAM":
+    def train(self, mode: bool = True) -> StitchedSAM:
         super().train(mode)
         self.teacher.train(mode)  # keeps the encoder's own layers in eval mode
         return self
@@ -164,7 +174,7 @@ class StitchedSAM(nn.Module):
 
     @classmethod
     def load_tuned(cls, teacher: PromptableSegmenter, path: str | Path, grid: int | None = None,
-                   simplified_tile: int | None = None) -> "StitchedSAM":
+                   simplified_tile: int | None = None) -> StitchedSAM:
         """A :class:`StitchedSAM` on a freshly built ``teacher`` with the tuned weights of ``path``.
 
         Reads the library's tuned-teacher files of kind ``class_tokens`` and the stitched-SAM files
@@ -181,7 +191,7 @@ class StitchedSAM(nn.Module):
             model.lora_rank = int(payload["lora"]["rank"])
         return model
 
-    def merge(self) -> "StitchedSAM":
+    def merge(self) -> StitchedSAM:
         """Fold LoRA into the encoder weights (inference: same outputs, the original structure)."""
         if self.lora_rank > 0:
             merge_lora(self.teacher)

@@ -40,7 +40,11 @@ from torch import nn
 from samssl.data import volume_transforms
 from samssl.foundation.affinity_memory import AffinityMemoryPropagator
 from samssl.foundation.base import PromptableSegmenter
-from samssl.foundation.propagation import BoxChainPropagator, VideoMemoryPropagator, VolumePropagator
+from samssl.foundation.propagation import (
+    BoxChainPropagator,
+    VideoMemoryPropagator,
+    VolumePropagator,
+)
 from samssl.foundation.slicewise import slices_to_volume, volume_to_slices
 from samssl.stages.pseudo_labels import CasePredictor, write_predicted_labels
 
