@@ -65,7 +65,7 @@ class EmbeddingCache:
             memory. (Configs go through :meth:`from_settings`, where ``None`` means the shared
             default folder.)
         store_device: where cached tensors live (CPU by default, so GPU memory stays free).
-        disk_max_bytes: bound on the folder's size (default: ``$SAMSSL_CACHE_MAX_BYTES`` or 4 GiB).
+        disk_max_bytes: bound on the folder's size (default: ``$SAMSSL_CACHE_MAX_BYTES`` or 16 GiB).
         disk_dtype: storage dtype on disk (float16 halves the disk; ``None`` stores as encoded).
     """
 

@@ -57,8 +57,10 @@ logger = logging.getLogger(__name__)
 CACHE_DIR_ENV = "SAMSSL_CACHE_DIR"
 #: Environment variable bounding the folder's size (bytes, or with a K/M/G/T suffix).
 CACHE_MAX_BYTES_ENV = "SAMSSL_CACHE_MAX_BYTES"
-#: Default bound: about 1000 LiteMedSAM frames (4 MiB each in float32, 2 MiB stored).
-DEFAULT_MAX_BYTES = 4 << 30
+#: Default bound: about 8000 LiteMedSAM frames (4 MiB each in float32, 2 MiB stored). SSL-MedSAM2's CPU
+#: preset alone embeds about 3300 LA frames (76 volumes x 44 slices at 1.25 mm, 6.7 GB) that every later
+#: seed and variant reuses: a bound below that would evict them within one run and re-encode them all.
+DEFAULT_MAX_BYTES = 16 << 30
 
 #: Format of an entry file; entries without it are the float32 entries of earlier versions.
 _FORMAT = 2
