@@ -53,7 +53,10 @@ def test_tuned_teacher_round_trips_onto_a_fresh_base_with_its_own_identity(ph2_r
 
     zero_shot = build_foundation_model("litemedsam")
     tuned = build_foundation_model("litemedsam", tuned=path)
-    assert tuned.weights_id.startswith(zero_shot.weights_id + "+tuned:")  # never served zero-shot embeddings
+    assert tuned.weights_id.startswith(zero_shot.weights_id + "+tuned:")
+    # the embedding cache keys on the encoder: a decoder-only tuning reuses the base's entries, LoRA never does
+    assert (tuned.encoder_weights_id == zero_shot.weights_id) == (lora_rank == 0)
+    assert (tuned.cache_namespace() == zero_shot.cache_namespace()) == (lora_rank == 0)
     assert not any(isinstance(m, SplitQKV) for m in tuned.image_encoder.modules())  # LoRA merged away
     assert not any(p.requires_grad for p in tuned.parameters())
     image = dermoscopy_transforms("eval", 256)(cases[0])["image"].as_tensor()
@@ -199,6 +202,18 @@ def test_tffs_tuning_frames_are_the_frames_tffs_prompts(la_root):
     frames = torch.movedim(item["image"], -1, 0)  # (Z, 1, S, S) as TFFS's frames
     torch.testing.assert_close(frames, tffs.frames(image))
     torch.testing.assert_close(torch.movedim(item["label"], -1, 0)[:, 0], tffs.masks(label))
+
+
+def test_tffs_pseudo_labels_of_a_decoder_tuned_teacher_are_not_the_zero_shot_ones(ph2_root, tmp_path):
+    use_bundle("ssl_medsam2")
+    from scripts.tffs import TrainingFreeFewShot, tffs_fingerprint
+
+    tffs = TrainingFreeFewShot(propagator=None, frame_size=96)
+    labelled = [{"image": "a.nii.gz", "label": "b.nii.gz"}]
+    zero_shot = build_foundation_model("litemedsam")
+    tuned = build_foundation_model("litemedsam", tuned=_tuned_file(ph2_root, tmp_path))
+    assert tuned.cache_namespace() == zero_shot.cache_namespace()  # same embeddings ...
+    assert tffs_fingerprint(tuned, tffs, labelled, 1.25) != tffs_fingerprint(zero_shot, tffs, labelled, 1.25)
 
 
 def _tuned_file(ph2_root: Path, tmp_path: Path) -> str:

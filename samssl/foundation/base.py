@@ -206,6 +206,16 @@ class PromptableSegmenter(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ encoding
     @property
+    def encoder_weights_id(self) -> str:
+        """Identifies the image encoder's weights alone: the embedding cache's and the encoder runtimes' key.
+
+        ``weights_id`` (the whole model) unless a tuning changed the decoder only
+        (:func:`samssl.foundation.tuned.load_tuned_teacher` without LoRA): such a teacher computes
+        the base model's embeddings, so it reuses their cache entries and compiled encoders.
+        """
+        return getattr(self, "_encoder_weights_id", None) or self.weights_id
+
+    @property
     @abc.abstractmethod
     def image_encoder(self) -> nn.Module:
         """The (frozen) image encoder module; LoRA targets its attention layers."""
@@ -220,7 +230,7 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         A runtime other than fp32 changes the embedding in its last bits, so it is part of the
         key; fp32 adds nothing, so caches written before runtimes existed stay valid.
         """
-        namespace = f"{self.name}|{self.weights_id}|{self.transform.signature()}"
+        namespace = f"{self.name}|{self.encoder_weights_id}|{self.transform.signature()}"
         runtime = self.effective_encoder_runtime()
         return namespace if runtime == "fp32" else f"{namespace}|encoder={runtime}"
 
@@ -249,15 +259,15 @@ class PromptableSegmenter(nn.Module, abc.ABC):
             return "fp32"
         if self.encoder_runtime != "auto":
             return self.encoder_runtime
-        if self._auto_runtime is None or self._auto_runtime[0] != self.weights_id:
+        if self._auto_runtime is None or self._auto_runtime[0] != self.encoder_weights_id:
             frames = self._calibration_frames(images)
             choice = runtimes.choose_auto(self.image_encoder, self._runtime_identity(), frames,
                                           lambda features: self._calibration_masks(features, frames))
-            self._auto_runtime = (self.weights_id, choice)
+            self._auto_runtime = (self.encoder_weights_id, choice)
         return self._auto_runtime[1]
 
     def _runtime_identity(self) -> str:
-        return f"{self.name}|{self.weights_id}"
+        return f"{self.name}|{self.encoder_weights_id}"
 
     def _calibration_frames(self, images: torch.Tensor | None) -> torch.Tensor:
         """Model-input frames for ``auto``: the first two images it is asked to encode, else a phantom."""
@@ -288,7 +298,7 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         runtime = self.effective_encoder_runtime()
         if runtime == "fp32":
             return self.image_encoder(x)
-        key = (runtime, self.weights_id, tuple(x.shape[1:]))
+        key = (runtime, self.encoder_weights_id, tuple(x.shape[1:]))
         runner = self._encoder_runners.get(key)
         if runner is None:
             self._encoder_runners.clear()  # an older key means other weights: never reuse its engine

@@ -230,6 +230,7 @@ def merge_lora(teacher: PromptableSegmenter) -> PromptableSegmenter:
     fuse_split_qkv(encoder)
     encoder.requires_grad_(False)
     teacher.weights_id = f"{teacher.weights_id}+lora:{digest}"
+    teacher._encoder_weights_id = None  # the encoder's weights changed: its embeddings are new ones
     del teacher._lora_config
     return teacher
 

@@ -18,8 +18,9 @@ model and if it says what it saw. The **tuned-teacher file** (format :data:`TUNE
 Only what tuning changed is stored (a few MB for LiteMedSAM; SAM ViT-B's 375 MB base is never
 copied). :func:`load_tuned_teacher` puts a promptable file on a freshly built base, folds LoRA into
 the encoder (the model has its original structure, so the fast encoder runtimes still apply) and
-gives it a ``weights_id`` of its own, so embeddings cached for the zero-shot model are never served
-to the tuned one. ``build_foundation_model(name, tuned=path)`` does both steps.
+gives it a ``weights_id`` of its own. With LoRA its encoder is new, so embeddings cached for the
+zero-shot model are never served to it; a decoder-only tuned teacher keeps the base's
+``encoder_weights_id`` and reuses the base's cached embeddings (they are the same numbers). ``build_foundation_model(name, tuned=path)`` does both steps.
 """
 
 from __future__ import annotations
@@ -151,6 +152,8 @@ def load_tuned_teacher(teacher: PromptableSegmenter, path: str | Path) -> Prompt
         merge_lora(teacher)  # back to the original structure: fused qkv, no LoRA modules
     teacher.base_weights_id = base
     teacher.weights_id = f"{base}+tuned:{file_sha256(path)[:16]}"
+    # decoder-only tuning leaves the encoder as it was: its embeddings (cached, compiled) are the base's
+    teacher._encoder_weights_id = teacher.weights_id if payload.get("lora") else base
     teacher.tuned_from = str(path)
     teacher._encoder_runners.clear()
     return teacher.freeze()

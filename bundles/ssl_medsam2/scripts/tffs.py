@@ -300,6 +300,8 @@ def tffs_fingerprint(teacher: PromptableSegmenter, tffs: TrainingFreeFewShot, la
            "labelled": sorted(str(e["image"]) for e in labelled)}
     if getattr(tffs.propagator, "settings", None) is not None:
         key["propagator_settings"] = dict(tffs.propagator.settings)
+    if teacher.weights_id != teacher.encoder_weights_id:  # a decoder tuned on the labels: the cache key misses it
+        key["weights"] = teacher.weights_id
     return json.dumps(key, sort_keys=True)
 
 
