@@ -262,8 +262,11 @@ ENCODER_RUNTIME_KEYS = {
 
 
 @pytest.mark.parametrize("name", sorted(ENCODER_RUNTIME_KEYS))
-def test_the_frozen_encoders_runtime_is_a_config_setting_that_reaches_the_model(name):
-    """The speed path of a frozen encoder is chosen by config (default fp32, bit-for-bit as before)."""
+def test_the_frozen_encoders_runtime_is_a_config_setting_that_reaches_the_model(name, tmp_path):
+    """The speed path of a frozen encoder is chosen by config (default fp32, bit-for-bit as before).
+
+    The model's expression names the tuned-teacher setting, whose stage reads the run's data list:
+    the run and its demo data go to a temporary folder, never into the bundle."""
     from samssl.utils.bundles import import_bundle_scripts
 
     key, model_id = ENCODER_RUNTIME_KEYS[name]
@@ -276,4 +279,6 @@ def test_the_frozen_encoders_runtime_is_a_config_setting_that_reaches_the_model(
     assert parser[key] in ("fp32", "auto"), "a preset keeps fp32 or lets the parity-checked auto choose"
     parser[key] = "bf16"
     parser["device"] = "$torch.device('cpu')"
+    parser["output_dir"] = str(tmp_path / "run")
+    parser["demo_dir"] = str(tmp_path / "demo")
     assert parser.get_parsed_content(model_id).encoder_runtime == "bf16"
