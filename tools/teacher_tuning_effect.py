@@ -38,6 +38,7 @@ from samssl.data import msd_datalist, ph2_datalist, split_labelled, volume_trans
 from samssl.data.transforms_2d import dermoscopy_transforms
 from samssl.foundation import build_foundation_model
 from samssl.foundation.prompts import box_prompts
+from samssl.foundation.tuned import read_tuned_teacher
 from samssl.metrics import binary_dice
 from samssl.stages.teacher_tuning import tuned_teacher_file
 
@@ -58,6 +59,21 @@ def _student_probability(student: torch.nn.Module, volume: torch.Tensor, patch: 
     with torch.no_grad():
         logits = SlidingWindowInferer(patch, sw_batch_size=1, overlap=0.25)(volume[None], student)
     return torch.softmax(logits.float(), 1)[0, 1]
+
+
+def _load_student(model_file: Path, bundle_name: str) -> torch.nn.Module:
+    """A trained bundle's deployed network, built as its ``evaluate.json`` builds it (settings checked)."""
+    from monai.bundle import ConfigParser
+
+    from samssl.utils.bundles import config_with_base, import_bundle_scripts
+
+    bundle = Path(__file__).resolve().parents[1] / "bundles" / bundle_name
+    import_bundle_scripts(bundle)
+    parser = ConfigParser()
+    parser.read_config([str(p) for p in config_with_base(bundle / "configs" / "evaluate.json")])
+    parser["checkpoint"] = str(model_file)
+    parser["device"] = "$torch.device('cpu')"
+    return parser.get_parsed_content("network").eval()
 
 
 def _segment(teacher, frames: list[torch.Tensor], prompts: dict[str, list[torch.Tensor | None]]) -> dict[str, torch.Tensor]:
@@ -84,11 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", type=int, default=10, help="unlabelled pool cases to score, in id order")
     parser.add_argument("--spacing", type=float, default=1.25, help="LA: mm (the CPU presets')")
     parser.add_argument("--image_size", type=int, default=256, help="dermoscopy: pixels (the 2D bundles')")
-    parser.add_argument("--work", type=Path, required=True, help="the tuning stage's folder (reused when done)")
+    parser.add_argument("--work", type=Path, default=Path("runs/teacher_effect"),
+                        help="the tuning stage's folder (reused when done)")
     parser.add_argument("--settings", type=json.loads, default={"lora_rank": 0},
                         help="teacher tuning settings (JSON), default the CPU presets': decoder only")
-    parser.add_argument("--student", type=Path, default=None, help="LA: a SemiSAM-bundle V-Net model.pt for prompts")
-    parser.add_argument("--student_patch", type=int, nargs=3, default=(64, 64, 48))
+    parser.add_argument("--student", type=Path, default=None,
+                        help="LA: a trained 3D bundle's model.pt whose predictions prompt the teachers")
+    parser.add_argument("--student_bundle", default="semisam_la", help="the bundle that trained --student")
+    parser.add_argument("--tuned", type=Path, default=None,
+                        help="a tuned-teacher file to score instead of tuning one here (its split must be this one)")
+    parser.add_argument("--student_patch", type=int, nargs=3, default=(64, 64, 48), help="its sliding window")
     parser.add_argument("--runtime", default="fp32", help="both teachers' encoder runtime")
     parser.add_argument("--json", type=Path, default=None, help="also write the per-case scores here")
     args = parser.parse_args(argv)
@@ -110,7 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     def base() -> torch.nn.Module:
         return build_foundation_model("litemedsam", cache={}, encoder_runtime=args.runtime)
 
-    tuned_path = tuned_teacher_file(base, labelled, transform, description, args.work, args.settings, seed=args.seed)
+    if args.tuned is not None:
+        tuned_path = str(args.tuned)
+        tuned_cases = {Path(c["image"]).resolve() for c in read_tuned_teacher(args.tuned)["labelled_cases"]}
+        if tuned_cases != {Path(e["image"]).resolve() for e in labelled}:
+            raise SystemExit(f"{args.tuned} was tuned on other cases than this split's labelled ones (seed {args.seed})")
+    else:
+        tuned_path = tuned_teacher_file(base, labelled, transform, description, args.work, args.settings,
+                                        seed=args.seed)
     tuning_seconds = time.monotonic() - started
     teachers = {"zero-shot": build_foundation_model("litemedsam", encoder_runtime=args.runtime, cache={}),
                 "fine-tuned": build_foundation_model("litemedsam", tuned=tuned_path, encoder_runtime=args.runtime,
@@ -118,12 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     student = None
     if args.student is not None:
         if not volumes:
-            raise SystemExit("--student is for LA volumes (SemiSAM's V-Net)")
-        from samssl.handlers import load_network_weights
-        from samssl.networks import VNet
-
-        student = load_network_weights(VNet(n_channels=1, n_classes=2, n_filters=16, normalization="batchnorm",
-                                            has_dropout=True), args.student).eval()
+            raise SystemExit("--student is for LA volumes")
+        student = _load_student(args.student, args.student_bundle)
     jitter_generator = torch.Generator().manual_seed(1234)
     rows: list[dict[str, Any]] = []
     for entry in scored:
