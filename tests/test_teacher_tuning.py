@@ -266,3 +266,14 @@ def test_sfr_stitched_sam_writes_the_shared_format_and_reads_its_older_files(ph2
     assert StitchedSAM.load_tuned(build_foundation_model("litemedsam"), tmp_path / "legacy.pt").num_classes == 2
     with pytest.raises(InvalidInputError, match="promptable"):
         StitchedSAM.load_tuned(build_foundation_model("litemedsam"), _tuned_file(ph2_root, tmp_path))
+
+
+def test_a_diverging_tuning_stops_with_one_clear_line(tmp_path, monkeypatch):
+    from samssl.utils.errors import NonFiniteLossError
+
+    images, masks = _synthetic_frames(2)
+    monkeypatch.setattr(teacher_tuning, "_dice_bce", lambda logits, target: logits.sum() * float("nan"))
+    with pytest.raises(NonFiniteLossError, match="lower it and run again"):
+        tune_promptable_teacher(build_foundation_model("litemedsam"), images, masks,
+                                {"num_iterations": 2, "batch_size": 2}, tmp_path / "nan")
+    assert not (tmp_path / "nan" / teacher_tuning.TUNED_TEACHER_FILE).exists()

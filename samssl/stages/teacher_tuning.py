@@ -44,7 +44,7 @@ from samssl.foundation.prompts import box_prompts
 from samssl.foundation.tuned import save_tuned_teacher, tuned_teacher_state
 from samssl.stages.stage import FunctionStage
 from samssl.utils.config_checks import SettingsDict
-from samssl.utils.errors import InvalidInputError
+from samssl.utils.errors import InvalidInputError, NonFiniteLossError
 from samssl.utils.files import atomic_save, file_sha256
 
 __all__ = ["TUNED_TEACHER_FILE", "TeacherTuningSettings", "labelled_frames", "labelled_provenance",
@@ -192,8 +192,9 @@ def tune_promptable_teacher(teacher: PromptableSegmenter, images: Sequence[torch
             loss.backward()
             losses.append(float(loss.detach()) * len(pick))
         if not all(math.isfinite(v) for v in losses):
-            raise FloatingPointError(f"teacher fine-tuning: non-finite loss at iteration {iteration + 1}; lower "
-                                     "learning_rate")
+            raise NonFiniteLossError(f"teacher fine-tuning diverged: non-finite loss at iteration {iteration + 1} "
+                                     f"(learning_rate {s['learning_rate']}); lower it and run again (the last "
+                                     f"checkpoint, {checkpoint}, is kept)")
         optimizer.step()
         done = iteration + 1
         running = sum(losses) / len(losses) if done == start + 1 else 0.9 * running + 0.1 * sum(losses) / len(losses)
