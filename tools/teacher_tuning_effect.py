@@ -40,17 +40,7 @@ from samssl.foundation import build_foundation_model
 from samssl.foundation.prompts import box_prompts
 from samssl.foundation.tuned import read_tuned_teacher
 from samssl.metrics import binary_dice
-from samssl.stages.teacher_tuning import tuned_teacher_file
-
-
-def _frames_of(entry: dict, transform) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Every frame of a case (slices of a volume, or the image), with its ground truth."""
-    item = transform({"image": entry["image"], "label": entry["label"]})
-    image = item["image"].as_tensor().float() if hasattr(item["image"], "as_tensor") else item["image"].float()
-    label = (item["label"].as_tensor() if hasattr(item["label"], "as_tensor") else item["label"]) > 0.5
-    if image.ndim == 3:
-        return [image], [label[0]]
-    return [image[..., s] for s in range(image.shape[-1])], [label[0, ..., s] for s in range(label.shape[-1])]
+from samssl.stages.teacher_tuning import case_frames, tuned_teacher_file
 
 
 def _student_probability(student: torch.nn.Module, volume: torch.Tensor, patch: tuple[int, int, int]) -> torch.Tensor:
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     jitter_generator = torch.Generator().manual_seed(1234)
     rows: list[dict[str, Any]] = []
     for entry in scored:
-        frames, truths = _frames_of(entry, transform)
+        frames, truths = case_frames(entry, transform)  # labels read to score only
         prompts: dict[str, list[torch.Tensor | None]] = {"gt box": [], "jittered box": []}
         for truth in truths:
             if truth.any():

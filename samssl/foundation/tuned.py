@@ -78,12 +78,26 @@ def save_tuned_teacher(state: Mapping[str, Any], path: str | Path) -> Path:
     return atomic_save(path, lambda partial: torch.save(dict(state), partial))
 
 
-def read_tuned_teacher(path: str | Path) -> dict[str, Any]:
+#: Why a file of one kind cannot serve where the other is needed (the refusal's message).
+_WRONG_KIND = {
+    "promptable": "is SFR's promptless stitched SAM (class tokens); this method prompts its teacher: fine-tune "
+                  "a promptable teacher (kind 'promptable') for it",
+    "class_tokens": "is a promptable fine-tuned teacher (for SemiSAM, SSL-MedSAM2, samkd), not SFR's stitched SAM "
+                    "with class tokens: fine-tune with SFR's stages",
+}
+
+
+def read_tuned_teacher(path: str | Path, kind: str | None = None,
+                       base: PromptableSegmenter | None = None) -> dict[str, Any]:
     """The content of a tuned-teacher file, validated; SFR's older stitched-SAM files are read too.
+
+    ``kind`` (``"promptable"`` / ``"class_tokens"``) and ``base`` (the freshly built model it will
+    go on, :func:`check_base`) refuse a file that cannot serve the caller.
 
     Raises:
         MissingInputError: no file at ``path``.
-        InvalidInputError: the file is not a tuned-teacher file (or cannot be read).
+        InvalidInputError: the file is not a tuned-teacher file (or cannot be read), is of another
+            kind, or was tuned from another base model.
     """
     path = Path(path)
     if not path.is_file():
@@ -102,6 +116,10 @@ def read_tuned_teacher(path: str | Path) -> dict[str, Any]:
                                 "it may be a network checkpoint or a base model's weights")
     if payload.get("kind") not in KINDS:
         raise InvalidInputError(f"{path}: unknown fine-tuned teacher kind {payload.get('kind')!r}")
+    if kind is not None and payload["kind"] != kind:
+        raise InvalidInputError(f"{path} {_WRONG_KIND[kind]}")
+    if base is not None:
+        check_base(payload, base, path)
     return payload
 
 
@@ -141,11 +159,7 @@ def load_tuned_teacher(teacher: PromptableSegmenter, path: str | Path) -> Prompt
         InvalidInputError: not a tuned-teacher file, a ``class_tokens`` file (SFR's promptless
             model), or tuned from another base model.
     """
-    payload = read_tuned_teacher(path)
-    if payload["kind"] != "promptable":
-        raise InvalidInputError(f"{path} is SFR's promptless stitched SAM ({payload['kind']}); this method prompts "
-                                "its teacher: fine-tune a promptable teacher (kind 'promptable') for it")
-    check_base(payload, teacher, path)
+    payload = read_tuned_teacher(path, kind="promptable", base=teacher)
     base = teacher.weights_id
     apply_tuned_weights(teacher, payload)
     if payload.get("lora"):

@@ -47,7 +47,7 @@ from samssl.utils.config_checks import SettingsDict
 from samssl.utils.errors import InvalidInputError, NonFiniteLossError
 from samssl.utils.files import atomic_save, file_sha256
 
-__all__ = ["TUNED_TEACHER_FILE", "TeacherTuningSettings", "labelled_frames", "labelled_provenance",
+__all__ = ["TUNED_TEACHER_FILE", "TeacherTuningSettings", "case_frames", "labelled_frames", "labelled_provenance",
            "tune_promptable_teacher", "tuned_teacher_file"]
 
 TUNED_TEACHER_FILE = "teacher_tuned.pt"
@@ -85,17 +85,7 @@ def labelled_frames(labelled: Sequence[Mapping[str, Any]], transform: Callable[[
     images: list[torch.Tensor] = []
     masks: list[torch.Tensor] = []
     for entry in labelled:
-        item = transform({"image": entry["image"], "label": entry["label"]})
-        image, label = _as_tensor(item["image"]).float(), _as_tensor(item["label"]) > 0.5
-        if image.ndim == 3:
-            candidates = [(image, label[0])]
-        elif image.ndim == 4:
-            dim = 1 + axis % 3
-            candidates = [(image.select(dim, s), label[0].select(dim - 1, s)) for s in range(image.shape[dim])]
-        else:
-            raise InvalidInputError(f"{entry['image']}: expected a channel-first 2D image or 3D volume, got shape "
-                                    f"{tuple(image.shape)}")
-        for frame, mask in candidates:
+        for frame, mask in zip(*case_frames(entry, transform, axis)):
             if int(mask.sum()) >= min_foreground_pixels:
                 images.append(frame.contiguous())
                 masks.append(mask.contiguous())
@@ -104,6 +94,24 @@ def labelled_frames(labelled: Sequence[Mapping[str, Any]], transform: Callable[[
                                 f"{len(labelled)} labelled masks are empty or tiny, so there is nothing to tune the "
                                 "teacher on")
     return images, masks
+
+
+def case_frames(entry: Mapping[str, Any], transform: Callable[[dict], Mapping[str, Any]],
+                axis: int = -1) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Every 2D frame of one labelled case through ``transform``: ``(images (C, H, W), masks (H, W) bool)``.
+
+    A 2D image is one frame; a 3D volume ``(C, X, Y, Z)`` gives its slices along ``axis``, in order.
+    """
+    item = transform({"image": entry["image"], "label": entry["label"]})
+    image, label = _as_tensor(item["image"]).float(), _as_tensor(item["label"]) > 0.5
+    if image.ndim == 3:
+        return [image], [label[0]]
+    if image.ndim != 4:
+        raise InvalidInputError(f"{entry['image']}: expected a channel-first 2D image or 3D volume, got shape "
+                                f"{tuple(image.shape)}")
+    dim = 1 + axis % 3
+    return ([image.select(dim, s) for s in range(image.shape[dim])],
+            [label[0].select(dim - 1, s) for s in range(image.shape[dim])])
 
 
 def _as_tensor(x: Any) -> torch.Tensor:

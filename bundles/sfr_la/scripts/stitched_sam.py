@@ -47,14 +47,13 @@ from samssl.foundation.base import PromptableSegmenter
 from samssl.foundation.peft_tuning import apply_lora, merge_lora
 from samssl.foundation.tuned import (
     apply_tuned_weights,
-    check_base,
     read_tuned_teacher,
     save_tuned_teacher,
     tuned_teacher_state,
 )
-from samssl.utils.errors import InvalidInputError
 
 __all__ = ["StitchedSAM", "set_class_tokens"]
+
 
 def set_class_tokens(mask_decoder: nn.Module, num_classes: int) -> None:
     """Give a SAM mask decoder one output token per class (SAMed's deterministic head), in place.
@@ -180,11 +179,7 @@ class StitchedSAM(nn.Module):
         Reads the library's tuned-teacher files of kind ``class_tokens`` and the stitched-SAM files
         SFR wrote before them; refuses a promptable teacher file and a file tuned from another base.
         """
-        payload = read_tuned_teacher(path)
-        if payload["kind"] != "class_tokens":
-            raise InvalidInputError(f"{path} is a promptable fine-tuned teacher (for SemiSAM, SSL-MedSAM2, samkd), "
-                                    "not SFR's stitched SAM with class tokens: fine-tune with SFR's stages")
-        check_base(payload, teacher, path)
+        payload = read_tuned_teacher(path, kind="class_tokens", base=teacher)
         model = cls(teacher, payload["num_classes"], lora_rank=0, grid=grid, simplified_tile=simplified_tile)
         apply_tuned_weights(teacher, payload)
         if payload.get("lora"):

@@ -104,6 +104,23 @@ def _scale_to_unit(volume: torch.Tensor, percentiles: tuple[float, float]) -> to
     return ((volume.float() - low) / (high - low).clamp_min(1e-6)).clamp(0, 1)
 
 
+#: Per-volume intensity clip (percentiles) before scaling to [0, 1].
+DEFAULT_PERCENTILES = (0.5, 99.5)
+
+
+def volume_frames(volume: torch.Tensor, frame_size: int, percentiles: tuple[float, float] = DEFAULT_PERCENTILES,
+                  axis: int = -1) -> torch.Tensor:
+    """``(C, X, Y, Z)`` -> ``(Z, C, frame_size, frame_size)``: the frames TFFS shows its propagator, in [0, 1]."""
+    slices = volume_to_slices(_scale_to_unit(torch.as_tensor(volume), percentiles), axis)
+    return F.interpolate(slices, size=(frame_size,) * 2, mode="bilinear", align_corners=False, antialias=True)
+
+
+def label_frames(label: torch.Tensor, frame_size: int, axis: int = -1) -> torch.Tensor:
+    """``(1, X, Y, Z)`` label -> ``(Z, frame_size, frame_size)`` binary frame masks (nearest)."""
+    slices = volume_to_slices((torch.as_tensor(label) > 0.5).float(), axis)
+    return F.interpolate(slices, size=(frame_size,) * 2, mode="nearest")[:, 0]
+
+
 class TrainingFreeFewShot:
     """Algorithm 2 over a support set of labelled volumes.
 
@@ -122,7 +139,8 @@ class TrainingFreeFewShot:
     SUPPORT_FRAMES = ("all", "depth_matched")
 
     def __init__(self, propagator: VolumePropagator, repeats: int = 5, frame_size: int = 512, axis: int = -1,
-                 percentiles: tuple[float, float] = (0.5, 99.5), seed: int = 0, support_frames: str = "all") -> None:
+                 percentiles: tuple[float, float] = DEFAULT_PERCENTILES, seed: int = 0,
+                 support_frames: str = "all") -> None:
         if support_frames not in self.SUPPORT_FRAMES:
             raise ValueError(f"support_frames must be one of {self.SUPPORT_FRAMES}, got {support_frames!r}")
         self.support_frames = support_frames
@@ -138,15 +156,12 @@ class TrainingFreeFewShot:
         self.seed = int(seed)
 
     def frames(self, volume: torch.Tensor) -> torch.Tensor:
-        """``(C, X, Y, Z)`` -> ``(Z, C, frame_size, frame_size)`` frames in [0, 1]."""
-        slices = volume_to_slices(_scale_to_unit(torch.as_tensor(volume), self.percentiles), self.axis)
-        return F.interpolate(slices, size=(self.frame_size,) * 2, mode="bilinear", align_corners=False,
-                             antialias=True)
+        """``(C, X, Y, Z)`` -> ``(Z, C, frame_size, frame_size)`` frames in [0, 1] (:func:`volume_frames`)."""
+        return volume_frames(volume, self.frame_size, self.percentiles, self.axis)
 
     def masks(self, label: torch.Tensor) -> torch.Tensor:
-        """``(1, X, Y, Z)`` label -> ``(Z, frame_size, frame_size)`` binary frame masks."""
-        slices = volume_to_slices((torch.as_tensor(label) > 0.5).float(), self.axis)
-        return F.interpolate(slices, size=(self.frame_size,) * 2, mode="nearest")[:, 0]
+        """``(1, X, Y, Z)`` label -> ``(Z, frame_size, frame_size)`` binary frame masks (:func:`label_frames`)."""
+        return label_frames(label, self.frame_size, self.axis)
 
     def generator_for(self, case_name: str) -> torch.Generator:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(case_name.encode()))
@@ -223,24 +238,20 @@ def load_support(labelled: Sequence[Mapping[str, Any]], target_spacing: float | 
 
 
 def tuning_transform(target_spacing: float | None, frame_size: int,
-                     percentiles: tuple[float, float] = (0.5, 99.5)) -> Callable[[dict], dict[str, torch.Tensor]]:
+                     percentiles: tuple[float, float] = DEFAULT_PERCENTILES) -> Callable[[dict], dict[str, torch.Tensor]]:
     """Labelled volumes as TFFS's frames show them to the teacher, for the teacher fine-tuning stage.
 
-    The same preprocessing as :meth:`TrainingFreeFewShot.frames` (and :func:`load_support`): resampled,
-    clipped at the volume's intensity ``percentiles`` and scaled to [0, 1], slices resized to
-    ``frame_size``; so a teacher tuned on them (``tffs#tuned 'finetune'``) sees what it will be
-    prompted on. Returns ``{"image": (1, S, S, Z), "label": (1, S, S, Z)}``.
+    :func:`load_support`'s reading, then :func:`volume_frames` / :func:`label_frames` (what
+    :meth:`TrainingFreeFewShot.frames` does), stacked back into volumes; so a teacher tuned on them
+    (``tffs#tuned 'finetune'``) sees what it will be prompted on.
+    Returns ``{"image": (1, S, S, Z), "label": (1, S, S, Z)}``.
     """
     base = volume_transforms("eval", target_spacing=target_spacing)
-    size = int(frame_size)
 
     def transform(entry: dict) -> dict[str, torch.Tensor]:
         item = base(entry)
-        slices = volume_to_slices(_scale_to_unit(item["image"].as_tensor(), percentiles), -1)
-        labels = volume_to_slices((item["label"].as_tensor() > 0.5).float(), -1)
-        return {"image": slices_to_volume(F.interpolate(slices, size=(size, size), mode="bilinear",
-                                                        align_corners=False, antialias=True), -1),
-                "label": slices_to_volume(F.interpolate(labels, size=(size, size), mode="nearest"), -1)}
+        return {"image": slices_to_volume(volume_frames(item["image"].as_tensor(), frame_size, percentiles), -1),
+                "label": slices_to_volume(label_frames(item["label"].as_tensor(), frame_size)[:, None], -1)}
 
     return transform
 
