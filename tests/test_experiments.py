@@ -97,7 +97,7 @@ def test_finished_runs_are_reused_and_the_report_written(toy, tmp_path, monkeypa
         for name in ("base", "new"):
             (out / f"seed{seed}" / name / "checkpoints").mkdir()
             (out / f"seed{seed}" / name / "model.pt").write_bytes(b"final weights")
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a finished run was trained again"))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("a finished run was trained again"))
     args = ["--test_dir", "test", "--seeds", "0", "1"]
     _compare(toy, out, *args, "--keep_checkpoints", "--variants", "base")
     assert (out / "seed0" / "base" / "checkpoints").is_dir()
@@ -119,11 +119,11 @@ def test_an_unfinished_run_is_trained_with_the_variant_overrides_in_its_bundle(t
     _finish(out, 0, {"base": [0.4]})
     calls: list[tuple[list[str], Path]] = []
 
-    def train(command, check, cwd):
+    def train(command, cwd):
         calls.append((command, cwd))
         _finish(out, 0, {"new": [0.5]})
 
-    monkeypatch.setattr("subprocess.run", train)
+    monkeypatch.setattr("samssl.experiments.runner.run_child", train)
     _compare(bundle, out, "--test_dir", "test", "--seeds", "0")
     (command, cwd), = calls
     assert command[1:5] == ["-m", "monai.bundle", "run", "training"] and cwd == tmp_path / "project"
@@ -137,7 +137,7 @@ def test_runs_recorded_in_an_earlier_results_file_are_not_trained_again(toy, tmp
     earlier = tmp_path / "earlier"
     _finish(earlier, 3, {"base": [0.4, 0.6], "new": [0.5, 0.7]})
     _compare(toy, earlier, "--test_dir", "test", "--seeds", "3")
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("a recorded run was trained again"))
     report = _compare(toy, tmp_path / "new", "--test_dir", "test", "--seeds", "3",
                       "--earlier_results", str(earlier / "results.json"))
     assert "| Method | 60.00 |" in report
@@ -151,7 +151,7 @@ def _finished_comparison(bundle: Path, out: Path, seed: int, extra: tuple[str, .
 
 def test_a_comparison_finished_in_pieces_joins_its_earlier_results_files(toy, tmp_path, monkeypatch):
     first, second = _finished_comparison(toy, tmp_path / "a", 0), _finished_comparison(toy, tmp_path / "b", 1)
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("a recorded run was trained again"))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("a recorded run was trained again"))
     everything = tmp_path / "all"
     report = _compare(toy, everything, "--test_dir", "test", "--seeds", "0", "1", "--report_only",
                       "--earlier_results", str(first), str(second))
@@ -192,12 +192,12 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(toy, t
     (run / "model.pt").write_bytes(b"final weights")  # base has none, e.g. SFR's "SAM alone": scored, nothing deployed
     commands: list[list[str]] = []
 
-    def evaluate(command, **kwargs):
+    def evaluate(command, cwd):
         commands.append(command)
         (run / "test_predictions").mkdir()
         (run / "test_predictions" / "test_metrics.json").write_text("{}")
 
-    monkeypatch.setattr("subprocess.run", evaluate)
+    monkeypatch.setattr("samssl.experiments.runner.run_child", evaluate)
     args = ("--test_dir", "test_images", "--seeds", "0", "--variants", "base", "new", "--save_predictions")
     _compare(toy, out, *args)
     _compare(toy, out, *args)  # the masks exist: not written again
@@ -227,7 +227,7 @@ def test_a_folder_of_another_comparison_is_refused_not_reused(toy, tmp_path, mon
     """A 1-labelled comparison must not report the 8-labelled runs it finds under the same seed names."""
     out = tmp_path / "runs"
     _finish(out, 0, {"new": [0.5, 0.7]})
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("nothing should be trained"))
     args = ("--test_dir", "test", "--seeds", "0", "--variants", "new")
     _compare(toy, out, *args, "--num_labelled", "8")
     recorded = json.loads((out / "comparison.json").read_text())
@@ -316,7 +316,7 @@ def test_committed_records_are_still_this_harness_comparison(record, monkeypatch
 def test_committed_dermoscopy_record_reports_through_earlier_results(tmp_path, monkeypatch):
     """The samkd table of its README, rebuilt from the committed record alone (nothing trained)."""
     monkeypatch.chdir(ROOT)
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: pytest.fail("nothing should be trained"))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("nothing should be trained"))
     record = "bundles/samkd_dualtask_skin/docs/results/cpu_8_labelled.json"
     compare_main(["samkd_dualtask_skin", *COMMITTED[record.removeprefix("bundles/")], "--num_labelled", "8",
                   "--report_only", "--earlier_results", record, "--out", str(tmp_path)])
@@ -384,3 +384,39 @@ def test_traces_table_averages_each_term_over_phases_of_training(tmp_path, capsy
     assert "| uamt | prediction_foreground | 0.36 | 0.46 |" in table and "missing_term" not in table
     with pytest.raises(SystemExit, match="no training_trace.jsonl"):
         main(["traces", str(tmp_path / "nowhere"), "--keys", "loss"])
+
+
+def test_a_stopped_harness_stops_the_run_it_was_training(tmp_path):
+    """``kill`` of samssl-compare must not leave a training writing into the comparison's folder."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(300)"
+    harness = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from samssl.experiments.runner import run_child; "
+                               f"run_child([sys.executable, '-c', {child!r}], Path('.'))"],
+        cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not pid_file.is_file() or not pid_file.read_text():
+        assert time.time() < deadline and harness.poll() is None, "the child never started"
+        time.sleep(0.1)
+    child_pid = int(pid_file.read_text())
+    harness.send_signal(signal.SIGTERM)
+    _, stderr = harness.communicate(timeout=60)
+    assert harness.returncode == 1
+    assert stderr.strip().splitlines()[-1].startswith("samssl-compare: stopped by signal SIGTERM")
+    with pytest.raises(ProcessLookupError):  # reaped by the harness, so gone (not a zombie)
+        os.kill(child_pid, 0)
+
+
+def test_a_failed_run_fails_the_harness_with_its_exit_code(tmp_path):
+    import subprocess
+
+    from samssl.experiments.runner import run_child
+
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
+    assert failure.value.returncode == 3

@@ -19,8 +19,10 @@ import argparse
 import json
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ __all__ = [
     "data_arguments",
     "predictions_command",
     "recorded_cases",
+    "run_child",
     "run_experiment",
     "train_command",
 ]
@@ -124,7 +127,7 @@ def run_experiment(
                 print(f"(finished earlier: reusing {metrics_file})", flush=True)
             else:
                 start = time.time()
-                subprocess.run(command, check=True, cwd=spec.project_root)
+                run_child(command, spec.project_root)
                 seconds[f"{name} seed {seed}"] = time.time() - start
             results[name][seed] = json.loads(metrics_file.read_text())["cases"]
             if not keep_checkpoints:
@@ -134,8 +137,46 @@ def run_experiment(
             elif save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
                 command = predictions_command(spec, run_dir, run_args[run_args.index("--val_dataset_dir") + 1], preset)
                 print(f"(test-set masks)\n{shlex.join(command)}", flush=True)
-                subprocess.run(command, check=True, cwd=spec.project_root)
+                run_child(command, spec.project_root)
     return results, seconds
+
+
+def run_child(command: Sequence[str], cwd: Path, grace_seconds: float = 10.0) -> None:
+    """Run one training or prediction command to its end; a harness that is stopped stops it too.
+
+    A run writes checkpoints into the comparison's folder. If ``kill``, a scheduler or a closed
+    terminal stopped only the harness, the training would go on unseen, and the next
+    ``samssl-compare`` would resume the same run folder beside it: two trainers writing one
+    checkpoint. So SIGTERM (and SIGHUP) become an exception while a child runs, and any exception
+    (Ctrl-C included) stops the child (SIGTERM, then SIGKILL after ``grace_seconds``) before the
+    harness exits. A failed run raises :class:`subprocess.CalledProcessError` as ``check=True`` would.
+    """
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(f"samssl-compare: stopped by signal {signal.Signals(signum).name}; "
+                         "the run it was training was stopped too and resumes from its last checkpoint.")
+
+    handled = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in handled} if in_main_thread else {}
+    for s in previous:
+        signal.signal(s, stop)
+    try:
+        child = subprocess.Popen(list(command), cwd=cwd)
+        try:
+            code = child.wait()
+        except BaseException:
+            child.terminate()
+            try:
+                child.wait(grace_seconds)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if code != 0:
+        raise subprocess.CalledProcessError(code, list(command))
 
 
 def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
