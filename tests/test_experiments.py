@@ -396,8 +396,8 @@ def test_a_stopped_harness_stops_the_run_it_was_training(tmp_path):
     pid_file = tmp_path / "child.pid"
     child = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(300)"
     harness = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from samssl.experiments.runner import run_child; "
-                               f"run_child([sys.executable, '-c', {child!r}], Path('.'))"],
+        [sys.executable, "-c", ("import sys; from pathlib import Path; from samssl.experiments.runner import run_child; "
+                                f"run_child([sys.executable, '-c', {child!r}], Path('.'))")],
         cwd=ROOT, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not pid_file.is_file() or not pid_file.read_text():
