@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -65,12 +66,13 @@ def test_every_bundle_has_a_short_distributed_run():
 
 def _torchrun(bundle: Path, configs: list[Path], args: list[str], cwd: Path) -> str:
     config = "[" + ",".join(f"'{c}'" for c in configs) + "]"
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
-         "-m", "monai.bundle", "run", "training", "--config_file", config, *args],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
-    )
+    with tempfile.TemporaryDirectory(prefix="torchrun-") as scratch:  # torchrun's own torchelastic_* folders
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), TMPDIR=scratch)
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1", "--nproc_per_node=2",
+             "-m", "monai.bundle", "run", "training", "--config_file", config, *args],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=900,
+        )
     output = result.stdout + result.stderr
     assert result.returncode == 0, f"torchrun failed for {bundle.name}:\n{output[-6000:]}"
     return output
