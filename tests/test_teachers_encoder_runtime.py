@@ -55,7 +55,8 @@ def test_each_available_runtime_matches_fp32_on_a_real_image(teacher, ph2_image,
     teacher.set_encoder_runtime(runtime)
     try:
         features = teacher.encode(ph2_image).features
-        assert teacher.cache_namespace().endswith(f"|encoder={runtime}")  # never shares fp32's cache entries
+        shares_fp32_cache = runtime in runtimes.FLOAT32_RUNTIMES  # float32 engines: fp32's entries
+        assert teacher.cache_namespace().endswith(f"|encoder={runtime}") != shares_fp32_cache
     finally:
         teacher.set_encoder_runtime("fp32")
     assert features.shape == fp32_features.shape and features.dtype == torch.float32
@@ -79,7 +80,7 @@ def test_auto_picks_the_fastest_runtime_within_half_a_dice_point_and_remembers_i
         assert calls == [set(candidates)]
         teacher.set_encoder_runtime("auto")  # forgets the in-memory choice; the stored one is reused
         assert teacher.effective_encoder_runtime(ph2_image) == chosen and len(calls) == 1
-        assert chosen == "fp32" or teacher.cache_namespace().endswith(f"|encoder={chosen}")
+        assert chosen in runtimes.FLOAT32_RUNTIMES or teacher.cache_namespace().endswith(f"|encoder={chosen}")
     finally:
         teacher.set_encoder_runtime("fp32")
     report["bf16"]["dice_to_fp32"] = 1 - 2 * runtimes.AUTO_MAX_DICE_DROP  # now too lossy

@@ -227,12 +227,15 @@ class PromptableSegmenter(nn.Module, abc.ABC):
     def cache_namespace(self) -> str:
         """Everything besides the pixels that determines an embedding (cache key prefix).
 
-        A runtime other than fp32 changes the embedding in its last bits, so it is part of the
-        key; fp32 adds nothing, so caches written before runtimes existed stay valid.
+        A reduced-precision runtime (bf16, OpenVINO bf16) changes the embedding beyond its last
+        bits, so it is part of the key; the float32 runtimes (eager, ONNX Runtime, OpenVINO f32)
+        add nothing (:func:`~samssl.foundation.encoder_runtime.embedding_precision`), so caches
+        written before runtimes existed stay valid and ``auto`` choosing another float32 engine on
+        another thread count still reads them.
         """
         namespace = f"{self.name}|{self.encoder_weights_id}|{self.transform.signature()}"
-        runtime = self.effective_encoder_runtime()
-        return namespace if runtime == "fp32" else f"{namespace}|encoder={runtime}"
+        precision = runtimes.embedding_precision(self.effective_encoder_runtime())
+        return namespace if precision == "fp32" else f"{namespace}|encoder={precision}"
 
     # ------------------------------------------------------------------ encoder runtime
     def set_encoder_runtime(self, name: str) -> "PromptableSegmenter":

@@ -49,11 +49,13 @@ __all__ = [
     "AUTO_MAX_DICE_DROP",
     "ENCODER_RUNTIMES",
     "EncoderRunner",
+    "FLOAT32_RUNTIMES",
     "available_runtimes",
     "build_runner",
     "cache_dir",
     "calibrate",
     "check_encoder_runtime",
+    "embedding_precision",
     "fold_conv_batch_norms",
 ]
 
@@ -68,6 +70,19 @@ CACHE_ENV = "SAMSSL_CACHE_DIR"
 EXPORT_VERSION = 1
 
 EncoderRunner = Callable[[torch.Tensor], torch.Tensor]
+
+
+#: Runtimes that compute the encoder in float32. They differ from eager fp32 only in the order of
+#: floating-point operations (embedding cosine 1.0000 on real frames), as eager fp32 itself does
+#: on another thread count, so they share cached embeddings and stage fingerprints: ``auto``
+#: picking OpenVINO on two threads and ONNX Runtime on one must not re-encode a 10 GB cache.
+FLOAT32_RUNTIMES = ("fp32", "onnxruntime", "openvino")
+
+
+def embedding_precision(runtime: str) -> str:
+    """What an embedding computed by ``runtime`` is, for cache keys: ``fp32`` for every float32
+    runtime, else the runtime itself (a reduced precision changes embeddings beyond the last bits)."""
+    return "fp32" if runtime in FLOAT32_RUNTIMES else runtime
 
 
 def check_encoder_runtime(name: str, supported: Sequence[str] = ENCODER_RUNTIMES) -> str:
