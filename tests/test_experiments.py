@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from importlib import import_module
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pytest
 from samssl.experiments import VariantsError, comparison_report, load_variants, paired_table, seeds_table
 from samssl.experiments.cli import compare_main, main, parser_for
 from samssl.experiments.records import differing_settings
-from samssl.experiments.runner import comparison_settings
+from samssl.experiments.runner import comparison_settings, run_child
 from samssl.experiments.variants import bundle_names
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -388,11 +392,6 @@ def test_traces_table_averages_each_term_over_phases_of_training(tmp_path, capsy
 
 def test_a_stopped_harness_stops_the_run_it_was_training(tmp_path):
     """``kill`` of samssl-compare must not leave a training writing into the comparison's folder."""
-    import os
-    import signal
-    import subprocess
-    import time
-
     pid_file = tmp_path / "child.pid"
     child = f"import os, pathlib, time; pathlib.Path({str(pid_file)!r}).write_text(str(os.getpid())); time.sleep(300)"
     harness = subprocess.Popen(
@@ -413,10 +412,6 @@ def test_a_stopped_harness_stops_the_run_it_was_training(tmp_path):
 
 
 def test_a_failed_run_fails_the_harness_with_its_exit_code(tmp_path):
-    import subprocess
-
-    from samssl.experiments.runner import run_child
-
     with pytest.raises(subprocess.CalledProcessError) as failure:
         run_child([sys.executable, "-c", "raise SystemExit(3)"], tmp_path)
     assert failure.value.returncode == 3
