@@ -184,6 +184,17 @@ def test_earlier_results_of_another_comparison_or_that_disagree_are_refused(toy,
         _compare(toy, tmp_path / "all", *args, "--earlier_results", str(tmp_path / "missing.json"))
 
 
+def test_the_paired_tests_can_put_another_variant_against_the_rest(toy, tmp_path):
+    record = _finished_comparison(toy, tmp_path / "a", 0)
+    report = _compare(toy, tmp_path / "b", "--test_dir", "test", "--seeds", "0", "--report_only",
+                      "--earlier_results", str(record), "--method", "base")
+    assert "| Baseline vs Method | Dice | -10.00 |" in report and "| Method vs Baseline |" not in report
+    # the records still name the bundle's method: --method changes the report, not the comparison
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["method"] == "new"
+    with pytest.raises(SystemExit):
+        _compare(toy, tmp_path / "c", "--test_dir", "test", "--seeds", "0", "--method", "nonesuch")
+
+
 def test_report_only_names_the_runs_that_are_missing(toy, tmp_path):
     with pytest.raises(SystemExit, match="no finished run for base seed 0"):
         _compare(toy, tmp_path / "runs", "--test_dir", "test", "--seeds", "0", "--report_only")

@@ -27,6 +27,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -67,6 +68,9 @@ def parser_for(spec: BundleExperiment) -> argparse.ArgumentParser:
     parser.add_argument("--seeds", type=int, nargs="+", default=list(DEFAULT_SEEDS),
                         help="each seed draws the labelled cases and initialises the run (default 0-4)")
     parser.add_argument("--variants", nargs="+", default=list(spec.default_variants), choices=list(spec.variants))
+    parser.add_argument("--method", default=spec.method, choices=list(spec.variants),
+                        help=f"the variant the paired tests put against every other one (default: the bundle's "
+                             f"method, {spec.method}); the records keep the bundle's method")
     parser.add_argument("--preset", default="cpu",
                         help="config preset in configs/ merged after train.json ('' for none)")
     parser.add_argument("--out", default=str(spec.bundle_dir / "runs" / "experiments"),
@@ -114,7 +118,8 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
                                           earlier, args.keep_checkpoints, args.save_predictions)
-    report = comparison_report(spec, results, args.variants, args.seeds)
+    tested = spec if args.method == spec.method else dataclasses.replace(spec, method=args.method)
+    report = comparison_report(tested, results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
         report += "\nwall-clock per run (train + test):\n"
