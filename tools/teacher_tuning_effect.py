@@ -123,7 +123,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.tuned is not None:
         tuned_path = str(args.tuned)
-        tuned_cases = {Path(c["image"]).resolve() for c in read_tuned_teacher(args.tuned)["labelled_cases"]}
+        payload = read_tuned_teacher(args.tuned)
+        args.settings = payload.get("settings", {})  # what the file was tuned with is what the record reports
+        tuned_cases = {Path(c["image"]).resolve() for c in payload["labelled_cases"]}
         if tuned_cases != {Path(e["image"]).resolve() for e in labelled}:
             raise SystemExit(f"{args.tuned} was tuned on other cases than this split's labelled ones (seed {args.seed})")
     else:
