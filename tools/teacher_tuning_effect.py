@@ -124,14 +124,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.tuned is not None:
         tuned_path = str(args.tuned)
         payload = read_tuned_teacher(args.tuned)
-        args.settings = payload.get("settings", {})  # what the file was tuned with is what the record reports
+        settings = payload.get("settings", {})  # what the file was tuned with is what the record reports
+        tuning = f"tuned earlier ({args.tuned.name}, {settings})"
         tuned_cases = {Path(c["image"]).resolve() for c in payload["labelled_cases"]}
         if tuned_cases != {Path(e["image"]).resolve() for e in labelled}:
             raise SystemExit(f"{args.tuned} was tuned on other cases than this split's labelled ones (seed {args.seed})")
     else:
-        tuned_path = tuned_teacher_file(base, labelled, transform, description, args.work, args.settings,
+        settings = args.settings
+        tuned_path = tuned_teacher_file(base, labelled, transform, description, args.work, settings,
                                         seed=args.seed)
-    tuning_seconds = time.monotonic() - started
+        tuning = f"tuning {(time.monotonic() - started) / 60:.1f} min ({settings})"
     teachers = {"zero-shot": build_foundation_model("litemedsam", encoder_runtime=args.runtime, cache={}),
                 "fine-tuned": build_foundation_model("litemedsam", tuned=tuned_path, encoder_runtime=args.runtime,
                                                      cache={})}
@@ -173,14 +175,14 @@ def main(argv: list[str] | None = None) -> int:
 
     columns = [k for k in rows[0] if k != "case"]
     print(f"\n{len(rows)} unlabelled {'volumes' if volumes else 'images'} of {args.data}, {len(labelled)} labelled "
-          f"(seed {args.seed}); tuning {tuning_seconds / 60:.1f} min ({args.settings}); Dice x 100, mean (sd):")
+          f"(seed {args.seed}); {tuning}; Dice x 100, mean (sd):")
     for column in columns:
         values = np.array([r[column] for r in rows]) * 100
         print(f"  {column:32s} {values.mean():6.2f} ({values.std():5.2f})")
     print("command: python " + " ".join([Path(sys.argv[0]).as_posix(), *(argv if argv is not None else sys.argv[1:])]))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"settings": args.settings, "seed": args.seed, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"settings": settings, "seed": args.seed, "rows": rows}, indent=1))
     return 0
 
 

@@ -118,8 +118,7 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
                                           earlier, args.keep_checkpoints, args.save_predictions)
-    tested = spec if args.method == spec.method else dataclasses.replace(spec, method=args.method)
-    report = comparison_report(tested, results, args.variants, args.seeds)
+    report = comparison_report(dataclasses.replace(spec, method=args.method), results, args.variants, args.seeds)
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
         report += "\nwall-clock per run (train + test):\n"
