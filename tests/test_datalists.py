@@ -46,11 +46,11 @@ def test_ph2_datalist(ph2_root: Path) -> None:
     assert dermoscopy_datalist(ph2_root) == datalist
 
 
-def test_ph2_fold_folders_hold_every_case_once_in_a_test_fold_and_never_in_its_own_train_pool(
+def test_dermoscopy_fold_folders_hold_every_case_once_in_a_test_fold_and_never_in_its_own_train_pool(
         ph2_root: Path, tmp_path: Path) -> None:
-    from samssl.data import ph2_fold_folders
+    from samssl.data import dermoscopy_fold_folders
 
-    folders = ph2_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0)
+    folders = dermoscopy_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0)
     everything = {e["id"] for e in ph2_datalist(ph2_root)}
     tested = []
     for train_dir, test_dir in folders:
@@ -58,7 +58,17 @@ def test_ph2_fold_folders_hold_every_case_once_in_a_test_fold_and_never_in_its_o
         assert not train & test and train | test == everything
         tested += sorted(test)
     assert sorted(tested) == sorted(everything) and len(folders) == 4
-    assert ph2_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0) == folders, "written again: the same"
+    assert dermoscopy_fold_folders(ph2_root, tmp_path / "folds", num_folds=4, seed=0) == folders, "written again: the same"
+
+
+def test_dermoscopy_fold_folders_of_an_isic_folder_are_read_as_ph2_folders(isic_root: Path, tmp_path: Path) -> None:
+    from samssl.data import dermoscopy_fold_folders
+
+    folders = dermoscopy_fold_folders(isic_root, tmp_path / "folds", num_folds=3, seed=1)
+    pairs = {e["id"]: e for train, test in folders[:1] for d in (train, test) for e in ph2_datalist(d)}
+    assert sorted(pairs) == sorted(e["id"] for e in isic_datalist(isic_root))
+    original = {e["id"]: e for e in isic_datalist(isic_root)}
+    assert all(Path(e["label"]).resolve() == Path(original[i]["label"]).resolve() for i, e in pairs.items())
 
 
 def test_isic_datalist(isic_root: Path) -> None:

@@ -136,3 +136,37 @@ def test_state_dict_round_trip():
             p.fill_(0.25)
     other.load_state_dict(ema.state_dict())
     assert all(torch.equal(p, torch.full_like(p, 0.25)) for p in other.teacher.parameters())
+
+
+def test_a_batch_statistics_teacher_normalises_each_call_with_its_batch_and_leaves_its_buffers():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Dropout(0.5),
+                            nn.Conv2d(3, 2, 1)).double()
+    with torch.no_grad():
+        student[1].running_mean.fill_(5.0)  # running statistics far from any batch's
+    ema = EMATeacher(student, batch_norm="batch")
+    buffers = copy.deepcopy(dict(ema.teacher.named_buffers()))
+    x = torch.randn(4, 1, 8, 8, dtype=torch.float64)
+
+    out = ema(x)
+    reference = copy.deepcopy(ema.teacher).train()
+    reference[3].eval()  # dropout stays off: only BatchNorm uses the batch
+    with torch.no_grad():
+        torch.testing.assert_close(out, reference(x))
+    torch.testing.assert_close(ema(x), out)  # deterministic: no dropout
+    for name, value in ema.teacher.named_buffers():
+        assert torch.equal(value, buffers[name]), f"{name} changed"
+    assert not ema.teacher.training and not ema.teacher[1].training and ema.teacher[1].momentum == 0.1
+    # the default keeps eval-mode running statistics
+    running = EMATeacher(student)
+    with torch.no_grad():
+        torch.testing.assert_close(running(x), copy.deepcopy(running.teacher).eval()(x))
+    assert not torch.allclose(running(x), out)
+
+
+def test_a_batch_statistics_teacher_refuses_single_images_with_one_clear_error():
+    pooled = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(1, 2, 1), nn.BatchNorm2d(2))
+    with pytest.raises(ValueError, match="batches of two or more"):
+        EMATeacher(pooled, batch_norm="batch")(torch.randn(1, 1, 8, 8))
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        EMATeacher(pooled, batch_norm="train")

@@ -227,6 +227,62 @@ def test_save_predictions_runs_the_bundle_evaluation_on_the_test_set_once(toy, t
     assert command[command.index("--output_postfix") + 1] == "segmentation"  # ISIC naming
 
 
+def _fake_run(commands: list[list[str]], dice: float = 0.5):
+    """A ``run_child`` that records the command and writes the metrics file the run would write."""
+    def run(command, cwd):
+        commands.append(command)
+        out = Path(command[command.index("--output_dir") + 1])
+        out.mkdir(parents=True, exist_ok=True)
+        name = "validation" if "training" in command else command[command.index("--eval_name") + 1]
+        (out / f"{name}_metrics.json").write_text(json.dumps({"cases": _records([dice, dice + 0.1])}))
+        (out / "model.pt").write_bytes(b"weights") if "training" in command else None
+    return run
+
+
+def test_folds_train_each_seed_on_its_pool_and_test_it_on_its_own_held_out_fold(toy, tmp_path, monkeypatch):
+    pool = tmp_path / "ph2"
+    for sub in ("images", "masks"):
+        (pool / sub).mkdir(parents=True)
+    for i in range(6):
+        (pool / "images" / f"IMD{i:03d}.jpg").write_bytes(b"")
+        (pool / "masks" / f"IMD{i:03d}_lesion.png").write_bytes(b"")
+    commands: list[list[str]] = []
+    monkeypatch.setattr("samssl.experiments.runner.run_child", _fake_run(commands))
+    out = tmp_path / "runs"
+    compare_main([str(toy), "--train_dir", str(pool), "--folds", "3", "--seeds", "0", "1", "3", "--variants", "new",
+                  "--out", str(out)])
+    folders = [(Path(c[c.index("--dataset_dir") + 1]), Path(c[c.index("--val_dataset_dir") + 1])) for c in commands]
+    assert folders[0] == folders[2] != folders[1], "seeds 0 and 3 share fold 0 of 3; seed 1 has fold 1"
+    for train, test in folders:
+        trained, tested = ({p.stem for p in (d / "images").iterdir()} for d in (train, test))
+        assert len(tested) == 2 and not trained & tested and len(trained | tested) == 6
+    assert json.loads((out / "comparison.json").read_text())["folds"] == 3
+    assert "cut into 3 folds" in (out / "results.md").read_text()
+
+
+def test_models_from_tests_another_comparisons_models_on_this_test_set_without_training(toy, tmp_path, monkeypatch):
+    commands: list[list[str]] = []
+    monkeypatch.setattr("samssl.experiments.runner.run_child", _fake_run(commands))
+    trained = tmp_path / "trained"
+    _compare(toy, trained, "--test_dir", "isic", "--seeds", "0", "1")
+    commands.clear()
+    monkeypatch.setattr("samssl.experiments.runner.run_child", _fake_run(commands, dice=0.2))
+    report = _compare(toy, tmp_path / "other", "--test_dir", "other_folder", "--seeds", "0", "1",
+                      "--models_from", str(trained))
+    assert len(commands) == 4 and all(c[c.index("run") + 1] == "evaluating" for c in commands)
+    command = commands[0]
+    assert command[command.index("--checkpoint") + 1] == str(trained / "seed0" / "base" / "model.pt")
+    assert Path(command[command.index("--dataset_dir") + 1]).name == "other_folder"
+    assert command[command.index("--eval_name") + 1] == "validation"
+    assert "| Method | 25.00 |" in report and "not trained here" in report
+    # models trained otherwise are refused, and so is a comparison that never trained this variant and seed
+    with pytest.raises(SystemExit, match="other settings.*num_labelled"):
+        _compare(toy, tmp_path / "third", "--test_dir", "other_folder", "--seeds", "0", "--num_labelled", "4",
+                 "--models_from", str(trained))
+    with pytest.raises(SystemExit, match="no .*seed2.*model.pt"):
+        _compare(toy, tmp_path / "fourth", "--test_dir", "other_folder", "--seeds", "2", "--models_from", str(trained))
+
+
 def test_a_bundles_evaluation_is_merged_onto_its_shared_base(tmp_path):
     """The harness runs a bundle's evaluate.json as its docs do: listed after its family's base_evaluate.json."""
     from samssl.experiments.runner import predictions_command

@@ -93,6 +93,23 @@ def test_vnet_rejects_bad_configuration_and_inputs():
         VNet(n_filters=8, normalization="groupnorm")
 
 
+def test_vnet_channels_last_is_the_same_network_in_another_memory_order():
+    torch.manual_seed(0)
+    reference = VNet().eval()
+    fast = VNet(channels_last=True).eval()
+    fast.load_state_dict(reference.state_dict())  # a checkpoint of either layout loads into the other
+    assert all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in fast.parameters() if p.ndim == 5)
+    x = torch.randn(2, 1, 32, 32, 16)
+    with torch.no_grad():
+        out = fast(x)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d)
+        torch.testing.assert_close(out, reference(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(torch.jit.script(fast)(x), out, rtol=1e-4, atol=1e-4)  # the model.ts export
+    fast.train()
+    fast(x).sum().backward()  # gradients in the same layout as their weights
+    assert fast.block_one[0].weight.grad.is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def test_vnet_dropout_only_in_train_mode():
     torch.manual_seed(0)
     x = torch.randn(2, 1, 16, 16, 16)

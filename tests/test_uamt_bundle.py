@@ -43,7 +43,8 @@ FAST = ["--image_size", "64", "--output_stride", "32", "--batch_size", "2", "--u
         "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2"]
 
 
-def test_uamt_training_loss_falls_on_real_images(ph2_root):
+@pytest.mark.parametrize("teacher_batch_norm", ["running", "batch"])
+def test_uamt_training_loss_falls_on_real_images(ph2_root, teacher_batch_norm):
     torch.manual_seed(0)
     split = data.split_labelled(data.ph2_datalist(ph2_root)[:8], num_labelled=4, seed=0)
     labelled = CacheDataset(split["labelled"], data.dermoscopy_transforms("labelled", 64), progress=False)
@@ -52,7 +53,7 @@ def test_uamt_training_loss_falls_on_real_images(ph2_root):
     trainer = UAMTTrainer(
         device="cpu", max_epochs=1, epoch_length=14,
         train_data_loader=DataLoader(labelled, batch_size=4), unlabeled_data_loader=DataLoader(unlabelled, batch_size=4),
-        network=network, optimizer=torch.optim.AdamW(network.parameters(), lr=1e-3), teacher=EMATeacher(network),
+        network=network, optimizer=torch.optim.AdamW(network.parameters(), lr=1e-3), teacher=EMATeacher(network, batch_norm=teacher_batch_norm),
         loss_weight=Constant(0.5),
     )
     losses: list[dict] = []
@@ -186,3 +187,15 @@ def test_every_config_builds_the_tinyvit_student_it_is_asked_for():
         parser["student"] = "litemedsam_tinyvit"
         network = parser.get_parsed_content("network_def")
         assert type(network).__name__ == "SAMEncoderSegNet" and network.has_aux_head == aux, name
+
+
+def test_the_teacher_batch_norm_switch_reaches_the_ema_teacher():
+    """``method#teacher_batch_norm`` (the ``uamt_batch_stats_teacher`` variant's override) builds the teacher it names."""
+    from monai.bundle import ConfigParser
+
+    for value in ("running", "batch"):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "cpu.json")])
+        parser["method#teacher_batch_norm"] = value
+        parser["output_stride"] = 32
+        assert parser.get_parsed_content("ema_teacher").batch_norm == value

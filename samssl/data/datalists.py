@@ -447,15 +447,17 @@ def ph2_subset(ph2_root: PathLike, dest: PathLike, count: int) -> Path:
     return dest
 
 
-def ph2_fold_folders(ph2_root: PathLike, dest: PathLike, num_folds: int = 4, seed: int = 0) -> list[tuple[Path, Path]]:
-    """In-domain test folders: PH2 cut into ``num_folds`` folds, fold ``k`` written as
-    ``dest/fold<k>/train`` (the other folds: the train pool) and ``dest/fold<k>/test`` (the fold).
+def dermoscopy_fold_folders(root: PathLike, dest: PathLike, num_folds: int = 5, seed: int = 0) -> list[tuple[Path, Path]]:
+    """In-domain test folders: a labelled dermoscopy folder (ISIC or PH2 layout) cut into ``num_folds``
+    folds, fold ``k`` written as ``dest/fold<k>/train`` (the other folds: the train pool) and
+    ``dest/fold<k>/test`` (the fold).
 
-    Why: a method tuned on one test set can look better than it is; scoring it on PH2's own held-out
-    folds as well shows whether a gain holds in-domain. Both folders have the PH2 layout every
-    dermoscopy bundle reads (``images/``, ``masks/``), holding links to the original files (copies
-    where the file system has no links). Deterministic for a seed (:func:`samssl.data.kfold_splits`).
-    Returns ``[(train_dir, test_dir), ...]`` by fold.
+    Why: a method tuned on one test set can look better than it is; scoring it on held-out folds of
+    its own train pool as well shows whether a gain holds in-domain (``samssl-compare --folds``).
+    Both folders have the PH2 layout every dermoscopy bundle reads (``images/<id>.<ext>``,
+    ``masks/<id>_lesion.<ext>``), holding links to the original files (copies where the file system
+    has no links). Deterministic for a seed (:func:`samssl.data.kfold_splits`); writing the same
+    folds again changes nothing. Returns ``[(train_dir, test_dir), ...]`` by fold.
     """
     import os
     import shutil
@@ -463,21 +465,22 @@ def ph2_fold_folders(ph2_root: PathLike, dest: PathLike, num_folds: int = 4, see
     from samssl.data.splits import kfold_splits
 
     folders = []
-    for k, fold in enumerate(kfold_splits(ph2_datalist(ph2_root), num_folds=num_folds, seed=seed)):
+    for k, fold in enumerate(kfold_splits(dermoscopy_datalist(root), num_folds=num_folds, seed=seed)):
         pair = []
         for part, entries in (("train", fold["train"]), ("test", fold["val"])):
-            root = Path(dest) / f"fold{k}" / part
-            for key, sub in (("image", "images"), ("label", "masks")):
-                (root / sub).mkdir(parents=True, exist_ok=True)
+            part_root = Path(dest) / f"fold{k}" / part
+            for key, sub, ending in (("image", "images", ""), ("label", "masks", "_lesion")):
+                (part_root / sub).mkdir(parents=True, exist_ok=True)
                 for entry in entries:
-                    source, target = Path(entry[key]).resolve(), root / sub / Path(entry[key]).name
+                    source = Path(entry[key]).resolve()
+                    target = part_root / sub / f"{entry['id']}{ending}{source.suffix}"
                     if target.exists() or target.is_symlink():
                         continue
                     try:
                         os.symlink(source, target)
                     except OSError:
                         shutil.copy(source, target)
-            pair.append(root)
+            pair.append(part_root)
         folders.append((pair[0], pair[1]))
     return folders
 

@@ -39,6 +39,7 @@ from samssl.experiments.records import Records, load_earlier_results, results_do
 from samssl.experiments.report import comparison_report
 from samssl.experiments.runner import (
     check_comparison_folder,
+    check_models_from,
     comparison_settings,
     data_arguments,
     recorded_cases,
@@ -58,7 +59,10 @@ def parser_for(spec: BundleExperiment) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     if spec.data == "dermoscopy":
         parser.add_argument("--train_dir", help="ISIC/PH2-style train pool")
-        parser.add_argument("--test_dir", help="labelled ISIC/PH2-style test folder")
+        parser.add_argument("--test_dir", help="labelled ISIC/PH2-style test folder (optional with --folds)")
+        parser.add_argument("--folds", type=int, default=None,
+                            help="cut --train_dir into K folds (written under --out/folds): seed s trains on all but "
+                                 "fold s mod K and is tested on that fold, or on --test_dir if given")
     else:
         parser.add_argument("--data", default=str(spec.project_root.parent / "shared" / "data" / "la"),
                             help="MSD-style 3D folder")
@@ -79,6 +83,9 @@ def parser_for(spec: BundleExperiment) -> argparse.ArgumentParser:
         parser.add_argument("--sam_cache_dir", default=None,
                             help="SAM embedding cache folder (default: the bundle's, i.e. $SAMSSL_CACHE_DIR or "
                                  "~/.cache/samssl/embeddings, shared by every run and bundle)")
+    parser.add_argument("--models_from", default=None,
+                        help="a comparison folder with the same training settings: test its runs' model.pt on this "
+                             "comparison's test set instead of training (the same models scored on another folder)")
     parser.add_argument("--retrain", action="store_true", help="train again even where a run's metrics exist")
     parser.add_argument("--save_predictions", action="store_true",
                         help="also write each run's test-set masks in the test folder's own layout "
@@ -98,13 +105,19 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
     """Run (or resume, or only tabulate) the comparison ``argv`` asks for; write and return the report."""
     args = parser_for(spec).parse_args(list(argv))
     out = Path(args.out).resolve()
-    if spec.data == "dermoscopy" and (not args.train_dir or not args.test_dir):
+    if spec.data == "dermoscopy" and (not args.train_dir or not (args.test_dir or args.folds)):
         raise SystemExit(f"{spec.bundle}: give --train_dir (ISIC/PH2-style pool) and --test_dir "
-                         "(labelled test folder).")
+                         "(labelled test folder), or --folds K to test on held-out folds of the pool.")
+    if spec.data == "dermoscopy" and args.folds is not None and args.folds < 2:
+        raise SystemExit(f"--folds must be at least 2, got {args.folds}.")
     settings = comparison_settings(spec, args)
+    if args.models_from:
+        check_models_from(Path(args.models_from), settings, spec.project_root)
     check_comparison_folder(out, settings, spec.project_root, record=not args.report_only)
-    run_args, split = data_arguments(spec, args, out)
-    run_args += list(args.overrides)
+    data_args, split = data_arguments(spec, args, out)
+
+    def run_args(seed: int) -> list[str]:
+        return [*data_args(seed), *args.overrides]
     earlier = (load_earlier_results(args.earlier_results, settings, spec.project_root)
                if args.earlier_results else None)
     if args.report_only:
@@ -117,8 +130,11 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
         seconds: dict[str, float] = {}
     else:
         results, seconds = run_experiment(spec, args.variants, args.seeds, out, run_args, args.preset, args.retrain,
-                                          earlier, args.keep_checkpoints, args.save_predictions)
+                                          earlier, args.keep_checkpoints, args.save_predictions,
+                                          Path(args.models_from).resolve() if args.models_from else None)
     report = comparison_report(dataclasses.replace(spec, method=args.method), results, args.variants, args.seeds)
+    if args.models_from:
+        split += f" Models: those of the comparison in {settings['models_from']} (not trained here)."
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
         report += "\nwall-clock per run (train + test):\n"

@@ -32,7 +32,7 @@ Results = Mapping[str, Mapping[int, Sequence[Mapping[str, Any]]]]
 Records = dict[str, dict[int, list[dict[str, Any]]]]
 
 # settings that name folders: compared resolved, so a comparison is the same however its paths were written
-PATH_SETTINGS = ("train_dir", "test_dir", "data")
+PATH_SETTINGS = ("train_dir", "test_dir", "data", "models_from")
 
 
 def project_relative(path: str | Path, root: Path) -> str:

@@ -11,6 +11,12 @@ killed run resumes from its last checkpoint, so re-running the same command fini
 comparison. Because a finished run is found by its folder name alone, ``<out>/comparison.json``
 records the data, split sizes, preset and overrides, and a comparison with other settings is
 refused the folder.
+
+Two ways to test on more than one folder without training twice: ``--folds K`` cuts a dermoscopy
+train pool into ``K`` folds (seed ``s`` trains on all but fold ``s mod K`` and is tested on it: an
+in-domain test set), and ``--models_from DIR`` tests the finished models of the comparison in
+``DIR`` on this comparison's test set (``evaluate.json`` with each run's ``model.pt``) instead of
+training, so the same models are scored on another folder, with the same paired tests.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +42,10 @@ __all__ = [
     "SETTINGS_FILE",
     "bundle_config_arg",
     "check_comparison_folder",
+    "check_models_from",
     "comparison_settings",
     "data_arguments",
+    "evaluate_command",
     "predictions_command",
     "recorded_cases",
     "run_child",
@@ -46,6 +54,10 @@ __all__ = [
 ]
 
 SETTINGS_FILE = "comparison.json"
+#: The seed that cuts ``--folds``: fixed, so every comparison of one pool shares its folds.
+FOLD_SEED = 0
+#: A seed's data arguments (``--dataset_dir ... --val_dataset_dir ...``): with ``--folds`` they differ by seed.
+SeedArguments = Callable[[int], list[str]]
 
 
 def bundle_config_arg(bundle: Path, configs: Sequence[str]) -> str:
@@ -67,23 +79,34 @@ def train_command(spec: BundleExperiment, name: str, run_dir: Path, run_args: Se
     ]
 
 
-def predictions_command(spec: BundleExperiment, run_dir: Path, test_location: str, preset: str) -> list[str]:
-    """The bundle's ``evaluate.json`` on the test set with the run's final model, writing every
-    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``
-    (merged onto the bundle's shared ``configs/base_evaluate.json``, as its docs' command lists it)."""
+def evaluate_command(spec: BundleExperiment, checkpoint: Path, output_dir: Path, test_location: str, preset: str,
+                     eval_name: str = "test", prediction_dir: Path | None = None) -> list[str]:
+    """The bundle's ``evaluate.json`` (merged onto its shared ``configs/base_evaluate.json``, as its docs'
+    command lists it) scoring ``checkpoint`` on the test set: per-case metrics in
+    ``output_dir/<eval_name>_metrics.json``, and with ``prediction_dir`` every predicted mask on its
+    input's own grid and naming."""
     evaluate = config_with_base(spec.bundle_dir / "configs" / "evaluate.json")
     configs = [str(p.relative_to(spec.bundle_dir)) for p in evaluate] + ([f"configs/{preset}.json"] if preset else [])
-    out = run_dir / "test_predictions"
-    return [
+    command = [
         sys.executable, "-m", "monai.bundle", "run", "evaluating",
         "--config_file", bundle_config_arg(spec.bundle_dir, configs),
         "--dataset_dir", test_location,
-        "--checkpoint", str(run_dir / "model.pt"),
-        "--output_dir", str(out),
-        "--prediction_dir", str(out / "masks"),
-        # ISIC challenge naming for images (ISIC_0000000_segmentation.png); <case>_seg.nii.gz for volumes
-        *(["--output_postfix", "segmentation"] if spec.data == "dermoscopy" else []),
+        "--checkpoint", str(checkpoint),
+        "--output_dir", str(output_dir),
+        "--eval_name", eval_name,
     ]
+    if prediction_dir is not None:
+        command += ["--prediction_dir", str(prediction_dir)]
+        # ISIC challenge naming for images (ISIC_0000000_segmentation.png); <case>_seg.nii.gz for volumes
+        command += ["--output_postfix", "segmentation"] if spec.data == "dermoscopy" else []
+    return command
+
+
+def predictions_command(spec: BundleExperiment, run_dir: Path, test_location: str, preset: str) -> list[str]:
+    """The bundle's ``evaluate.json`` on the test set with the run's final model, writing every
+    predicted mask on its input's own grid and naming to ``<run_dir>/test_predictions/masks``."""
+    out = run_dir / "test_predictions"
+    return evaluate_command(spec, run_dir / "model.pt", out, test_location, preset, prediction_dir=out / "masks")
 
 
 def run_experiment(
@@ -91,12 +114,13 @@ def run_experiment(
     names: Sequence[str],
     seeds: Sequence[int],
     out: Path,
-    run_args: Sequence[str],
+    run_args: SeedArguments,
     preset: str = "",
     retrain: bool = False,
     earlier: Results | None = None,
     keep_checkpoints: bool = False,
     save_predictions: bool = False,
+    models_from: Path | None = None,
 ) -> tuple[Records, dict[str, float]]:
     """Train and test every variant in ``names`` for every seed; return per-case records and run times.
 
@@ -106,7 +130,8 @@ def run_experiment(
     final ``model.pt`` and metrics; its ``checkpoints/`` folder, only needed to resume, is removed
     unless ``keep_checkpoints`` (5 seeds x 3 variants of full training states fill tens of GB).
     ``save_predictions`` also writes each run's test-set masks in the test folder's own layout
-    (:func:`predictions_command`), for finished runs too.
+    (:func:`predictions_command`), for finished runs too. ``models_from`` (a comparison folder with
+    the same training settings) tests its runs' ``model.pt`` on this test set instead of training.
     """
     results: Records = {name: {} for name in names}
     seconds: dict[str, float] = {}
@@ -114,10 +139,16 @@ def run_experiment(
         for name in names:
             run_dir = out / f"seed{seed}" / name
             metrics_file = run_dir / "validation_metrics.json"
-            seed_args = ["--seed", str(seed)]
-            if spec.seed_shared_key:
-                seed_args += [f"--{spec.seed_shared_key}", str(out / f"seed{seed}" / "shared")]
-            command = train_command(spec, name, run_dir, [*run_args, *seed_args], preset)
+            data_args = run_args(seed)
+            test_location = data_args[data_args.index("--val_dataset_dir") + 1]
+            if models_from is not None:
+                command = evaluate_command(spec, _trained_model(models_from, seed, name), run_dir, test_location,
+                                           preset, eval_name="validation")
+            else:
+                seed_args = ["--seed", str(seed)]
+                if spec.seed_shared_key:
+                    seed_args += [f"--{spec.seed_shared_key}", str(out / f"seed{seed}" / "shared")]
+                command = train_command(spec, name, run_dir, [*data_args, *seed_args], preset)
             print(f"\n### {spec.variants[name].label}, seed {seed}\n{shlex.join(command)}", flush=True)
             if earlier and seed in earlier.get(name, {}) and not retrain:
                 print("(finished earlier: reusing its records from --earlier_results)", flush=True)
@@ -132,10 +163,12 @@ def run_experiment(
             results[name][seed] = json.loads(metrics_file.read_text())["cases"]
             if not keep_checkpoints:
                 shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+            if models_from is not None:
+                continue  # the model is the other comparison's; --save_predictions belongs to a training comparison
             if save_predictions and not (run_dir / "model.pt").is_file():
                 print(f"(no model.pt in {run_dir}: a variant without a deployed network writes no masks)", flush=True)
             elif save_predictions and not (run_dir / "test_predictions" / "test_metrics.json").is_file():
-                command = predictions_command(spec, run_dir, run_args[run_args.index("--val_dataset_dir") + 1], preset)
+                command = predictions_command(spec, run_dir, test_location, preset)
                 print(f"(test-set masks)\n{shlex.join(command)}", flush=True)
                 run_child(command, spec.project_root)
     return results, seconds
@@ -179,8 +212,36 @@ def run_child(command: Sequence[str], cwd: Path, grace_seconds: float = 10.0) ->
         raise subprocess.CalledProcessError(code, list(command))
 
 
-def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[list[str], str]:
-    """The runs' data arguments and a sentence describing the split (an MSD split is written under ``out``)."""
+def _trained_model(models_from: Path, seed: int, name: str) -> Path:
+    model = models_from / f"seed{seed}" / name / "model.pt"
+    if not model.is_file():
+        raise SystemExit(f"--models_from: no {model} (train {name} seed {seed} in that comparison first; a variant "
+                         "without a deployed network has no model to test).")
+    return model
+
+
+def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[SeedArguments, str]:
+    """Each seed's data arguments and a sentence describing the split (an MSD split or the folds are
+    written under ``out``)."""
+    folds = getattr(args, "folds", None)
+    extra = ["--num_labelled", str(args.num_labelled)]
+    if spec.sam_cache_key and args.sam_cache_dir:  # else the bundle's default: the folder every run shares
+        extra += [f"--{spec.sam_cache_key}", str(Path(args.sam_cache_dir).resolve())]
+    if spec.data == "dermoscopy" and folds:
+        from samssl.data import dermoscopy_fold_folders
+
+        pairs = dermoscopy_fold_folders(args.train_dir, out / "folds", num_folds=folds, seed=FOLD_SEED)
+        test_dir = str(Path(args.test_dir).resolve()) if args.test_dir else None
+
+        def fold_arguments(seed: int) -> list[str]:
+            train, held_out = pairs[seed % folds]
+            return ["--dataset_dir", str(train), "--val_dataset_dir", test_dir or str(held_out), *extra]
+
+        tested = f"test {args.test_dir}" if args.test_dir else f"test: fold (seed mod {folds}) itself"
+        notes = (f"Train pool {args.train_dir} cut into {folds} folds (fold seed {FOLD_SEED}); seed s trains on all "
+                 f"but fold s mod {folds}, {args.num_labelled} labelled (drawn by the seed), the rest unlabelled; "
+                 f"{tested}.")
+        return fold_arguments, notes
     if spec.data == "dermoscopy":
         run_args = ["--dataset_dir", str(Path(args.train_dir).resolve()),
                     "--val_dataset_dir", str(Path(args.test_dir).resolve())]
@@ -197,21 +258,26 @@ def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) 
         run_args = ["--dataset_dir", str(pool_json), "--val_dataset_dir", str(test_json)]
         notes = (f"{args.num_labelled} labelled (drawn by the seed) + {args.pool - args.num_labelled} unlabelled of "
                  f"the first {args.pool} cases by id; test: the last {args.test}.")
-    run_args += ["--num_labelled", str(args.num_labelled)]
-    if spec.sam_cache_key and args.sam_cache_dir:  # else the bundle's default: the folder every run shares
-        run_args += [f"--{spec.sam_cache_key}", str(Path(args.sam_cache_dir).resolve())]
-    return run_args, notes
+    return (lambda seed: [*run_args, *extra]), notes
 
 
 def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides."""
+    """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides
+    (and, where used, the folds and the comparison whose models are tested)."""
     root = spec.project_root
     if spec.data == "dermoscopy":
-        data = {"train_dir": project_relative(args.train_dir, root), "test_dir": project_relative(args.test_dir, root)}
+        data = {"train_dir": project_relative(args.train_dir, root),
+                "test_dir": project_relative(args.test_dir, root) if args.test_dir else None}
     else:
         data = {"data": project_relative(args.data, root), "pool": args.pool, "test": args.test}
-    return {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
-            "overrides": list(args.overrides)}
+    settings = {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
+                "overrides": list(args.overrides)}
+    # only when used, so the records of comparisons made before these options existed stay joinable
+    if getattr(args, "folds", None):
+        settings["folds"] = args.folds
+    if getattr(args, "models_from", None):
+        settings["models_from"] = project_relative(args.models_from, root)
+    return settings
 
 
 def check_comparison_folder(out: Path, settings: Mapping[str, Any], root: Path, record: bool = True) -> None:
@@ -229,6 +295,20 @@ def check_comparison_folder(out: Path, settings: Mapping[str, Any], root: Path, 
     elif record:
         out.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(dict(settings), indent=1) + "\n")
+
+
+def check_models_from(models_from: Path, settings: Mapping[str, Any], root: Path) -> None:
+    """Refuse ``--models_from`` a folder whose comparison trained with other settings than ``settings``
+    (the test folder aside): its models would be reported as trained the way this command says."""
+    path = models_from / SETTINGS_FILE
+    if not path.is_file():
+        raise SystemExit(f"--models_from: {models_from} holds no comparison ({SETTINGS_FILE} is missing).")
+    training = {k: v for k, v in settings.items() if k not in ("test_dir", "models_from")}
+    recorded = json.loads(path.read_text())
+    details = differing_settings({k: v for k, v in recorded.items() if k != "test_dir"}, training, root)
+    if details:
+        raise SystemExit(f"--models_from: {models_from} trained its models with other settings ({details}); give this "
+                         "command the same training options.")
 
 
 def recorded_cases(out: Path, name: str, seed: int, earlier: Results | None) -> list[dict[str, Any]] | None:

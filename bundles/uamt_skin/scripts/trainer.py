@@ -126,9 +126,8 @@ class UAMTTrainer(SemiSupervisedTrainer):
 
         lam = float(self.loss_weight(iteration))
         unlabelled_image = unlabelled["image"]
-        teacher = self.teacher.teacher
-        with torch.no_grad(), self.autocast():
-            teacher_logits = to_float32(teacher(unlabelled_image))
+        with torch.no_grad(), self.autocast():  # the EMA teacher normalises as it was built to (``batch_norm``)
+            teacher_logits = to_float32(self.teacher(unlabelled_image))
         pseudo = teacher_logits.argmax(dim=1, keepdim=True)
 
         # Stage 1: dual-head mean teacher on the labelled and unlabelled batches.
