@@ -478,6 +478,8 @@ def dermoscopy_fold_folders(root: PathLike, dest: PathLike, num_folds: int = 5, 
                         continue
                     try:
                         os.symlink(source, target)
+                    except FileExistsError:  # written meanwhile by another process cutting the same folds
+                        continue
                     except OSError:
                         shutil.copy(source, target)
             pair.append(part_root)
