@@ -59,7 +59,7 @@ def test_a_real_bundle_network_comes_through_the_helper(clean_scripts):
 
 
 @pytest.mark.parametrize("name", ["benchmark_updates", "benchmark_tffs", "profile_training", "pseudo_label_quality",
-                                  "make_demo_data", "describe_volume_folder"])
+                                  "make_demo_data", "describe_volume_folder", "teacher_batch_norm_effect"])
 def test_tools_import_without_path_edits(name, clean_scripts):
     """Each tool's imports resolve from the installed library (and the helper) alone."""
     assert callable(load_tool(name).main)

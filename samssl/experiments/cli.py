@@ -137,7 +137,7 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
         split += f" Models: those of the comparison in {settings['models_from']} (not trained here)."
     report += f"\n{split}\n" + (f"{spec.notes}\n" if spec.notes else "")
     if seconds:
-        report += "\nwall-clock per run (train + test):\n"
+        report += f"\nwall-clock per run ({'test' if args.models_from else 'train + test'}):\n"
         report += "".join(f"- {k}: {v / 60:.1f} min\n" for k, v in seconds.items())
     report += f"\ncommand: {command or 'samssl-compare ' + shlex.join([spec.bundle, *argv])}\n"
     out.mkdir(parents=True, exist_ok=True)

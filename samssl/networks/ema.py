@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 else:
     Engine, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Engine")
 
-__all__ = ["TEACHER_BATCH_NORMS", "unwrap_model", "EMATeacher"]
+__all__ = ["TEACHER_BATCH_NORMS", "EMATeacher", "unwrap_model"]
 
 #: How the teacher's BatchNorm layers normalise: averaged running statistics, or the batch's own.
 TEACHER_BATCH_NORMS = ("running", "batch")
