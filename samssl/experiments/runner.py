@@ -142,8 +142,8 @@ def run_experiment(
             data_args = run_args(seed)
             test_location = data_args[data_args.index("--val_dataset_dir") + 1]
             if models_from is not None:
-                command = evaluate_command(spec, _trained_model(models_from, seed, name), run_dir, test_location,
-                                           preset, eval_name="validation")
+                command = evaluate_command(spec, models_from / f"seed{seed}" / name / "model.pt", run_dir,
+                                           test_location, preset, eval_name="validation")
             else:
                 seed_args = ["--seed", str(seed)]
                 if spec.seed_shared_key:
@@ -157,6 +157,8 @@ def run_experiment(
             if metrics_file.is_file() and not retrain:
                 print(f"(finished earlier: reusing {metrics_file})", flush=True)
             else:
+                if models_from is not None:
+                    _require_model(models_from, seed, name)
                 start = time.time()
                 run_child(command, spec.project_root)
                 seconds[f"{name} seed {seed}"] = time.time() - start
@@ -212,12 +214,11 @@ def run_child(command: Sequence[str], cwd: Path, grace_seconds: float = 10.0) ->
         raise subprocess.CalledProcessError(code, list(command))
 
 
-def _trained_model(models_from: Path, seed: int, name: str) -> Path:
+def _require_model(models_from: Path, seed: int, name: str) -> None:
     model = models_from / f"seed{seed}" / name / "model.pt"
     if not model.is_file():
         raise SystemExit(f"--models_from: no {model} (train {name} seed {seed} in that comparison first; a variant "
                          "without a deployed network has no model to test).")
-    return model
 
 
 def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) -> tuple[SeedArguments, str]:
