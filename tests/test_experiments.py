@@ -83,6 +83,19 @@ def test_paired_table_finds_a_consistent_gain_and_not_a_null_one(toy):
     assert "| +0.00 | 0/0 | 1 |" in null and null.endswith("| no difference |")
 
 
+def test_cross_validated_seeds_pair_every_held_out_case_once_and_unpaired_seeds_are_refused(toy):
+    def fold(seed: int, values: list[float]) -> list[dict]:  # seed s tested on its own fold's cases
+        return [{**r, "id": f"fold{seed}_{r['id']}"} for r in _records(values)]
+
+    seeds = [0, 1, 2]
+    results = {"base": {s: fold(s, [0.3, 0.5]) for s in seeds}, "new": {s: fold(s, [0.4, 0.6]) for s in seeds}}
+    row = paired_table(load_variants(toy), results, ["base", "new"], seeds).splitlines()[2]
+    assert "| +10.00 | 3/0 | 0.25 | +10.00 | 6/0 | 0.0312 |" in row  # 6 cases: two held out per fold
+    results["new"][1] = fold(2, [0.4, 0.6])  # seed 1's method tested on another fold than its baseline
+    with pytest.raises(ValueError, match="seed 1 were tested on different cases"):
+        paired_table(load_variants(toy), results, ["base", "new"], seeds)
+
+
 def test_report_says_when_five_seeds_cannot_reach_significance(toy):
     seeds = [0, 1, 2, 3, 4]
     report = comparison_report(load_variants(toy), _results(0.05, seeds), ["base", "new"], seeds)

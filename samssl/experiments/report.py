@@ -36,8 +36,13 @@ def paired_comparisons(results: Results, method: str, other: str, seeds: Sequenc
     over test cases (each case's value averaged over the seeds, the metric's own unit)."""
     by_seed = paired_wilcoxon([seed_mean(results[other][s], metric) for s in seeds],
                               [seed_mean(results[method][s], metric) for s in seeds], metric)
-    base_cases = case_means_over_runs([results[other][s] for s in seeds], metric)
-    method_cases = case_means_over_runs([results[method][s] for s in seeds], metric)
+    for seed in seeds:  # pairs are made within a seed: both variants of a seed must share its test set
+        if sorted(str(r["id"]) for r in results[other][seed]) != sorted(str(r["id"]) for r in results[method][seed]):
+            raise ValueError(f"{method} and {other} seed {seed} were tested on different cases: they cannot be paired.")
+    # the seeds may test different cases (--folds: each seed its own held-out fold); a case's value is
+    # its mean over the seeds that tested it
+    base_cases = case_means_over_runs([results[other][s] for s in seeds], metric, same_cases=False)
+    method_cases = case_means_over_runs([results[method][s] for s in seeds], metric, same_cases=False)
     ids = sorted(base_cases)
     by_case = paired_wilcoxon([base_cases[i] for i in ids], [method_cases.get(i) for i in ids], metric)
     return by_seed, by_case

@@ -105,22 +105,28 @@ def paired_wilcoxon(
     return PairedComparison(metric, n, dropped, float(differences.mean()), better, worse, p, min(1.0, smallest))
 
 
-def case_means_over_runs(runs: Sequence[Sequence[Mapping[str, object]]], metric: str) -> dict[str, float]:
+def case_means_over_runs(runs: Sequence[Sequence[Mapping[str, object]]], metric: str,
+                         same_cases: bool = True) -> dict[str, float]:
     """Per test case, the mean of ``metric`` over several runs (e.g. one run per seed).
 
     ``runs`` holds each run's per-case records (``{"id": ..., metric: value}``, as the bundles'
     ``validation_metrics.json`` store them). Undefined values are left out of a case's mean; a
-    case undefined in every run maps to NaN.
+    case undefined in every run maps to NaN. ``same_cases=False`` accepts runs tested on different
+    cases (cross-validation: each run on its own held-out fold): a case's mean is over the runs that
+    tested it.
 
     Raises:
-        ValueError: when the runs were not tested on the same cases.
+        ValueError: when ``same_cases`` and the runs were not tested on the same cases.
     """
     if not runs:
         return {}
-    ids = [str(r["id"]) for r in runs[0]]
-    for records in runs[1:]:
-        if sorted(str(r["id"]) for r in records) != sorted(ids):
-            raise ValueError("the runs were tested on different cases: a per-case comparison needs the same test set.")
+    ids = list(dict.fromkeys(str(r["id"]) for records in runs for r in records))
+    if same_cases:
+        first = sorted(str(r["id"]) for r in runs[0])
+        for records in runs[1:]:
+            if sorted(str(r["id"]) for r in records) != first:
+                raise ValueError("the runs were tested on different cases: a per-case comparison needs the same "
+                                 "test set.")
     values: dict[str, list[float]] = {case: [] for case in ids}
     for records in runs:
         for record in records:
