@@ -383,6 +383,11 @@ COMMITTED = {
     "semisam_la/docs/results/cpu_4_labelled.json": ["--data", "../shared/data/la", "--num_labelled", "4"],
     "sfr_la/docs/results/seeds012_4_labelled_comparison.json": ["--data", "../shared/data/la", "--num_labelled", "4"],
     "sfr_la/docs/results/cpu_1_labelled.json": ["--data", "../shared/data/la", "--num_labelled", "1"],
+    "uamt_skin/docs/results/across_folders/ph2_5_folds_8_labelled.json": [
+        "--train_dir", "../shared/data/dermoscopy/ph2", "--folds", "5"],
+    "uamt_skin/docs/results/across_folders/isic2017_same_models.json": [
+        "--train_dir", "../shared/data/dermoscopy/ph2", "--folds", "5", "--test_dir", "../shared/data/dermoscopy/isic2017",
+        "--models_from", "runs/uamt_ph2_folds"],
 }
 
 
