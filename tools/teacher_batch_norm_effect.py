@@ -20,6 +20,7 @@ finishes otherwise)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -56,13 +57,6 @@ def _with_truth(entries: list[dict], pool: Path) -> list[dict]:
     return [{**e, "label": masks[e["id"]]} for e in entries]
 
 
-def _set_batch_statistics(network: torch.nn.Module, on: bool) -> None:
-    for module in network.modules():
-        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-            module.train(on)
-            module.momentum = 0.0 if on else 0.1  # batch statistics without touching the running buffers
-
-
 def _scores(network: torch.nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float, float]:
     """(foreground share of the arg-max, mean Dice against the masks, foreground share of the masks)."""
     shares, dices, truth = [], [], []
@@ -88,6 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     from samssl.data.transforms_2d import dermoscopy_transforms
     from samssl.utils.bundles import import_bundle_scripts
+    from samssl.utils.modules import batch_statistics
 
     import_bundle_scripts(BUNDLE)  # the bundle's scripts package builds its network
 
@@ -113,14 +108,13 @@ def main() -> None:
             network.load_state_dict(state[who])
             network.eval()
             for mode in ("running", "batch"):
-                _set_batch_statistics(network, mode == "batch")
-                share, dice, truth = _scores(network, unlabelled)
-                labelled_share, _, labelled_truth = _scores(network, labelled)
+                with batch_statistics(network) if mode == "batch" else contextlib.nullcontext():
+                    share, dice, truth = _scores(network, unlabelled)
+                    labelled_share, _, labelled_truth = _scores(network, labelled)
                 rows.append({"checkpoint": Path(checkpoint).name, "iteration": iteration,
                              "network": "student" if who == "model" else "teacher", "batch_norm": mode,
                              "unlabelled_foreground": share, "unlabelled_dice": dice, "unlabelled_truth": truth,
                              "labelled_foreground": labelled_share, "labelled_truth": labelled_truth})
-                _set_batch_statistics(network, False)
     print("| iteration | network | BatchNorm | unlabelled: foreground (truth) | unlabelled Dice | "
           "labelled: foreground (labels) |")
     print("|---:|---|---|---:|---:|---:|")
