@@ -43,8 +43,8 @@ FAST = ["--image_size", "64", "--output_stride", "32", "--batch_size", "2", "--u
         "--num_workers", "0", "--epoch_length", "2", "--checkpoint_interval", "2"]
 
 
-@pytest.mark.parametrize("teacher_batch_norm", ["running", "batch"])
-def test_uamt_training_loss_falls_on_real_images(ph2_root, teacher_batch_norm):
+@pytest.mark.parametrize(("teacher_batch_norm", "joint_batch_norm"), [("running", False), ("batch", False), ("running", True)])
+def test_uamt_training_loss_falls_on_real_images(ph2_root, teacher_batch_norm, joint_batch_norm):
     torch.manual_seed(0)
     split = data.split_labelled(data.ph2_datalist(ph2_root)[:8], num_labelled=4, seed=0)
     labelled = CacheDataset(split["labelled"], data.dermoscopy_transforms("labelled", 64), progress=False)
@@ -54,7 +54,7 @@ def test_uamt_training_loss_falls_on_real_images(ph2_root, teacher_batch_norm):
         device="cpu", max_epochs=1, epoch_length=14,
         train_data_loader=DataLoader(labelled, batch_size=4), unlabeled_data_loader=DataLoader(unlabelled, batch_size=4),
         network=network, optimizer=torch.optim.AdamW(network.parameters(), lr=1e-3), teacher=EMATeacher(network, batch_norm=teacher_batch_norm),
-        loss_weight=Constant(0.5),
+        loss_weight=Constant(0.5), joint_batch_norm=joint_batch_norm,
     )
     losses: list[dict] = []
     trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: losses.append(dict(e.state.output)))

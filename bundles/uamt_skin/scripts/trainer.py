@@ -52,6 +52,13 @@ class UAMTTrainer(SemiSupervisedTrainer):
         loss_weighting: ``"paper"`` (eq. 4) or ``"consistency_rampup"`` (``Ls + lambda Lu``).
         uncertainty_mix: run stage 2.
         grid_size, num_patches: the patch grid and K of the uncertainty-guided exchange.
+        joint_batch_norm: run the student on the labelled and the unlabelled (or patch-mixed)
+            images in one forward pass, so its BatchNorm layers normalise every image with the
+            statistics of both together, as the reference mean-teacher codes and MixMatch/FixMatch
+            do. Separately (``False``, the paper's Algorithm 1 as written) the labelled images are
+            normalised among themselves while training, but at test time with running statistics
+            averaged over labelled, unlabelled and mixed batches: a mismatch that grows when the
+            few labelled images differ from the pool (bundle README, "Across test folders").
     """
 
     def __init__(
@@ -62,6 +69,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         uncertainty_mix: bool = True,
         grid_size: int = 4,
         num_patches: int = 4,
+        joint_batch_norm: bool = False,
         **kwargs: Any,
     ) -> None:
         if loss_weighting not in LOSS_WEIGHTINGS:
@@ -73,6 +81,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         self.uncertainty_mix = uncertainty_mix
         self.grid_size = grid_size
         self.num_patches = num_patches
+        self.joint_batch_norm = joint_batch_norm
 
     # -- loss terms -------------------------------------------------------------------------
     def _dice_ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -106,6 +115,21 @@ class UAMTTrainer(SemiSupervisedTrainer):
             classes = logits_or_labels.argmax(dim=1) if logits_or_labels.shape[1] > 1 else logits_or_labels[:, 0]
             return float((classes > 0).float().mean())
 
+    def _student(self, labelled_image: torch.Tensor, other_image: torch.Tensor) -> tuple[tuple, tuple]:
+        """The student's ``(main, aux)`` logits on the labelled images and on ``other_image``.
+
+        With ``joint_batch_norm`` both batches go through one forward pass (one set of batch
+        statistics) and the outputs are split back; otherwise two passes, one per batch.
+        """
+        if not self.joint_batch_norm:
+            return (to_float32(self.network(labelled_image, return_aux=True)),
+                    to_float32(self.network(other_image, return_aux=True)))
+        sizes = [labelled_image.shape[0], other_image.shape[0]]
+        main, aux = to_float32(self.network(torch.cat([labelled_image, other_image]), return_aux=True))
+        mains = main.split(sizes)
+        auxes = aux.split(sizes) if aux is not None else (None, None)
+        return (mains[0], auxes[0]), (mains[1], auxes[1])
+
     def _combine(self, supervised: torch.Tensor | float, unsupervised: torch.Tensor, lam: float) -> torch.Tensor:
         if self.loss_weighting == "paper":
             return lam * supervised + (1.0 - lam) * unsupervised
@@ -132,8 +156,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
 
         # Stage 1: dual-head mean teacher on the labelled and unlabelled batches.
         with self.autocast():
-            main_l, aux_l = to_float32(self.network(image, return_aux=True))
-            main_u, aux_u = to_float32(self.network(unlabelled_image, return_aux=True))
+            (main_l, aux_l), (main_u, aux_u) = self._student(image, unlabelled_image)
             supervised = self.labelled_loss(main_l, aux_l, label)
             unsupervised = self.unlabelled_loss(main_u, aux_u, pseudo)
             stage1 = self._combine(supervised, unsupervised, lam)
@@ -154,7 +177,10 @@ class UAMTTrainer(SemiSupervisedTrainer):
                 unlabelled_image, pseudo, uncertainty, grid_size=self.grid_size, num_patches=self.num_patches
             )
             with self.autocast():
-                main_m, aux_m = to_float32(self.network(mixed_image, return_aux=True))
+                if self.joint_batch_norm:  # normalised beside the labelled images, as in stage 1; their outputs unused
+                    _, (main_m, aux_m) = self._student(image, mixed_image)
+                else:
+                    main_m, aux_m = to_float32(self.network(mixed_image, return_aux=True))
                 mixed = self.unlabelled_loss(main_m, aux_m, mixed_pseudo)
                 stage2 = self._combine(0.0, mixed, lam)
             self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
