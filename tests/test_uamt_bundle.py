@@ -199,3 +199,43 @@ def test_the_teacher_batch_norm_switch_reaches_the_ema_teacher():
         parser["method#teacher_batch_norm"] = value
         parser["output_stride"] = 32
         assert parser.get_parsed_content("ema_teacher").batch_norm == value
+
+
+def test_joint_batch_norm_normalises_labelled_and_unlabelled_images_together():
+    """``joint_batch_norm``: one forward pass over both batches, split back in order; without it, one pass each."""
+    torch.manual_seed(0)
+    network = DualHeadDeepLabV3(output_stride=32)
+    labelled, unlabelled = torch.rand(2, 3, 64, 64), torch.rand(3, 3, 64, 64) * 0.5
+    trainers = {joint: UAMTTrainer(device="cpu", max_epochs=1, train_data_loader=[], network=network,
+                                   optimizer=torch.optim.SGD(network.parameters(), lr=0.0),
+                                   loss_weight=Constant(1.0), joint_batch_norm=joint) for joint in (False, True)}
+    bn = next(m for m in network.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+    network.eval()  # running statistics: the two ways give the same outputs, split back to the right images
+    with torch.no_grad():
+        separate = trainers[False]._student(labelled, unlabelled)
+        joint = trainers[True]._student(labelled, unlabelled)
+    for (main_s, aux_s), (main_j, aux_j) in zip(separate, joint):
+        torch.testing.assert_close(main_j, main_s, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(aux_j, aux_s, atol=1e-4, rtol=1e-4)
+    assert joint[0][0].shape[0] == 2 and joint[1][0].shape[0] == 3
+
+    network.train()  # batch statistics: the labelled images' outputs now depend on the unlabelled ones
+    before = bn.num_batches_tracked.item()
+    with torch.no_grad():
+        (main_s, _), _ = trainers[False]._student(labelled, unlabelled)
+        assert bn.num_batches_tracked.item() == before + 2
+        (main_j, _), _ = trainers[True]._student(labelled, unlabelled)
+        assert bn.num_batches_tracked.item() == before + 3
+    assert not torch.allclose(main_j, main_s, atol=1e-3)
+
+
+def test_the_joint_batch_norm_switch_reaches_the_trainer():
+    """``method#joint_batch_norm`` (the switch variants and users set) is what the trainer is built with."""
+    from monai.bundle import ConfigParser
+
+    for value in (False, True):
+        parser = ConfigParser()
+        parser.read_config([str(BUNDLE / "configs" / "train.json"), str(BUNDLE / "configs" / "cpu.json")])
+        parser["method#joint_batch_norm"] = value
+        assert parser.get_parsed_content("train#trainer#joint_batch_norm") is value
