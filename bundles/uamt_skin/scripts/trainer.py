@@ -69,7 +69,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         uncertainty_mix: bool = True,
         grid_size: int = 4,
         num_patches: int = 4,
-        joint_batch_norm: bool = False,
+        joint_batch_norm: bool = True,
         **kwargs: Any,
     ) -> None:
         if loss_weighting not in LOSS_WEIGHTINGS:
