@@ -17,6 +17,10 @@ Stage 2 (uncertainty map)
     against the pseudo-label moved the same way; optimiser step; EMA update. Both stages share
     parameters.
 
+The student sees the labelled and the unlabelled (stage 2: patch-mixed) images in one forward pass
+(``joint_batch_norm``), so its BatchNorm statistics are those of both together while training, as
+they are at test time; the paper's two calls are ``joint_batch_norm=False``.
+
 ``lambda`` follows the Gaussian ramp of eq. 5, ``lambda_m * exp(-5 (1 - t/m)^2)``. The default
 (``loss_weighting="consistency_rampup"``) is the usual mean-teacher form ``Ls + lambda * Lu``:
 the unlabelled term grows as the teacher becomes worth following. Eq. 4 read literally
@@ -42,6 +46,7 @@ from samssl.engines.semi_supervised import SemiSupervisedTrainer
 from scripts.uncertainty import mixture_entropy, uncertainty_guided_mix
 
 LOSS_WEIGHTINGS = ("paper", "consistency_rampup")
+HeadLogits = tuple[torch.Tensor, "torch.Tensor | None"]  # the student's (main, aux) logits; aux is None without the FCN head
 
 
 class UAMTTrainer(SemiSupervisedTrainer):
@@ -55,7 +60,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
         joint_batch_norm: run the student on the labelled and the unlabelled (or patch-mixed)
             images in one forward pass, so its BatchNorm layers normalise every image with the
             statistics of both together, as the reference mean-teacher codes and MixMatch/FixMatch
-            do. Separately (``False``, the paper's Algorithm 1 as written) the labelled images are
+            do (default). Separately (``False``, two calls as Algorithm 1 writes them) the labelled images are
             normalised among themselves while training, but at test time with running statistics
             averaged over labelled, unlabelled and mixed batches: a mismatch that grows when the
             few labelled images differ from the pool (bundle README, "Across test folders").
@@ -115,7 +120,7 @@ class UAMTTrainer(SemiSupervisedTrainer):
             classes = logits_or_labels.argmax(dim=1) if logits_or_labels.shape[1] > 1 else logits_or_labels[:, 0]
             return float((classes > 0).float().mean())
 
-    def _student(self, labelled_image: torch.Tensor, other_image: torch.Tensor) -> tuple[tuple, tuple]:
+    def _student(self, labelled_image: torch.Tensor, other_image: torch.Tensor) -> tuple[HeadLogits, HeadLogits]:
         """The student's ``(main, aux)`` logits on the labelled images and on ``other_image``.
 
         With ``joint_batch_norm`` both batches go through one forward pass (one set of batch
