@@ -294,6 +294,11 @@ def test_models_from_tests_another_comparisons_models_on_this_test_set_without_t
                  "--models_from", str(trained))
     with pytest.raises(SystemExit, match="no .*seed2.*model.pt"):
         _compare(toy, tmp_path / "fourth", "--test_dir", "other_folder", "--seeds", "2", "--models_from", str(trained))
+    # its scores reprint from the record alone once the models are gone (a fresh checkout has no runs)
+    shutil.rmtree(trained)
+    reprint = _compare(toy, tmp_path / "reprint", "--test_dir", "other_folder", "--seeds", "0", "1", "--models_from",
+                       str(trained), "--report_only", "--earlier_results", str(tmp_path / "other" / "results.json"))
+    assert "| Method | 25.00 |" in reprint and len(commands) == 4
 
 
 def test_a_bundles_evaluation_is_merged_onto_its_shared_base(tmp_path):

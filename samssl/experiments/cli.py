@@ -111,7 +111,7 @@ def compare(spec: BundleExperiment, argv: Sequence[str], command: str = "") -> s
     if spec.data == "dermoscopy" and args.folds is not None and args.folds < 2:
         raise SystemExit(f"--folds must be at least 2, got {args.folds}.")
     settings = comparison_settings(spec, args)
-    if args.models_from:
+    if args.models_from and not args.report_only:  # a reprint reads the records alone: the models may be long gone
         check_models_from(Path(args.models_from), settings, spec.project_root)
     check_comparison_folder(out, settings, spec.project_root, record=not args.report_only)
     data_args, split = data_arguments(spec, args, out)
