@@ -120,20 +120,18 @@ class UAMTTrainer(SemiSupervisedTrainer):
             classes = logits_or_labels.argmax(dim=1) if logits_or_labels.shape[1] > 1 else logits_or_labels[:, 0]
             return float((classes > 0).float().mean())
 
-    def _student(self, labelled_image: torch.Tensor, other_image: torch.Tensor) -> tuple[HeadLogits, HeadLogits]:
-        """The student's ``(main, aux)`` logits on the labelled images and on ``other_image``.
+    def _student(self, *batches: torch.Tensor) -> list[HeadLogits]:
+        """The student's ``(main, aux)`` logits on each batch, in order.
 
-        With ``joint_batch_norm`` both batches go through one forward pass (one set of batch
-        statistics) and the outputs are split back; otherwise two passes, one per batch.
+        With ``joint_batch_norm`` the batches go through one forward pass (one set of batch
+        statistics) and the outputs are split back; otherwise one pass per batch.
         """
         if not self.joint_batch_norm:
-            return (to_float32(self.network(labelled_image, return_aux=True)),
-                    to_float32(self.network(other_image, return_aux=True)))
-        sizes = [labelled_image.shape[0], other_image.shape[0]]
-        main, aux = to_float32(self.network(torch.cat([labelled_image, other_image]), return_aux=True))
-        mains = main.split(sizes)
-        auxes = aux.split(sizes) if aux is not None else (None, None)
-        return (mains[0], auxes[0]), (mains[1], auxes[1])
+            return [to_float32(self.network(images, return_aux=True)) for images in batches]
+        sizes = [images.shape[0] for images in batches]
+        main, aux = to_float32(self.network(torch.cat(batches), return_aux=True))
+        auxes = aux.split(sizes) if aux is not None else [None] * len(batches)
+        return list(zip(main.split(sizes), auxes))
 
     def _combine(self, supervised: torch.Tensor | float, unsupervised: torch.Tensor, lam: float) -> torch.Tensor:
         if self.loss_weighting == "paper":
@@ -182,10 +180,9 @@ class UAMTTrainer(SemiSupervisedTrainer):
                 unlabelled_image, pseudo, uncertainty, grid_size=self.grid_size, num_patches=self.num_patches
             )
             with self.autocast():
-                if self.joint_batch_norm:  # normalised beside the labelled images, as in stage 1; their outputs unused
-                    _, (main_m, aux_m) = self._student(image, mixed_image)
-                else:
-                    main_m, aux_m = to_float32(self.network(mixed_image, return_aux=True))
+                # normalised beside the labelled images as in stage 1 (their outputs unused), or alone
+                beside = (image,) if self.joint_batch_norm else ()
+                main_m, aux_m = self._student(*beside, mixed_image)[-1]
                 mixed = self.unlabelled_loss(main_m, aux_m, mixed_pseudo)
                 stage2 = self._combine(0.0, mixed, lam)
             self.optimize(engine, stage2, terms={"unsupervised_mixed": mixed})
