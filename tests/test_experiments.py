@@ -28,6 +28,7 @@ TOY = {"method": "new", "baseline": "base", "default_variants": ["base", "new"],
 def _write_bundle(folder: Path, variants: dict, files: tuple[str, ...] = ()) -> Path:
     (folder / "configs").mkdir(parents=True)
     (folder / "configs" / "variants.json").write_text(json.dumps(variants))
+    (folder / "configs" / "cpu.json").write_text(json.dumps({"_comment": "the toy's preset", "num_iterations": 10}))
     for name in files:
         (folder / "configs" / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / "configs" / name).write_text("{}")
@@ -326,6 +327,24 @@ def test_a_folder_of_another_comparison_is_refused_not_reused(toy, tmp_path, mon
     with pytest.raises(SystemExit, match="preset"):
         _compare(toy, out, *args, "--num_labelled", "8", "--preset", "", "--report_only")
     assert "| Method | 60.00 |" in _compare(toy, out, *args, "--num_labelled", "8", "--report_only")
+
+
+def test_a_preset_edited_since_its_records_were_made_does_not_join_them(toy, tmp_path, monkeypatch):
+    """A preset keeps its name when its schedule or precision changes: its values are recorded and
+    compared, so the records of the old preset cannot enter the new preset's tables."""
+    first = _finished_comparison(toy, tmp_path / "a", 0)
+    recorded = json.loads(first.read_text())["settings"]
+    assert recorded["preset"] == "cpu" and recorded["preset_values"] == {"num_iterations": 10}  # comments left out
+    (toy / "configs" / "cpu.json").write_text(json.dumps({"num_iterations": 20, "amp": "auto"}))
+    monkeypatch.setattr("samssl.experiments.runner.run_child", lambda *a, **k: pytest.fail("nothing should be trained"))
+    with pytest.raises(SystemExit, match=r"preset amp: None there, 'auto' now; preset num_iterations: 10 there, 20 now"):
+        _compare(toy, tmp_path / "b", "--test_dir", "test", "--seeds", "0", "--report_only", "--earlier_results", str(first))
+    with pytest.raises(SystemExit, match="other settings .*preset num_iterations: 10 there, 20 now.*own --out folder"):
+        _compare(toy, tmp_path / "a", "--test_dir", "test", "--seeds", "0", "--report_only")
+    with pytest.raises(SystemExit, match=r"--preset cpu_fast: .*cpu_fast.json does not exist \(presets there: cpu\)"):
+        _compare(toy, tmp_path / "c", "--test_dir", "test", "--preset", "cpu_fast", "--report_only")
+    before = {k: v for k, v in recorded.items() if k != "preset_values"}  # a record made before values were kept
+    assert "not recorded there" in differing_settings(before, recorded, toy.parents[1])
 
 
 # ------------------------------------------------------------------------------ variants.json

@@ -3,8 +3,9 @@
 A ``results.json`` holds ``{"bundle", "method", "baseline", "seeds", "settings", "variants", "cases"}``
 with ``cases[variant][seed] = [{"id": ..., "dice": ..., ...}, ...]``, every test case of every run. It
 is the unit the docs commit, the next piece of a long comparison joins (``--earlier_results``) and
-the leaderboard reads. ``settings`` (data, split sizes, preset, overrides) is what makes two runs of
-a variant and seed the same experiment: records with other settings must never enter one table.
+the leaderboard reads. ``settings`` (data, split sizes, the preset's name and the values it set,
+overrides) is what makes two runs of a variant and seed the same experiment: records with other
+settings must never enter one table, and a preset edited since must not pass under its old name.
 """
 
 from __future__ import annotations
@@ -51,8 +52,17 @@ def differing_settings(recorded: Mapping[str, Any], settings: Mapping[str, Any],
             return (root / old).resolve() == (root / new).resolve()
         return old == new
 
+    def describe(key: str, old: Any, new: Any) -> str:
+        if key == "preset_values" and old is None:
+            return "preset values: not recorded there (a comparison made before presets' values were recorded)"
+        if key == "preset_values" and isinstance(old, Mapping) and isinstance(new, Mapping):
+            keys = sorted(set(old) | set(new), key=str)
+            return "; ".join(f"preset {k}: {old.get(k)!r} there, {new.get(k)!r} now"
+                             for k in keys if old.get(k) != new.get(k))
+        return f"{key}: {old!r} there, {new!r} now"
+
     differing = {k: (recorded.get(k), v) for k, v in settings.items() if not same(k, recorded.get(k), v)}
-    return "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in differing.items())
+    return "; ".join(describe(k, old, new) for k, (old, new) in differing.items())
 
 
 def is_comparison_record(document: Any) -> bool:

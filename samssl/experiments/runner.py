@@ -44,6 +44,7 @@ __all__ = [
     "check_comparison_folder",
     "check_models_from",
     "comparison_settings",
+    "preset_values",
     "data_arguments",
     "evaluate_command",
     "predictions_command",
@@ -262,9 +263,29 @@ def data_arguments(spec: BundleExperiment, args: argparse.Namespace, out: Path) 
     return (lambda seed: [*run_args, *extra]), notes
 
 
+def preset_values(spec: BundleExperiment, preset: str) -> dict[str, Any]:
+    """The values a preset sets (``configs/<preset>.json`` without its ``_comment`` keys; ``{}`` for none).
+
+    Recorded with a comparison because a preset's name says nothing of what it held when the runs were
+    made: a preset given longer schedules or another precision must not join the records of the old one.
+    """
+    if not preset:
+        return {}
+    path = spec.bundle_dir / "configs" / f"{preset}.json"
+    if not path.is_file():
+        presets = sorted(p.stem for p in (spec.bundle_dir / "configs").glob("*.json")
+                         if p.stem.startswith("cpu") or p.stem == "demo")
+        raise SystemExit(f"--preset {preset}: {path} does not exist (presets there: {', '.join(presets) or 'none'}).")
+    try:
+        values = json.loads(path.read_text())
+    except ValueError as error:
+        raise SystemExit(f"--preset {preset}: {path} is not valid JSON ({error}).") from None
+    return {k: v for k, v in values.items() if not k.startswith("_")}
+
+
 def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dict[str, Any]:
-    """What makes two runs of a variant and seed the same experiment: data, split sizes, preset, overrides
-    (and, where used, the folds and the comparison whose models are tested)."""
+    """What makes two runs of a variant and seed the same experiment: data, split sizes, the preset and
+    what it sets, overrides (and, where used, the folds and the comparison whose models are tested)."""
     root = spec.project_root
     if spec.data == "dermoscopy":
         data = {"train_dir": project_relative(args.train_dir, root),
@@ -272,7 +293,7 @@ def comparison_settings(spec: BundleExperiment, args: argparse.Namespace) -> dic
     else:
         data = {"data": project_relative(args.data, root), "pool": args.pool, "test": args.test}
     settings = {"bundle": spec.bundle, **data, "num_labelled": args.num_labelled, "preset": args.preset,
-                "overrides": list(args.overrides)}
+                "preset_values": preset_values(spec, args.preset), "overrides": list(args.overrides)}
     # only when used, so the records of comparisons made before these options existed stay joinable
     if getattr(args, "folds", None):
         settings["folds"] = args.folds
