@@ -92,6 +92,45 @@ def test_auto_picks_the_fastest_runtime_within_half_a_dice_point_and_remembers_i
         teacher.set_encoder_runtime("fp32")
 
 
+def test_the_frozen_encoder_keeps_its_own_precision_inside_a_students_bf16_step(teacher, ph2_image, monkeypatch,
+                                                                                tmp_path):
+    """A bf16-trained student calls its teacher inside its autocast region. fp32 must stay fp32 there
+    (its embeddings are cached under fp32's key), and ``auto`` must calibrate, export and compare
+    outside it: calibrated inside, "fp32" was bf16 too and an exported graph kept bf16 casts that
+    OpenVINO then refused to compile, so ``auto`` silently lost its fastest engines."""
+    image = ph2_image.flip(-1)  # not in the cache: encoded now
+    with torch.autocast("cpu", enabled=False):
+        reference = teacher._encode_uncached(image).features
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = teacher.encode(image).features
+    assert inside.dtype == torch.float32
+    assert F.cosine_similarity(inside.flatten(1), reference.flatten(1)).item() >= 0.99999  # bf16 gives ~0.9996
+
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))  # no stored choice: calibrate now
+    monkeypatch.setattr(runtimes, "available_runtimes", lambda: ("fp32",))
+    seen = []
+    monkeypatch.setattr(runtimes, "calibrate", lambda runners, *a, **k: seen.append(torch.is_autocast_enabled("cpu"))
+                        or {name: {"dice_to_fp32": 1.0, "seconds_per_frame": 1.0} for name in runners})
+    teacher.set_encoder_runtime("auto")
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            teacher.encode(image.flip(-2))
+    finally:
+        teacher.set_encoder_runtime("fp32")
+    assert seen == [False]
+
+
+def test_an_exported_encoder_has_no_bf16_even_when_exported_inside_autocast(monkeypatch, tmp_path):
+    onnx = pytest.importorskip("onnx", reason="the ONNX export needs pip install '.[encoder]'")
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))
+    encoder = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.LayerNorm(6)).eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        path = runtimes.export_onnx(encoder, "toy-encoder", (1, 3, 8, 8))
+    graph = onnx.load(str(path)).graph
+    casts = [a.i for n in graph.node if n.op_type == "Cast" for a in n.attribute if a.name == "to"]
+    assert onnx.TensorProto.BFLOAT16 not in casts
+
+
 def test_an_unknown_runtime_is_refused_with_the_choices():
     with pytest.raises(InvalidInputError, match="encoder_runtime 'fastest'.*fp32, bf16, onnxruntime, openvino"):
         build_foundation_model("litemedsam", encoder_runtime="fastest")

@@ -326,13 +326,14 @@ class PromptableSegmenter(nn.Module, abc.ABC):
         """
         if requires_grad:
             return self._encode_uncached(images, grad=True)
-        self.effective_encoder_runtime(images)
-        if self.embedding_cache is not None:
-            # cached embeddings are computed in float32 even inside an autocast training step: the
-            # cache key does not hold the precision, and a float32 run must never read bfloat16 ones
-            with torch.autocast(torch.device(self.device).type, enabled=False):
+        # The frozen encoder's precision is its runtime's, never the caller's: inside a student's
+        # bfloat16 autocast step, fp32 would silently run in bf16 (and be cached as fp32), ``auto``
+        # would calibrate bf16 against bf16, and an exported engine would bake bf16 casts into its graph.
+        with torch.autocast(torch.device(self.device).type, enabled=False):
+            self.effective_encoder_runtime(images)
+            if self.embedding_cache is not None:
                 return self.embedding_cache.encode(self, images)
-        return self._encode_uncached(images, grad=False)
+            return self._encode_uncached(images, grad=False)
 
     def _encode_uncached(self, images: torch.Tensor, grad: bool = False) -> ImageEmbeddings:
         device = self.device

@@ -166,7 +166,8 @@ def export_onnx(encoder: nn.Module, identity: str, input_shape: Sequence[int]) -
     example = torch.zeros(1, *input_shape[1:])
 
     def write(partial: Path) -> None:
-        with torch.inference_mode(False), torch.no_grad():
+        # never traced under a caller's autocast: the graph would carry its bf16 casts into the cached file
+        with torch.inference_mode(False), torch.no_grad(), torch.autocast("cpu", enabled=False):
             torch.onnx.export(folded, (example,), str(partial), input_names=["image"], output_names=["features"],
                               opset_version=17, dynamo=False)
 
