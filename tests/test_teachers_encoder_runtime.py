@@ -131,6 +131,19 @@ def test_an_exported_encoder_has_no_bf16_even_when_exported_inside_autocast(monk
     assert onnx.TensorProto.BFLOAT16 not in casts
 
 
+def test_openvino_f32_and_bf16_engines_run_side_by_side_in_one_process(teacher, monkeypatch, tmp_path):
+    """``auto`` compiles every candidate in one process; with one compiled-model cache for both
+    precisions OpenVINO crashed the process on the first bf16 inference (a whole training run lost)."""
+    if "openvino_bf16" not in runtimes.available_runtimes():
+        pytest.skip("openvino_bf16 is not available here (pip install '.[encoder]' on a CPU with native bf16)")
+    monkeypatch.setenv(runtimes.CACHE_ENV, str(tmp_path))
+    frames = torch.rand(1, 3, 256, 256)
+    engines = [runtimes.build_runner(teacher.image_encoder, name, "side-by-side", (1, 3, 256, 256))
+               for name in ("openvino", "openvino_bf16")]
+    f32, bf16 = (engine(frames) for engine in engines)
+    assert F.cosine_similarity(f32.flatten(1), bf16.flatten(1)).item() >= MIN_COSINE["openvino_bf16"]
+
+
 def test_an_unknown_runtime_is_refused_with_the_choices():
     with pytest.raises(InvalidInputError, match="encoder_runtime 'fastest'.*fp32, bf16, onnxruntime, openvino"):
         build_foundation_model("litemedsam", encoder_runtime="fastest")

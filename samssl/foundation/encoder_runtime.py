@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import platform
 import time
@@ -44,6 +45,8 @@ from samssl.utils.cpu import cpu_model
 from samssl.utils.errors import InvalidInputError
 from samssl.utils.files import atomic_save
 from samssl.utils.modules import fold_batch_norm
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AUTO_MAX_DICE_DROP",
@@ -199,8 +202,10 @@ class OpenVinoRunner:
         import openvino
 
         core = openvino.Core()
+        # one compiled-model cache folder per precision: with a shared one, OpenVINO 2026.4 crashed
+        # (SIGSEGV) on the first bf16 inference after compiling the f32 model in the same process
         config = {"INFERENCE_PRECISION_HINT": precision, "INFERENCE_NUM_THREADS": threads,
-                  "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(onnx_path.parent / "openvino")}
+                  "PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": str(onnx_path.parent / "openvino" / precision)}
         self.compiled = core.compile_model(core.read_model(str(onnx_path)), "CPU", config)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -304,7 +309,9 @@ def choose_auto(
     for name in available_runtimes():
         try:
             runners[name] = build_runner(encoder, name, identity, (1, *input_shape))
-        except Exception:  # noqa: BLE001 - an engine that cannot export or compile this model is not a candidate
+        except Exception as error:  # noqa: BLE001 - an engine that cannot export or compile this model is not a candidate
+            logger.warning("encoder_runtime auto: %s left out, it could not be built here (%s: %s)",
+                           name, type(error).__name__, str(error).splitlines()[0] if str(error) else "")
             continue
     report = calibrate(runners, frames, masks_from_features)
     eligible = [n for n in runners if report[n]["dice_to_fp32"] >= 1 - AUTO_MAX_DICE_DROP]
