@@ -121,8 +121,9 @@ def test_string_switch_error_names_the_fix():
 @pytest.mark.parametrize("bundle", BUNDLES, ids=lambda p: p.name)
 def test_training_presets_merge_into_evaluation_and_inference(bundle):
     """`evaluate.json` + `cpu.json` is how a CPU-preset model is scored (and how the harness writes masks)."""
-    presets = [p for p in ("cpu.json", "demo.json") if (bundle / "configs" / p).is_file()]
-    assert presets, f"{bundle.name} has no CPU preset"
+    presets = sorted(p.name for p in (bundle / "configs").glob("cpu*.json"))  # cpu.json, cpu_fp32.json, ...
+    assert "cpu.json" in presets, f"{bundle.name} has no CPU preset"
+    presets += ["demo.json"] if (bundle / "configs" / "demo.json").is_file() else []
     for target in ("evaluate.json", "inference.json"):
         for preset in presets:
             parser = ConfigParser()

@@ -405,6 +405,10 @@ COMMITTED = {
     "samkd_dualtask_skin/docs/results/cpu_8_labelled.json": ["--train_dir", "../shared/data/dermoscopy/ph2",
                                                              "--test_dir", "../shared/data/dermoscopy/isic2017"],
     "semisam_la/docs/results/cpu_4_labelled.json": ["--data", "../shared/data/la", "--num_labelled", "4"],
+    "semisam_la/docs/results/cpu_fp32/cpu_4_labelled.json": ["--data", "../shared/data/la", "--num_labelled", "4",
+                                                             "--preset", "cpu_fp32"],
+    "semisam_la/docs/results/bf16_parity/cpu_4_labelled_bf16_parity.json": [
+        "--data", "../shared/data/la", "--num_labelled", "4", "--preset", "cpu_fp32"],
     "sfr_la/docs/results/seeds012_4_labelled_comparison.json": ["--data", "../shared/data/la", "--num_labelled", "4"],
     "sfr_la/docs/results/cpu_1_labelled.json": ["--data", "../shared/data/la", "--num_labelled", "1"],
     "uamt_skin/docs/results/across_folders/ph2_5_folds_8_labelled.json": [
@@ -439,15 +443,16 @@ def test_committed_dermoscopy_record_reports_through_earlier_results(tmp_path, m
 
 
 def test_committed_la_record_reports_through_earlier_results_on_the_real_data(tmp_path, la_root):
-    """SemiSAM's 4-labelled record joined by the harness on the real LA folder, at the path it was recorded
+    """SemiSAM's 4-labelled float32-preset record joined by the harness on the real LA folder, at the path it was recorded
     with (``../shared/data/la`` from the project root: here a project assembled around the bundle's configs)."""
     project = tmp_path / "project"
     shutil.copytree(ROOT / "bundles" / "semisam_la" / "configs", project / "bundles" / "semisam_la" / "configs")
     (tmp_path / "shared" / "data").mkdir(parents=True)
     (tmp_path / "shared" / "data" / "la").symlink_to(la_root.resolve(), target_is_directory=True)
-    record = ROOT / "bundles" / "semisam_la" / "docs" / "results" / "cpu_4_labelled.json"
+    record = ROOT / "bundles" / "semisam_la" / "docs" / "results" / "cpu_fp32" / "cpu_4_labelled.json"
     compare_main([str(project / "bundles" / "semisam_la"), "--data", str(tmp_path / "shared" / "data" / "la"),
-                  "--report_only", "--earlier_results", str(record), "--out", str(tmp_path / "out")])
+                  "--preset", "cpu_fp32", "--report_only", "--earlier_results", str(record),
+                  "--out", str(tmp_path / "out")])
     report = (tmp_path / "out" / "results.md").read_text()
     assert "| MT + SemiSAM vs SupOnly | Dice | +0.52 |" in report
 
